@@ -1,0 +1,210 @@
+// epoll over the uffds, the drain that moves every pending uffd_msg into the owning worker's ring in
+// one call, and FdWatcher: a libuv poll handle so the main thread learns of readiness without ever
+// blocking its event loop.
+#include <errno.h>
+#include <string.h>
+#include <linux/userfaultfd.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+#include <uv.h>
+#include <napi.h>
+#include "args.h"
+#include "errors.h"
+#include "ring.h"
+
+static Napi::Value EpollCreate(const Napi::CallbackInfo &info) {
+  int fd = epoll_create1(EPOLL_CLOEXEC);
+  if (fd < 0) return ThrowErrno(info.Env(), "epoll_create1", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// epollAdd(epfd, fd, ring): the ring index rides in the event's data next to the fd, so the drain
+// needs no table of its own.
+static Napi::Value EpollAdd(const Napi::CallbackInfo &info) {
+  if (!CheckArgs(info, 3, "epollAdd")) return info.Env().Undefined();
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.u64 = ((uint64_t)(uint32_t)ArgInt(info, 2) << 32) | (uint32_t)ArgInt(info, 1);
+  if (epoll_ctl(ArgInt(info, 0), EPOLL_CTL_ADD, ArgInt(info, 1), &ev) < 0)
+    return ThrowErrno(info.Env(), "epoll_ctl(ADD)", errno);
+  return info.Env().Undefined();
+}
+
+static Napi::Value EpollDel(const Napi::CallbackInfo &info) {
+  if (!CheckArgs(info, 2, "epollDel")) return info.Env().Undefined();
+  if (epoll_ctl(ArgInt(info, 0), EPOLL_CTL_DEL, ArgInt(info, 1), nullptr) < 0 && errno != ENOENT && errno != EBADF)
+    return ThrowErrno(info.Env(), "epoll_ctl(DEL)", errno);
+  return info.Env().Undefined();
+}
+
+struct RingView {
+  uint8_t *base;
+  uint32_t *head, *tail, capacity;
+};
+
+static bool ViewOf(Napi::Value v, RingView *r) {
+  if (!v.IsTypedArray()) return false;
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  r->base = a.Data();
+  r->head = (uint32_t *)(r->base + RING_HEAD_OFFSET);
+  r->tail = (uint32_t *)(r->base + RING_TAIL_OFFSET);
+  r->capacity = *(uint32_t *)(r->base + RING_CAPACITY_OFFSET);
+  return r->capacity && a.ByteLength() >= RING_HEADER_BYTES + (size_t)r->capacity * RING_RECORD_BYTES;
+}
+
+static uint8_t *Slot(RingView *r, uint32_t seq) {
+  return r->base + RING_HEADER_BYTES + (size_t)(seq & (r->capacity - 1)) * RING_RECORD_BYTES;
+}
+
+// drain(epfd, rings: Uint8Array[]) -> bitmask of rings that received records.
+// A uffd whose ring is full is left unread: epoll is level-triggered, so it is reported again once
+// the worker has made room. A uffd whose read fails (not EAGAIN) or hits EOF is taken out of the
+// epoll set and reported to its worker as REC_UFFD_ERROR, so the set never spins on a dead fd.
+static Napi::Value Drain(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 2, "drain")) return env.Undefined();
+  int epfd = ArgInt(info, 0);
+  Napi::Array arr = info[1].As<Napi::Array>();
+  RingView rings[32];
+  uint32_t nrings = arr.Length() > 32 ? 32 : arr.Length();
+  for (uint32_t i = 0; i < nrings; i++)
+    if (!ViewOf(arr.Get(i), &rings[i])) {
+      Napi::TypeError::New(env, "drain: ring " + std::to_string(i) + " is not a ring buffer").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  struct epoll_event evs[128];
+  int n = epoll_wait(epfd, evs, 128, 0);
+  if (n < 0) {
+    if (errno == EINTR) return Napi::Number::New(env, 0);
+    return ThrowErrno(env, "epoll_wait", errno);
+  }
+  double now = MonotonicNs();
+  uint32_t touched = 0;
+  for (int i = 0; i < n; i++) {
+    int fd = (int)(uint32_t)evs[i].data.u64;
+    uint32_t ri = (uint32_t)(evs[i].data.u64 >> 32);
+    if (ri >= nrings) continue;
+    RingView *r = &rings[ri];
+    uint32_t head = __atomic_load_n(r->head, __ATOMIC_RELAXED);
+    for (;;) {
+      uint32_t tail = __atomic_load_n(r->tail, __ATOMIC_ACQUIRE);
+      uint32_t room = r->capacity - (head - tail);
+      if (room == 0) break;
+      struct uffd_msg msgs[32];
+      size_t want = room < 32 ? room : 32;
+      ssize_t got = read(fd, msgs, want * sizeof msgs[0]);
+      if (got < 0 && errno == EAGAIN) break;
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0 || got % sizeof msgs[0]) {
+        int err = got < 0 ? errno : (got == 0 ? 0 : EIO);
+        epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
+        uint8_t *s = Slot(r, head++);
+        *(uint32_t *)(s + REC_KIND_OFFSET) = REC_UFFD_ERROR;
+        *(int32_t *)(s + REC_FD_OFFSET) = fd;
+        *(double *)(s + REC_TIME_OFFSET) = now;
+        *(int32_t *)(s + REC_PAYLOAD_OFFSET) = err;
+        break;
+      }
+      for (size_t k = 0; k < (size_t)got / sizeof msgs[0]; k++) {
+        uint8_t *s = Slot(r, head++);
+        *(uint32_t *)(s + REC_KIND_OFFSET) = REC_UFFD_MSG;
+        *(int32_t *)(s + REC_FD_OFFSET) = fd;
+        *(double *)(s + REC_TIME_OFFSET) = now;
+        memcpy(s + REC_PAYLOAD_OFFSET, &msgs[k], sizeof msgs[k]);
+      }
+      if ((size_t)got < want * sizeof msgs[0]) break;
+    }
+    if (head != __atomic_load_n(r->head, __ATOMIC_RELAXED)) {
+      __atomic_store_n(r->head, head, __ATOMIC_RELEASE);
+      touched |= 1u << ri;
+    }
+  }
+  return Napi::Number::New(env, touched);
+}
+
+static Napi::Value RingLayout(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("HEAD_OFFSET", RING_HEAD_OFFSET);
+  o.Set("TAIL_OFFSET", RING_TAIL_OFFSET);
+  o.Set("CAPACITY_OFFSET", RING_CAPACITY_OFFSET);
+  o.Set("HEADER_BYTES", RING_HEADER_BYTES);
+  o.Set("RECORD_BYTES", RING_RECORD_BYTES);
+  o.Set("KIND_OFFSET", REC_KIND_OFFSET);
+  o.Set("FD_OFFSET", REC_FD_OFFSET);
+  o.Set("TIME_OFFSET", REC_TIME_OFFSET);
+  o.Set("PAYLOAD_OFFSET", REC_PAYLOAD_OFFSET);
+  o.Set("PAYLOAD_BYTES", REC_PAYLOAD_BYTES);
+  o.Set("UFFD_MSG", (int)REC_UFFD_MSG);
+  o.Set("PROCESS", (int)REC_PROCESS);
+  o.Set("RESTORE_FINISHED", (int)REC_RESTORE_FINISHED);
+  o.Set("STOP", (int)REC_STOP);
+  o.Set("UFFD_ERROR", (int)REC_UFFD_ERROR);
+  o.Set("FORGET", (int)REC_FORGET);
+  o.Set("UFFD_MSG_BYTES", (int)sizeof(struct uffd_msg));
+  return o;
+}
+
+static Napi::Value Now(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), MonotonicNs()); }
+
+// FdWatcher(fd, callback): calls back on the main thread whenever fd is readable (level-triggered).
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FdWatcher", {InstanceMethod("stop", &FdWatcher::Stop)});
+  }
+  FdWatcher(const Napi::CallbackInfo &info) : Napi::ObjectWrap<FdWatcher>(info) {
+    Napi::Env env = info.Env();
+    if (!CheckArgs(info, 2, "FdWatcher")) return;
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t *loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    poll_ = new uv_poll_t;
+    int rc = uv_poll_init(loop, poll_, ArgInt(info, 0));
+    if (rc == 0) {
+      poll_->data = this;
+      rc = uv_poll_start(poll_, UV_READABLE, OnReady);
+    }
+    if (rc != 0) {
+      delete poll_;
+      poll_ = nullptr;
+      ThrowErrno(env, "uv_poll_start", -rc);
+      return;
+    }
+    Ref();  // alive while watching, even if JS drops its handle
+  }
+  ~FdWatcher() override { Close(); }
+
+ private:
+  static void OnReady(uv_poll_t *h, int status, int events) {
+    FdWatcher *self = (FdWatcher *)h->data;
+    Napi::Env env = self->callback_.Env();
+    Napi::HandleScope scope(env);
+    self->callback_.MakeCallback(env.Global(), {Napi::Number::New(env, status < 0 ? -status : 0)});
+  }
+  void Close() {
+    if (!poll_) return;
+    uv_poll_stop(poll_);
+    uv_close((uv_handle_t *)poll_, [](uv_handle_t *h) { delete (uv_poll_t *)h; });
+    poll_ = nullptr;
+  }
+  Napi::Value Stop(const Napi::CallbackInfo &info) {
+    if (poll_) {
+      Close();
+      Unref();
+    }
+    return info.Env().Undefined();
+  }
+  Napi::FunctionReference callback_;
+  uv_poll_t *poll_ = nullptr;
+};
+
+void InitEpoll(Napi::Env env, Napi::Object exports) {
+  exports.Set("epollCreate", Napi::Function::New(env, EpollCreate));
+  exports.Set("epollAdd", Napi::Function::New(env, EpollAdd));
+  exports.Set("epollDel", Napi::Function::New(env, EpollDel));
+  exports.Set("drain", Napi::Function::New(env, Drain));
+  exports.Set("ringLayout", Napi::Function::New(env, RingLayout));
+  exports.Set("monotonicNs", Napi::Function::New(env, Now));
+  exports.Set("FdWatcher", FdWatcher::Define(env));
+}

@@ -1,0 +1,31 @@
+// Layout of the SharedArrayBuffer rings that carry events from the main thread to a worker.
+// Declared twice, here and in src/engine/ring-layout.ts, with the same offsets; test/unit/ring-layout
+// checks that the addon reports exactly these numbers.
+//
+// Single producer (the main thread: native drain and JS control records, never concurrently),
+// single consumer (one worker). HEAD and TAIL are free-running u32 record counts on separate cache
+// lines so producer and consumer do not share a line they both write.
+#pragma once
+#include <stdint.h>
+
+#define RING_HEAD_OFFSET 0        // u32, written by the producer (release), records published
+#define RING_TAIL_OFFSET 64       // u32, written by the consumer (release), records consumed
+#define RING_CAPACITY_OFFSET 128  // u32, power of two, set once at creation
+#define RING_HEADER_BYTES 192
+#define RING_RECORD_BYTES 48
+
+// One record.
+#define REC_KIND_OFFSET 0     // u32: RecordKind
+#define REC_FD_OFFSET 4       // i32: the uffd the record is about
+#define REC_TIME_OFFSET 8     // f64: CLOCK_MONOTONIC ns when the main thread read it
+#define REC_PAYLOAD_OFFSET 16 // 32 bytes: struct uffd_msg verbatim for REC_UFFD_MSG
+#define REC_PAYLOAD_BYTES 32
+
+enum RecordKind {
+  REC_UFFD_MSG = 1,       // payload: struct uffd_msg
+  REC_PROCESS = 2,        // payload: i32 pid, i32 host pid (0 = unknown)
+  REC_RESTORE_FINISHED = 3,
+  REC_STOP = 4,
+  REC_UFFD_ERROR = 5,     // payload: i32 errno (0 = EOF) of a failed read of the uffd
+  REC_FORGET = 6,         // main thread no longer tracks this uffd
+};

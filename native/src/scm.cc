@@ -1,0 +1,207 @@
+// AF_UNIX stream sockets with SCM_RIGHTS (the uffd hand-over) and SCM_CREDENTIALS (the sender's pid
+// as seen from our namespace, which is what we signal in a fail-stop), plus pidfds.
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <string>
+#include <napi.h>
+#include "args.h"
+#include "errors.h"
+
+static bool FillAddr(Napi::Env env, const std::string &path, struct sockaddr_un *sa) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa->sun_path) {
+    Napi::Error e = ErrnoError(env, "bind", ENAMETOOLONG);
+    e.Set("message", Napi::String::New(env, "unix socket path is longer than 107 bytes: " + path));
+    e.ThrowAsJavaScriptException();
+    return false;
+  }
+  memcpy(sa->sun_path, path.data(), path.size());
+  return true;
+}
+
+static void EnablePassCred(int fd) {
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+}
+
+// unixListen(path, backlog) -> fd. Non-blocking; any stale socket file is replaced, as CRIU does.
+static Napi::Value Listen(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 2, "unixListen")) return env.Undefined();
+  std::string path = info[0].As<Napi::String>();
+  struct sockaddr_un sa;
+  if (!FillAddr(env, path, &sa)) return env.Undefined();
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(env, "socket", errno);
+  EnablePassCred(fd);
+  unlink(path.c_str());
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, ArgInt(info, 1)) < 0) {
+    int err = errno;
+    close(fd);
+    return ThrowErrno(env, "bind/listen", err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// unixAccept(fd) -> { fd, pid, uid } of the peer, or null when no connection is pending.
+static Napi::Value Accept(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = accept4(ArgInt(info, 0), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EAGAIN || errno == EINTR) return env.Null();
+    return ThrowErrno(env, "accept", errno);
+  }
+  EnablePassCred(fd);
+  struct ucred cred = {};
+  socklen_t len = sizeof cred;
+  getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("fd", fd);
+  r.Set("pid", (int)cred.pid);
+  r.Set("uid", (double)cred.uid);
+  return r;
+}
+
+// unixRecv(fd, maxBytes) -> { data: Buffer, fds: number[], pid } or null if nothing is pending.
+// data.length == 0 means EOF. pid is the sender's pid from SCM_CREDENTIALS (0 if none came).
+static Napi::Value Recv(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 2, "unixRecv")) return env.Undefined();
+  size_t max = (size_t)ArgInt(info, 1);
+  std::string buf(max ? max : 1, '\0');
+  union {
+    char space[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
+    struct cmsghdr align;
+  } control;
+  struct iovec iov = {&buf[0], buf.size()};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.space;
+  msg.msg_controllen = sizeof control.space;
+  ssize_t n = recvmsg(ArgInt(info, 0), &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EINTR) return env.Null();
+    return ThrowErrno(env, "recvmsg", errno);
+  }
+  Napi::Array fds = Napi::Array::New(env);
+  int pid = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET) continue;
+    if (c->cmsg_type == SCM_RIGHTS) {
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; i++) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.Set(fds.Length(), fd);
+      }
+    } else if (c->cmsg_type == SCM_CREDENTIALS) {
+      struct ucred cred;
+      memcpy(&cred, CMSG_DATA(c), sizeof cred);
+      pid = cred.pid;
+    }
+  }
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("data", Napi::Buffer<char>::Copy(env, buf.data(), (size_t)n));
+  r.Set("fds", fds);
+  r.Set("pid", pid);
+  r.Set("truncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
+  return r;
+}
+
+// unixConnect(path) -> fd (blocking). For tests and tools that play the restorer.
+static Napi::Value Connect(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>();
+  struct sockaddr_un sa;
+  if (!FillAddr(env, path, &sa)) return env.Undefined();
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(env, "socket", errno);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    int err = errno;
+    close(fd);
+    return ThrowErrno(env, "connect", err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// unixSend(fd, data: Buffer, fds: number[]) -> bytes sent.
+static Napi::Value Send(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 3, "unixSend")) return env.Undefined();
+  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
+  Napi::Array fds = info[2].As<Napi::Array>();
+  union {
+    char space[CMSG_SPACE(sizeof(int) * 16)];
+    struct cmsghdr align;
+  } control;
+  struct iovec iov = {data.Data(), data.Length()};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  uint32_t nfds = fds.Length() > 16 ? 16 : fds.Length();
+  if (nfds) {
+    msg.msg_control = control.space;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    for (uint32_t i = 0; i < nfds; i++) {
+      int fd = fds.Get(i).As<Napi::Number>().Int32Value();
+      memcpy(CMSG_DATA(c) + i * sizeof(int), &fd, sizeof fd);
+    }
+  }
+  ssize_t n = sendmsg(ArgInt(info, 0), &msg, MSG_NOSIGNAL);
+  if (n < 0) return ThrowErrno(env, "sendmsg", errno);
+  return Napi::Number::New(env, (double)n);
+}
+
+static Napi::Value Close(const Napi::CallbackInfo &info) {
+  if (close(ArgInt(info, 0)) < 0) return ThrowErrno(info.Env(), "close", errno);
+  return info.Env().Undefined();
+}
+
+static Napi::Value Shutdown(const Napi::CallbackInfo &info) {
+  shutdown(ArgInt(info, 0), SHUT_RDWR);
+  return info.Env().Undefined();
+}
+
+static Napi::Value PidfdOpen(const Napi::CallbackInfo &info) {
+  int fd = (int)syscall(SYS_pidfd_open, ArgInt(info, 0), 0);
+  if (fd < 0) return ThrowErrno(info.Env(), "pidfd_open", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+static Napi::Value PidfdSendSignal(const Napi::CallbackInfo &info) {
+  if (syscall(SYS_pidfd_send_signal, ArgInt(info, 0), ArgInt(info, 1), nullptr, 0) < 0)
+    return ThrowErrno(info.Env(), "pidfd_send_signal", errno);
+  return info.Env().Undefined();
+}
+
+// dupFd(fd) -> a duplicate (close-on-exec).
+static Napi::Value Dup(const Napi::CallbackInfo &info) {
+  int fd = fcntl(ArgInt(info, 0), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(info.Env(), "dup", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+void InitScm(Napi::Env env, Napi::Object exports) {
+  exports.Set("unixListen", Napi::Function::New(env, Listen));
+  exports.Set("unixAccept", Napi::Function::New(env, Accept));
+  exports.Set("unixRecv", Napi::Function::New(env, Recv));
+  exports.Set("unixConnect", Napi::Function::New(env, Connect));
+  exports.Set("unixSend", Napi::Function::New(env, Send));
+  exports.Set("closeFd", Napi::Function::New(env, Close));
+  exports.Set("shutdownFd", Napi::Function::New(env, Shutdown));
+  exports.Set("dupFd", Napi::Function::New(env, Dup));
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
+  exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal));
+}

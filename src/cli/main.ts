@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+// faultline: lazy (post-copy) restore of CRIU-checkpointed process trees.
+import { Command, Option } from 'commander';
+import { ImageError } from '../images';
+import { lazyPages, UsageError, type LazyPagesFlags } from './lazy-pages';
+import { normalizeVerbosity } from './log';
+
+async function main(argv: string[]): Promise<number> {
+  const program = new Command('faultline')
+    .description('post-copy (lazy) restore engine for CRIU-checkpointed Linux process trees')
+    .exitOverride()
+    .showHelpAfterError();
+  let code = 0;
+  program
+    .command('lazy-pages')
+    .description('serve the memory of a tree restored with `criu restore --lazy-pages` (drop-in for `criu lazy-pages`)')
+    .requiredOption('-D, --images-dir <dir>', 'directory with the checkpoint images')
+    .option('-W, --work-dir <dir>', 'directory for lazy-pages.socket (default: the images directory)')
+    .option('-d, --daemon', 'detach once the socket is ready')
+    .option('--pidfile <file>', 'write the daemon pid here')
+    .option('--status-fd <fd>', 'write one NUL byte to this fd once ready')
+    .option('-o, --log-file <file>', 'log here instead of stderr')
+    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4 as in criu)').default(2).argParser(Number))
+    .option('--json', 'print the summary as JSON')
+    .option('-j, --workers <n>', 'worker threads (default: CPUs)')
+    .option('--fault-around <pages>', 'largest copy per fault')
+    .option('--fill-chunk <pages>', 'largest background copy')
+    .action(async (flags: LazyPagesFlags) => {
+      code = await lazyPages(flags, process.argv.slice(1));
+    });
+  program
+    .command('demo')
+    .description('generate a sample checkpoint (3 processes, 256 MiB), restore it lazily and verify every page')
+    .option('--dir <dir>', 'keep the images and logs here (default: a temporary directory, removed afterwards)')
+    .option('--json', 'print the result as JSON')
+    .action(async (flags: { dir?: string; json?: boolean }) => {
+      const { demo } = await import('./demo');
+      code = await demo(flags);
+    });
+  try {
+    await program.parseAsync(normalizeVerbosity(argv), { from: 'user' });
+  } catch (e) {
+    const err = e as Error & { exitCode?: number; code?: string };
+    if (err.code?.startsWith('commander.')) return err.exitCode ?? 2;
+    if (e instanceof ImageError || e instanceof UsageError || (e as { code?: string }).code) {
+      process.stderr.write(`faultline: error: ${err.message}\n`);
+      return e instanceof UsageError ? 2 : 1;
+    }
+    throw e;
+  }
+  return code;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: Error) => {
+    process.stderr.write(`faultline: internal error: ${e.stack ?? e.message}\n`);
+    process.exitCode = 70;
+  },
+);

@@ -1,0 +1,213 @@
+// The lazy-pages daemon: the main thread's owner of sockets, the epoll set, the process tree and
+// completion. Data flows one way: socket → epoll → ring → worker → ioctl; workers report back on a
+// MessagePort only what changes the tree (loaded, complete, gone, forked, fatal).
+import * as path from 'node:path';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import type { Logger } from 'pino';
+import { readInventory, readPstree, type PstreeEntry } from '../images';
+import { native } from '../native';
+import { DEFAULT_TUNING, type Tuning } from '../worker/tuning';
+import type { WorkerMessage, WorkerResult, WorkerTask } from '../worker/messages';
+import { FailStop, ProtocolError } from './errors';
+import type { HandoverEvent } from './handover';
+import { Listener } from './listener';
+import { Poller } from './poller';
+import { DEFAULT_RING_CAPACITY, RecordKind } from './ring-layout';
+import { summarize, type RestoreSummary } from './summary';
+import { ProcessTree } from './tree';
+
+export interface DaemonOptions {
+  imagesDir: string;
+  workDir: string;
+  workers: number;
+  tuning?: Partial<Tuning>;
+  ringCapacity?: number;
+  log: Logger;
+}
+
+export class LazyPagesDaemon {
+  private readonly pstree: PstreeEntry[];
+  private readonly tree: ProcessTree;
+  private readonly poller: Poller;
+  private readonly listener: Listener;
+  private readonly pool: Piscina;
+  private readonly tasks: Promise<WorkerResult>[] = [];
+  private readonly ports: MessagePort[] = [];
+  private readonly log: Logger;
+  private restoreFinished = false;
+  private firstHandoverNs = 0;
+  private finishedNs = 0;
+  private lastCompleteNs = 0;
+  private lazyPages = 0;
+  private stopping = false;
+  private resolveDone!: (s: RestoreSummary) => void;
+  private rejectDone!: (e: Error) => void;
+  /** Settles when every process is restored (or gone), or with the reason for a fail-stop. */
+  readonly done: Promise<RestoreSummary>;
+
+  /** Reads inventory and pstree and listens: the caller may announce readiness once this returns. */
+  constructor(private readonly opts: DaemonOptions) {
+    this.log = opts.log;
+    readInventory(opts.imagesDir);
+    this.pstree = readPstree(opts.imagesDir);
+    this.done = new Promise((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    this.done.catch(() => undefined); // observed by the caller; avoid an unhandled rejection warning
+    this.tree = new ProcessTree(opts.workers);
+    this.poller = new Poller(opts.workers, opts.ringCapacity ?? DEFAULT_RING_CAPACITY);
+    this.pool = new Piscina({
+      filename: path.resolve(__dirname, '../worker/loop.js'),
+      minThreads: opts.workers,
+      maxThreads: opts.workers,
+      idleTimeout: Infinity,
+      concurrentTasksPerWorker: 1,
+    });
+    const tuning = { ...DEFAULT_TUNING, ...opts.tuning };
+    for (let shard = 0; shard < opts.workers; shard++) {
+      const { port1, port2 } = new MessageChannel();
+      port1.on('message', (m: WorkerMessage) => this.onWorkerMessage(m));
+      port1.unref();
+      this.ports.push(port1);
+      const task: WorkerTask = { shard, ring: this.poller.rings[shard].sab, port: port2, imagesDir: path.resolve(opts.imagesDir), tuning };
+      const t = this.pool.run(task, { transferList: [port2] }) as Promise<WorkerResult>;
+      t.catch((e: Error) => this.failStop(`worker ${shard} failed: ${e.message}`));
+      this.tasks.push(t);
+    }
+    this.listener = new Listener(opts.workDir, this.pstree.length, {
+      onEvent: (e, peer) => this.onHandover(e, peer),
+      onError: (e) => this.failStop(e.message),
+      onExtraConnection: (pid) => this.log.warn({ peerPid: pid }, 'refused a second connection on lazy-pages.socket: one restorer per daemon'),
+    });
+    this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
+  }
+
+  get socketPath(): string {
+    return this.listener.socketPath;
+  }
+
+  private onHandover(e: HandoverEvent, peer: string): void {
+    if (this.stopping) return;
+    if (!this.firstHandoverNs) this.firstHandoverNs = native.monotonicNs();
+    switch (e.type) {
+      case 'process': {
+        const why = !this.pstree.some((t) => t.pid === e.pid) ? 'not in pstree.img' : this.tree.hasPid(e.pid) ? 'handed over twice' : '';
+        // Tracked even when refused, so that the fail-stop below stops this process too.
+        const p = this.tree.add(e.uffd, e.pid, e.senderPid);
+        if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
+        this.log.debug({ pid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
+        this.poller.addProcess(e.uffd, p.shard, e.pid, e.senderPid);
+        return;
+      }
+      case 'zombie':
+        if (!this.pstree.some((t) => t.pid === e.pid)) return this.failStop(`${peer}: zombie ${e.pid} is not in pstree.img`);
+        this.tree.zombies++;
+        return;
+      case 'finished':
+        this.restoreFinished = true;
+        this.finishedNs = native.monotonicNs();
+        this.log.info('restore finished: filling in the background');
+        this.poller.broadcast(RecordKind.RESTORE_FINISHED);
+        this.checkDone();
+        return;
+    }
+  }
+
+  private onWorkerMessage(m: WorkerMessage): void {
+    if (this.stopping && m.type !== 'fatal') return;
+    switch (m.type) {
+      case 'loaded': {
+        const p = this.tree.get(m.uffd);
+        if (p) {
+          p.lazyPages = m.lazyPages;
+          p.state = 'restoring';
+        }
+        this.lazyPages += m.lazyPages;
+        return;
+      }
+      case 'complete':
+      case 'gone': {
+        this.poller.unwatch(m.uffd);
+        const p = this.tree.release(m.uffd, m.type);
+        native.closeFd(m.uffd);
+        this.lastCompleteNs = native.monotonicNs();
+        if (m.type === 'gone') this.log.info({ pid: m.pid, reason: m.reason }, 'process gone before completion');
+        else this.log.debug({ pid: m.pid, hostPid: p?.hostPid, ...m.counters }, 'process restored');
+        this.checkDone();
+        return;
+      }
+      case 'forked': {
+        const parent = this.tree.get(m.parentUffd);
+        const shard = parent?.shard ?? 0;
+        this.tree.add(m.uffd, m.pid, 0, shard).state = 'restoring';
+        this.poller.watch(m.uffd, shard);
+        return;
+      }
+      case 'fatal':
+        this.failStop(m.message);
+        return;
+    }
+  }
+
+  private checkDone(): void {
+    if (this.stopping || !this.restoreFinished || this.tree.active > 0) return;
+    this.stopping = true;
+    void this.finish();
+  }
+
+  private async finish(): Promise<void> {
+    this.poller.broadcast(RecordKind.STOP, 0);
+    const results = await Promise.all(this.tasks);
+    await this.teardown();
+    const end = this.lastCompleteNs || native.monotonicNs();
+    const finished = this.tree.finished;
+    this.resolveDone(
+      summarize(results, {
+        ok: true,
+        processes: finished.length,
+        zombies: this.tree.zombies,
+        exitedEarly: finished.filter((p) => p.state === 'gone').length,
+        lazyPages: this.lazyPages,
+        timeToRestoredMs: this.firstHandoverNs ? (end - this.firstHandoverNs) / 1e6 : 0,
+        fillAfterFinishedMs: (end - this.finishedNs) / 1e6,
+      }),
+    );
+  }
+
+  /**
+   * Never let a restored process read zeros where the image has data: kill every process we can
+   * name, have the workers poison what is still missing (covers processes without a pid), and only
+   * then let go of the uffds.
+   */
+  failStop(reason: string): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    const killed = this.tree.killAll();
+    this.log.error({ killed }, `fail-stop: ${reason}`);
+    void (async () => {
+      try {
+        this.poller.broadcast(RecordKind.STOP, 1);
+      } catch {
+        // a full ring: the pool is destroyed below; the processes are already killed
+      }
+      await Promise.race([Promise.allSettled(this.tasks), new Promise((r) => setTimeout(r, 5000).unref())]);
+      await this.teardown();
+      this.rejectDone(new FailStop(reason));
+    })();
+  }
+
+  private async teardown(): Promise<void> {
+    this.listener.close();
+    this.poller.close();
+    for (const uffd of this.tree.uffds()) {
+      this.tree.release(uffd, 'gone');
+      native.closeFd(uffd);
+    }
+    for (const port of this.ports) port.close();
+    await this.pool.destroy();
+  }
+}
+
+export { FailStop, ProtocolError };

@@ -1,0 +1,9 @@
+/** The restorer broke the hand-over protocol (criu-lazy-pages.md §2). Names the socket and peer. */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+/** Something that forces the daemon to stop the restored tree; the message says why, in one line. */
+export class FailStop extends Error {
+  override name = 'FailStop';
+}

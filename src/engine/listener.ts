@@ -1,0 +1,105 @@
+// Listener: <workdir>/lazy-pages.socket, the one restorer connection, and the uffds it hands over.
+// Readiness comes from libuv (FdWatcher), so accepting never blocks the main thread.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { native } from '../native';
+import { HandoverParser, type HandoverEvent } from './handover';
+import { ProtocolError } from './errors';
+
+export const SOCKET_NAME = 'lazy-pages.socket';
+const RECV_BYTES = 4096;
+
+export interface ListenerEvents {
+  onEvent(e: HandoverEvent, peer: string): void;
+  onError(e: Error): void;
+  onExtraConnection(peerPid: number): void;
+}
+
+export class Listener {
+  readonly socketPath: string;
+  private readonly fd: number;
+  private readonly watcher: { stop(): void };
+  private conn: { fd: number; watcher: { stop(): void }; parser: HandoverParser; peer: string } | null = null;
+  private accepted = false;
+  private closed = false;
+
+  constructor(
+    workDir: string,
+    private readonly nrTasks: number,
+    private readonly events: ListenerEvents,
+  ) {
+    this.socketPath = path.resolve(workDir, SOCKET_NAME);
+    this.fd = native.unixListen(this.socketPath, 10);
+    this.watcher = new native.FdWatcher(this.fd, () => this.accept());
+  }
+
+  private accept(): void {
+    for (;;) {
+      const c = native.unixAccept(this.fd);
+      if (!c) return;
+      if (this.accepted) {
+        // CRIU serves exactly one restorer; a second one must not be able to inject uffds.
+        native.closeFd(c.fd);
+        this.events.onExtraConnection(c.pid);
+        continue;
+      }
+      this.accepted = true;
+      const peer = `${SOCKET_NAME} (restorer pid ${c.pid})`;
+      const parser = new HandoverParser(this.nrTasks, peer);
+      const watcher = new native.FdWatcher(c.fd, () => this.receive());
+      this.conn = { fd: c.fd, watcher, parser, peer };
+    }
+  }
+
+  private receive(): void {
+    const conn = this.conn;
+    if (!conn) return;
+    try {
+      for (;;) {
+        const r = native.unixRecv(conn.fd, RECV_BYTES);
+        if (!r) return;
+        if (r.truncated) throw new ProtocolError(`${conn.peer}: control message truncated (too many file descriptors in one message)`);
+        for (const fd of r.fds) checkIsUffd(fd, conn.peer);
+        const events = conn.parser.feed(r.data, r.fds, r.pid);
+        for (const e of events) this.events.onEvent(e, conn.peer);
+        if (r.data.length === 0) {
+          this.closeConnection();
+          return;
+        }
+      }
+    } catch (e) {
+      for (const fd of conn.parser.leftoverFds()) native.closeFd(fd);
+      this.closeConnection();
+      this.events.onError(e as Error);
+    }
+  }
+
+  private closeConnection(): void {
+    if (!this.conn) return;
+    this.conn.watcher.stop();
+    native.closeFd(this.conn.fd);
+    this.conn = null;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeConnection();
+    this.watcher.stop();
+    native.closeFd(this.fd);
+    fs.rmSync(this.socketPath, { force: true });
+  }
+}
+
+function checkIsUffd(fd: number, peer: string): void {
+  let target = '';
+  try {
+    target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    // unreadable: judged by the ioctls later
+    return;
+  }
+  if (target !== 'anon_inode:[userfaultfd]') {
+    throw new ProtocolError(`${peer}: the file descriptor handed over is not a userfaultfd (${target})`);
+  }
+}

@@ -1,0 +1,40 @@
+// Byte layout of the SharedArrayBuffer rings, mirrored from native/src/ring.h (test/unit/ring-layout
+// checks that the addon agrees). Records are fixed-size so the producer never writes a partial one.
+export const RING = {
+  HEAD_OFFSET: 0, // u32 records published (producer, release)
+  TAIL_OFFSET: 64, // u32 records consumed (consumer, release); own cache line
+  CAPACITY_OFFSET: 128, // u32 power of two
+  HEADER_BYTES: 192,
+  RECORD_BYTES: 48,
+  KIND_OFFSET: 0, // u32 RecordKind
+  FD_OFFSET: 4, // i32 uffd
+  TIME_OFFSET: 8, // f64 CLOCK_MONOTONIC ns at read
+  PAYLOAD_OFFSET: 16, // 32 bytes: struct uffd_msg for UFFD_MSG
+  PAYLOAD_BYTES: 32,
+} as const;
+
+export const enum RecordKind {
+  UFFD_MSG = 1,
+  /** payload: i32 pid, i32 host pid (0 = unknown), i32 parent uffd (-1 = none) */
+  PROCESS = 2,
+  RESTORE_FINISHED = 3,
+  /** payload: i32 1 = fail-stop (poison what is still missing), 0 = normal end */
+  STOP = 4,
+  /** payload: i32 errno (0 = EOF) */
+  UFFD_ERROR = 5,
+  FORGET = 6,
+}
+
+/** struct uffd_msg (linux/userfaultfd.h): event byte, then a 24-byte union at offset 8. */
+export const UFFD_MSG = {
+  BYTES: 32,
+  EVENT_PAGEFAULT: 0x12,
+  EVENT_FORK: 0x13,
+  EVENT_REMAP: 0x14,
+  EVENT_REMOVE: 0x15,
+  EVENT_UNMAP: 0x16,
+  PAGEFAULT_FLAG_WRITE: 1,
+} as const;
+
+/** Default ring size: at least one record per faulting thread of the tree plus events; 64k records = 3 MiB. */
+export const DEFAULT_RING_CAPACITY = 1 << 16;

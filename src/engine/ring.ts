@@ -1,0 +1,106 @@
+// Single-producer single-consumer ring over a SharedArrayBuffer (our own; see DESIGN.md notes for
+// why not ringbuf.js: records are fixed 48-byte slots the native drain writes directly).
+import { RING, RecordKind } from './ring-layout';
+
+const HEAD = RING.HEAD_OFFSET / 4;
+const TAIL = RING.TAIL_OFFSET / 4;
+const CAPACITY = RING.CAPACITY_OFFSET / 4;
+
+export function createRingBuffer(capacity: number): SharedArrayBuffer {
+  if (capacity < 2 || (capacity & (capacity - 1)) !== 0) throw new RangeError(`ring capacity must be a power of two, got ${capacity}`);
+  const sab = new SharedArrayBuffer(RING.HEADER_BYTES + capacity * RING.RECORD_BYTES);
+  new Uint32Array(sab)[CAPACITY] = capacity;
+  return sab;
+}
+
+class RingView {
+  readonly i32: Int32Array;
+  readonly view: DataView;
+  readonly bytes: Uint8Array;
+  readonly capacity: number;
+  constructor(readonly sab: SharedArrayBuffer) {
+    this.i32 = new Int32Array(sab);
+    this.view = new DataView(sab);
+    this.bytes = new Uint8Array(sab);
+    this.capacity = this.i32[CAPACITY];
+  }
+  protected slot(seq: number): number {
+    return RING.HEADER_BYTES + (seq & (this.capacity - 1)) * RING.RECORD_BYTES;
+  }
+}
+
+/** Main-thread side. The native drain writes into the same ring; both run on the main thread only. */
+export class RingProducer extends RingView {
+  /** Appends one control record; false if the ring is full (the caller retries after a notify). */
+  push(kind: RecordKind, fd: number, timeNs: number, ...payload: number[]): boolean {
+    const head = Atomics.load(this.i32, HEAD) >>> 0;
+    const tail = Atomics.load(this.i32, TAIL) >>> 0;
+    if (((head - tail) >>> 0) >= this.capacity) return false;
+    const at = this.slot(head);
+    this.view.setUint32(at + RING.KIND_OFFSET, kind, true);
+    this.view.setInt32(at + RING.FD_OFFSET, fd, true);
+    this.view.setFloat64(at + RING.TIME_OFFSET, timeNs, true);
+    for (let i = 0; i < payload.length; i++) this.view.setInt32(at + RING.PAYLOAD_OFFSET + 4 * i, payload[i], true);
+    Atomics.store(this.i32, HEAD, (head + 1) | 0);
+    return true;
+  }
+  notify(): void {
+    Atomics.notify(this.i32, HEAD);
+  }
+}
+
+/** A record as the worker sees it: offsets into `view` of the current slot. */
+export interface RingRecord {
+  kind: number;
+  fd: number;
+  timeNs: number;
+  /** Byte offset of the 32-byte payload in `view`. */
+  at: number;
+}
+
+/** Worker side. */
+export class RingConsumer extends RingView {
+  private readonly rec: RingRecord = { kind: 0, fd: 0, timeNs: 0, at: 0 };
+
+  available(): number {
+    return (Atomics.load(this.i32, HEAD) - Atomics.load(this.i32, TAIL)) >>> 0;
+  }
+
+  /** Hands every published record to `fn` (the record object is reused), then frees the slots. */
+  consume(fn: (r: RingRecord) => void, max = Infinity): number {
+    const head = Atomics.load(this.i32, HEAD) >>> 0;
+    let tail = Atomics.load(this.i32, TAIL) >>> 0;
+    let n = 0;
+    while (tail !== head && n < max) {
+      const at = this.slot(tail);
+      const r = this.rec;
+      r.kind = this.view.getUint32(at + RING.KIND_OFFSET, true);
+      r.fd = this.view.getInt32(at + RING.FD_OFFSET, true);
+      r.timeNs = this.view.getFloat64(at + RING.TIME_OFFSET, true);
+      r.at = at + RING.PAYLOAD_OFFSET;
+      // Free the slot only after the handler ran: the payload is read in place.
+      fn(r);
+      tail = (tail + 1) >>> 0;
+      Atomics.store(this.i32, TAIL, tail | 0);
+      n++;
+    }
+    return n;
+  }
+
+  /** Sleeps until the producer publishes (or timeout). Never misses a wake: waits on the head value it saw. */
+  wait(timeoutMs: number): void {
+    const head = Atomics.load(this.i32, HEAD);
+    if (((head - Atomics.load(this.i32, TAIL)) >>> 0) !== 0) return;
+    Atomics.wait(this.i32, HEAD, head, timeoutMs);
+  }
+
+  u64(at: number): number {
+    return this.view.getUint32(at, true) + this.view.getUint32(at + 4, true) * 0x1_0000_0000;
+  }
+  i32At(at: number): number {
+    return this.view.getInt32(at, true);
+  }
+  u8(at: number): number {
+    return this.view.getUint8(at);
+  }
+}

@@ -1,0 +1,75 @@
+// The end-of-restore summary: one screen for people, JSON for machines.
+import * as hdr from 'hdr-histogram-js';
+import type { ProcessCounters } from '../worker/lazy-process';
+import type { WorkerResult } from '../worker/messages';
+
+export interface RestoreSummary {
+  ok: boolean;
+  processes: number;
+  zombies: number;
+  exitedEarly: number;
+  lazyPages: number;
+  pagesByFault: number;
+  pagesByFill: number;
+  zeroPages: number;
+  existingPages: number;
+  faults: number;
+  copies: number;
+  faultServiceUs: { p50: number; p90: number; p99: number; max: number; count: number };
+  /** From the first hand-over to the last process complete. */
+  timeToRestoredMs: number;
+  /** From RESTORE_FINISHED to the last process complete. */
+  fillAfterFinishedMs: number;
+  workers: number;
+  poisonedPages: number;
+}
+
+export function summarize(
+  results: WorkerResult[],
+  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'existingPages'>,
+): RestoreSummary {
+  const total = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+  let poisoned = 0;
+  for (const r of results) {
+    total.add(hdr.decodeFromCompressedBase64(r.latency, 64));
+    for (const k of Object.keys(t) as (keyof ProcessCounters)[]) t[k] += r.totals[k];
+    poisoned += r.poisonedPages;
+  }
+  const us = (v: number) => Math.round(v / 10) / 100;
+  return {
+    ...extra,
+    pagesByFault: t.faultPages,
+    pagesByFill: t.fillPages,
+    zeroPages: t.zeroPages,
+    existingPages: t.existingPages,
+    faults: t.faults,
+    copies: t.copies,
+    faultServiceUs: {
+      p50: us(total.getValueAtPercentile(50)),
+      p90: us(total.getValueAtPercentile(90)),
+      p99: us(total.getValueAtPercentile(99)),
+      max: us(total.maxValue),
+      count: total.totalCount,
+    },
+    workers: results.length,
+    poisonedPages: poisoned,
+  };
+}
+
+export function formatSummary(s: RestoreSummary): string {
+  const mib = (pages: number) => (pages * 4096 / 1048576).toFixed(1) + ' MiB';
+  const rate = s.fillAfterFinishedMs > 0 ? ((s.pagesByFault + s.pagesByFill) * 4096 / 1e6 / (s.timeToRestoredMs / 1000)).toFixed(0) : '-';
+  return [
+    `faultline: restore ${s.ok ? 'complete' : 'FAILED'}`,
+    `  processes        ${s.processes} restored, ${s.zombies} zombies, ${s.exitedEarly} exited before completion`,
+    `  lazy memory      ${s.lazyPages} pages (${mib(s.lazyPages)})`,
+    `  pages by fault   ${s.pagesByFault} (${s.faults} faults, fault-around)`,
+    `  pages by fill    ${s.pagesByFill}`,
+    `  zero pages       ${s.zeroPages} (holes)${s.existingPages ? `, ${s.existingPages} already present` : ''}`,
+    `  UFFDIO_COPY      ${s.copies} ioctls`,
+    `  fault service    p50 ${s.faultServiceUs.p50} µs, p90 ${s.faultServiceUs.p90} µs, p99 ${s.faultServiceUs.p99} µs, max ${s.faultServiceUs.max} µs (${s.faultServiceUs.count} served)`,
+    `  fully restored   ${s.timeToRestoredMs.toFixed(1)} ms after the first hand-over (${s.fillAfterFinishedMs.toFixed(1)} ms after RESTORE_FINISHED), ${rate} MB/s`,
+    `  workers          ${s.workers}`,
+  ].join('\n');
+}

@@ -1,0 +1,161 @@
+// Runs one lazy restore end to end, as a user would: `faultline lazy-pages` in one process, the C
+// restore target (native/bin/faultline-target, standing in for `criu restore --lazy-pages`) in
+// another. Used by the demo, the tests and the benchmarks.
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { RestoreSummary } from '../engine/summary';
+import { writeTargetPlan } from './plan';
+
+export const ROOT = path.resolve(__dirname, '../../..');
+export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+export const TARGET = path.join(ROOT, 'native/bin/faultline-target');
+
+export interface TargetOptions {
+  threads?: number;
+  pattern?: 'seq' | 'random' | 'stride';
+  stride?: number;
+  fraction?: number;
+  seed?: number;
+  handover?: 'split' | 'merged' | 'bytewise';
+  zombies?: number[];
+  holdMs?: number;
+  /** Verify every page after the daemon has exited (default true). */
+  verifyAll?: boolean;
+}
+
+export interface TargetProcessReport {
+  pid: number;
+  hostPid: number;
+  pages: number;
+  touched: number;
+  verified: number;
+  mismatches: number;
+  holes: number;
+  latencyNs: { p50: number; p90: number; p99: number; max: number; count: number };
+}
+
+export interface TargetSummary {
+  processes: number;
+  verified: number;
+  mismatches: number;
+  killed: { pid: number; signal: number }[];
+  failed: { pid: number; status: number }[];
+  releaseToExitMs: number;
+}
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RestoreResult {
+  daemon: Exit & { summary?: RestoreSummary; error?: string };
+  target: Exit & { processes: TargetProcessReport[]; summary?: TargetSummary };
+}
+
+export interface RestoreRunOptions {
+  imagesDir: string;
+  /** Holds the socket, the plan and logs; created if missing. */
+  workDir: string;
+  daemonArgs?: string[];
+  target?: TargetOptions;
+  timeoutMs?: number;
+  /** Re-run when the target could not map a VMA at its dump-time address (ASLR collision). */
+  retries?: number;
+}
+
+export function targetArgs(planPath: string, o: TargetOptions): string[] {
+  const a = ['--plan', planPath];
+  if (o.threads) a.push('--threads', String(o.threads));
+  if (o.pattern) a.push('--pattern', o.pattern);
+  if (o.stride) a.push('--stride', String(o.stride));
+  if (o.fraction !== undefined) a.push('--fraction', String(o.fraction));
+  if (o.seed !== undefined) a.push('--seed', String(o.seed));
+  if (o.handover) a.push('--handover', o.handover);
+  for (const z of o.zombies ?? []) a.push('--zombie', String(z));
+  if (o.holdMs) a.push('--hold-ms', String(o.holdMs));
+  if (o.verifyAll !== false) a.push('--verify-all', '--wait-signal');
+  return a;
+}
+
+function collect(child: ChildProcess): Promise<Exit> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+}
+
+/** Starts `faultline lazy-pages` and resolves once it is listening (its --status-fd NUL byte). */
+export async function startDaemon(imagesDir: string, workDir: string, extra: string[] = []): Promise<{ child: ChildProcess; exit: Promise<Exit> }> {
+  const child = spawn(process.execPath, [CLI, 'lazy-pages', '-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+  });
+  const exit = collect(child);
+  const ready = await new Promise<boolean>((resolve) => {
+    const status = child.stdio[3] as NodeJS.ReadableStream;
+    status.once('data', () => resolve(true));
+    status.once('end', () => resolve(false));
+  });
+  (child.stdio[3] as unknown as { destroy(): void }).destroy();
+  if (!ready) {
+    const e = await exit;
+    throw new Error(`faultline lazy-pages did not start (exit ${e.code}): ${e.stderr.trim()}`);
+  }
+  return { child, exit };
+}
+
+export function parseTargetOutput(stdout: string): { processes: TargetProcessReport[]; summary?: TargetSummary } {
+  const processes: TargetProcessReport[] = [];
+  let summary: TargetSummary | undefined;
+  for (const line of stdout.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const o = JSON.parse(line);
+    if (o.summary) summary = o as TargetSummary;
+    else processes.push(o as TargetProcessReport);
+  }
+  return { processes, summary };
+}
+
+function parseDaemonOutput(stdout: string): { summary?: RestoreSummary; error?: string } {
+  const line = stdout.trim().split('\n').pop() ?? '';
+  if (!line.startsWith('{')) return {};
+  const o = JSON.parse(line);
+  return o.ok === false ? { error: o.error } : { summary: o as RestoreSummary };
+}
+
+export async function runRestore(opts: RestoreRunOptions): Promise<RestoreResult> {
+  for (let attempt = 0; ; attempt++) {
+    const r = await runOnce(opts);
+    if (r.target.code === 3 && attempt < (opts.retries ?? 2)) continue;
+    return r;
+  }
+}
+
+async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
+  fs.mkdirSync(opts.workDir, { recursive: true });
+  const planPath = path.join(opts.workDir, 'target.plan');
+  const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs);
+  writeTargetPlan(opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
+  const target = spawn(TARGET, targetArgs(planPath, opts.target ?? {}), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const targetExit = collect(target);
+  const timer = setTimeout(() => {
+    daemon.kill('SIGKILL');
+    target.kill('SIGKILL');
+  }, opts.timeoutMs ?? 120_000);
+  try {
+    const d = await daemonExit;
+    // The daemon is gone: now the target checks every page, background-filled ones included.
+    if (target.exitCode === null) target.kill('SIGUSR1');
+    const t = await targetExit;
+    return {
+      daemon: { ...d, ...parseDaemonOutput(d.stdout) },
+      target: { ...t, ...parseTargetOutput(t.stdout) },
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,230 @@
+// One restored process as its worker sees it: the lazy ranges still missing (run-time addresses
+// that follow mremap, each with the dump-time address of its data), its uffd, and its fill cursor.
+import { MemoryMap, type LazyRange } from '../memory';
+import { native, isErrno } from '../native';
+import type { AddressRange, PageSource } from '../source/page-source';
+import type { Tuning } from './tuning';
+
+export const PAGE = 4096;
+const pageDown = (a: number) => a - (a % PAGE);
+const hex = (a: number) => '0x' + a.toString(16);
+
+export type CopyOutcome = 'ok' | 'again' | 'gone';
+
+export interface ProcessCounters {
+  faults: number;
+  faultPages: number;
+  fillPages: number;
+  zeroPages: number;
+  /** Pages the kernel already had (EEXIST): counted as done. */
+  existingPages: number;
+  copies: number;
+}
+
+export class WorkerError extends Error {}
+
+export class LazyProcess {
+  readonly map: MemoryMap;
+  readonly counters: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+  private faultAround: number;
+  private lastFaultEnd = -1;
+  private fillCursor = 0;
+  private fillChunk: number;
+  gone = false;
+
+  constructor(
+    readonly uffd: number,
+    readonly pid: number,
+    readonly source: PageSource,
+    map: MemoryMap,
+    /** Registered areas (run-time addresses), sorted; bound zero-fill of holes. */
+    private vmas: AddressRange[],
+    private readonly tuning: Tuning,
+  ) {
+    this.map = map;
+    this.faultAround = tuning.faultAroundMin;
+    this.fillChunk = tuning.fillChunkMin;
+  }
+
+  static fromImages(uffd: number, pid: number, source: PageSource, lazy: AddressRange[], vmas: AddressRange[], tuning: Tuning): LazyProcess {
+    const map = new MemoryMap(lazy.map((r) => ({ start: r.start, end: r.end, imgStart: r.start })));
+    return new LazyProcess(uffd, pid, source, map, vmas.map((v) => ({ ...v })), tuning);
+  }
+
+  /** A forked child starts with everything its parent still misses (UFFD_EVENT_FORK). */
+  forkChild(uffd: number): LazyProcess {
+    return new LazyProcess(uffd, this.pid, this.source, this.map.clone(), this.vmas.map((v) => ({ ...v })), this.tuning);
+  }
+
+  get complete(): boolean {
+    return this.map.pages === 0;
+  }
+
+  /** Serves a page fault: the page and its lazy neighbours in one copy, or zeros for a hole. */
+  fault(address: number): CopyOutcome {
+    const page = pageDown(address);
+    this.counters.faults++;
+    this.fillChunk = this.tuning.fillChunkMin;
+    const range = this.map.find(page);
+    if (!range) return this.zeroFill(page);
+    // Faults walking up through memory earn a wider window; scattered faults shrink it back.
+    const sequential = page === this.lastFaultEnd;
+    this.faultAround = sequential
+      ? Math.min(this.faultAround * 2, this.tuning.faultAroundMax)
+      : Math.max(this.faultAround >> 1, this.tuning.faultAroundMin);
+    const w = this.map.window(page, this.faultAround, sequential ? 0 : this.faultAround >> 2)!;
+    this.lastFaultEnd = w.end;
+    const [piece] = this.map.take(w.start, w.end);
+    return this.copy(piece, 'fault');
+  }
+
+  /** Copies the next background chunk; false when nothing is left. */
+  fillNext(): CopyOutcome | 'empty' {
+    const r = this.map.nextAtOrAfter(this.fillCursor) ?? this.map.nextAtOrAfter(0);
+    if (!r) return 'empty';
+    const start = Math.max(r.start, this.fillCursor);
+    const end = Math.min(r.end, start + this.fillChunk * PAGE);
+    this.fillCursor = end;
+    this.fillChunk = Math.min(this.fillChunk * 2, this.tuning.fillChunkMax);
+    const [piece] = this.map.take(start, end);
+    return this.copy(piece, 'fill');
+  }
+
+  private copy(piece: LazyRange, cause: 'fault' | 'fill'): CopyOutcome {
+    let dst = piece.start;
+    let img = piece.imgStart;
+    while (dst < piece.end) {
+      const data = this.source.locate(img, (piece.end - dst) / PAGE);
+      if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
+      const len = data.pages * PAGE;
+      try {
+        native.uffdCopy(this.uffd, dst, data.buf, data.offset, len, 0);
+        this.counted(cause, data.pages);
+      } catch (e) {
+        if (!isErrno(e)) throw e;
+        const done = e.done ?? 0;
+        this.counted(cause, done / PAGE);
+        switch (e.code) {
+          case 'EEXIST': // the page is there already: done; go on after it
+            this.counters.existingPages++;
+            dst += done + PAGE;
+            img += done + PAGE;
+            continue;
+          case 'EAGAIN': // the mm is changing (an event is pending): keep the rest for a retry
+            this.map.insert({ start: dst + done, end: piece.end, imgStart: img + done });
+            return 'again';
+          case 'ESRCH':
+          case 'ENOSPC':
+            this.gone = true;
+            return 'gone';
+          default:
+            throw new WorkerError(`pid ${this.pid}: UFFDIO_COPY of ${len / PAGE} pages to ${hex(dst)}: ${e.code}`);
+        }
+      }
+      this.counters.copies++;
+      dst += len;
+      img += len;
+    }
+    return 'ok';
+  }
+
+  private counted(cause: 'fault' | 'fill', pages: number): void {
+    if (cause === 'fault') this.counters.faultPages += pages;
+    else this.counters.fillPages += pages;
+  }
+
+  /** A fault outside every lazy range: a hole in the image (zeros), or a page copied meanwhile. */
+  private zeroFill(page: number): CopyOutcome {
+    const vma = this.vmaAt(page);
+    const next = this.map.nextAtOrAfter(page);
+    let end = page + this.tuning.zeroAroundMax * PAGE;
+    if (vma) end = Math.min(end, vma.end);
+    else end = page + PAGE;
+    if (next) end = Math.min(end, next.start);
+    try {
+      this.counters.zeroPages += native.uffdZeropage(this.uffd, page, end - page, 0) / PAGE;
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+      this.counters.zeroPages += (e.done ?? 0) / PAGE;
+      switch (e.code) {
+        case 'EEXIST': // already filled (by a copy that also woke the thread); wake to be sure
+          if ((e.done ?? 0) === 0) native.uffdWake(this.uffd, page, PAGE);
+          return 'ok';
+        case 'EAGAIN':
+          return 'again';
+        case 'ESRCH':
+        case 'ENOSPC':
+          this.gone = true;
+          return 'gone';
+        default:
+          throw new WorkerError(`pid ${this.pid}: UFFDIO_ZEROPAGE at ${hex(page)}: ${e.code}`);
+      }
+    }
+    return 'ok';
+  }
+
+  private vmaAt(addr: number): AddressRange | undefined {
+    let lo = 0;
+    let hi = this.vmas.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.vmas[mid].end <= addr) lo = mid + 1;
+      else hi = mid;
+    }
+    const v = this.vmas[lo];
+    return v && v.start <= addr ? v : undefined;
+  }
+
+  /** madvise(DONTNEED) and friends: afterwards the range reads as zeros, never as image data. */
+  removed(start: number, end: number): CopyOutcome {
+    try {
+      native.uffdUnregister(this.uffd, start, end - start);
+    } catch (e) {
+      if (isErrno(e, 'ENOMEM', 'ESRCH')) {
+        this.gone = true;
+        return 'gone';
+      }
+      throw e;
+    }
+    this.map.drop(start, end);
+    return 'ok';
+  }
+
+  unmapped(start: number, end: number): void {
+    this.map.drop(start, end);
+    this.vmas = cutOut(this.vmas, start, end);
+  }
+
+  remapped(from: number, to: number, len: number): void {
+    this.map.remap(from, to, len);
+    const moved = this.vmas
+      .filter((v) => v.end > from && v.start < from + len)
+      .map((v) => ({ start: Math.max(v.start, from) - from + to, end: Math.min(v.end, from + len) - from + to }));
+    this.vmas = cutOut(cutOut(this.vmas, from, from + len), to, to + len).concat(moved).sort((a, b) => a.start - b.start);
+  }
+
+  /** Fail-stop: make every still-missing page fault fatally (SIGBUS) rather than read zeros. */
+  poisonRemaining(): number {
+    let pages = 0;
+    for (const r of this.map) {
+      try {
+        pages += native.uffdPoison(this.uffd, r.start, r.end - r.start) / PAGE;
+      } catch {
+        // the process may be gone or the page present: nothing more can be done for this range
+      }
+    }
+    return pages;
+  }
+}
+
+function cutOut(list: AddressRange[], start: number, end: number): AddressRange[] {
+  const out: AddressRange[] = [];
+  for (const v of list) {
+    if (v.end <= start || v.start >= end) out.push(v);
+    else {
+      if (v.start < start) out.push({ start: v.start, end: start });
+      if (v.end > end) out.push({ start: end, end: v.end });
+    }
+  }
+  return out;
+}

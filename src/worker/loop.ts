@@ -1,0 +1,159 @@
+// The Piscina task: one long-lived loop per pool thread. It consumes its SAB ring (faults and events
+// of the processes in its shard, in order), serves faults first, and fills in the background while
+// the ring is empty. It blocks in Atomics.wait, so the main thread talks to it only through the ring.
+import * as hdr from 'hdr-histogram-js';
+import { RingConsumer, type RingRecord } from '../engine/ring';
+import { RecordKind, UFFD_MSG } from '../engine/ring-layout';
+import { openLocalProcess } from '../source/local';
+import { native } from '../native';
+import { LazyProcess, type CopyOutcome, type ProcessCounters } from './lazy-process';
+import type { WorkerMessage, WorkerResult, WorkerTask } from './messages';
+
+const IDLE_WAIT_MS = 1000;
+const AGAIN_WAIT_MS = 1;
+
+interface PendingFault {
+  p: LazyProcess;
+  address: number;
+  timeNs: number;
+}
+
+export default function runShard(task: WorkerTask): WorkerResult {
+  const ring = new RingConsumer(task.ring);
+  const port = task.port;
+  const post = (m: WorkerMessage) => port.postMessage(m);
+  const processes = new Map<number, LazyProcess>();
+  const filling: LazyProcess[] = [];
+  let fillIndex = 0;
+  let restoreFinished = false;
+  let stop = false;
+  let failStop = false;
+  let retry: PendingFault[] = [];
+  const latency = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+
+  const release = (p: LazyProcess, how: 'complete' | 'gone', reason = '') => {
+    // Forget the uffd before telling the main thread, which closes it (and may reuse the number).
+    processes.delete(p.uffd);
+    const i = filling.indexOf(p);
+    if (i >= 0) filling.splice(i, 1);
+    for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
+    if (how === 'complete') post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
+    else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
+  };
+
+  const settle = (p: LazyProcess, outcome: CopyOutcome): void => {
+    if (outcome === 'gone') release(p, 'gone', 'the process exited (ESRCH)');
+    else if (p.complete && processes.has(p.uffd)) release(p, 'complete');
+  };
+
+  const serveFault = (p: LazyProcess, address: number, timeNs: number) => {
+    const outcome = p.fault(address);
+    if (outcome === 'again') retry.push({ p, address, timeNs });
+    else latency.recordValue(Math.max(1, native.monotonicNs() - timeNs));
+    settle(p, outcome);
+  };
+
+  const onRecord = (r: RingRecord) => {
+    switch (r.kind) {
+      case RecordKind.UFFD_MSG: {
+        const p = processes.get(r.fd);
+        if (!p) return; // a uffd already released: its late messages are moot
+        const event = ring.u8(r.at);
+        const a = r.at + 8;
+        switch (event) {
+          case UFFD_MSG.EVENT_PAGEFAULT:
+            serveFault(p, ring.u64(a + 8), r.timeNs);
+            break;
+          case UFFD_MSG.EVENT_FORK: {
+            const child = p.forkChild(ring.i32At(a));
+            processes.set(child.uffd, child);
+            if (restoreFinished) filling.push(child);
+            post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
+            settle(child, 'ok');
+            break;
+          }
+          case UFFD_MSG.EVENT_REMAP:
+            p.remapped(ring.u64(a), ring.u64(a + 8), ring.u64(a + 16));
+            break;
+          case UFFD_MSG.EVENT_REMOVE:
+            settle(p, p.removed(ring.u64(a), ring.u64(a + 8)));
+            break;
+          case UFFD_MSG.EVENT_UNMAP:
+            p.unmapped(ring.u64(a), ring.u64(a + 8));
+            settle(p, 'ok');
+            break;
+          default:
+            throw new Error(`pid ${p.pid}: unknown uffd event 0x${event.toString(16)}`);
+        }
+        return;
+      }
+      case RecordKind.PROCESS: {
+        const pid = ring.i32At(r.at);
+        const pages = openLocalProcess(task.imagesDir, pid);
+        const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning);
+        processes.set(r.fd, p);
+        if (restoreFinished) filling.push(p);
+        post({ type: 'loaded', uffd: r.fd, pid, lazyPages: p.map.pages });
+        settle(p, 'ok');
+        return;
+      }
+      case RecordKind.UFFD_ERROR: {
+        const p = processes.get(r.fd);
+        if (p) release(p, 'gone', `its uffd failed (${ring.i32At(r.at) || 'EOF'})`);
+        return;
+      }
+      case RecordKind.RESTORE_FINISHED:
+        restoreFinished = true;
+        for (const p of processes.values()) if (!filling.includes(p)) filling.push(p);
+        return;
+      case RecordKind.STOP:
+        stop = true;
+        failStop = ring.i32At(r.at) === 1;
+        return;
+    }
+  };
+
+  try {
+    while (!stop) {
+      const n = ring.consume(onRecord);
+      if (stop) break;
+      if (retry.length) {
+        const again = retry;
+        retry = [];
+        for (const f of again) if (processes.has(f.p.uffd)) serveFault(f.p, f.address, f.timeNs);
+        if (retry.length && ring.available() === 0) ring.wait(AGAIN_WAIT_MS);
+        continue;
+      }
+      if (n > 0) continue; // faults before fill: look at the ring again first
+      if (restoreFinished && filling.length) {
+        fillIndex = fillIndex % filling.length;
+        const p = filling[fillIndex++];
+        const outcome = p.fillNext();
+        if (outcome === 'again') ring.wait(AGAIN_WAIT_MS);
+        else settle(p, outcome === 'empty' ? 'ok' : outcome);
+        continue;
+      }
+      ring.wait(IDLE_WAIT_MS);
+    }
+  } catch (e) {
+    post({ type: 'fatal', message: (e as Error).message });
+    // Wait for the main thread's STOP so that fail-stop can still poison what this shard misses.
+    while (!stop) {
+      ring.consume((r) => {
+        if (r.kind === RecordKind.STOP) {
+          stop = true;
+          failStop = ring.i32At(r.at) === 1;
+        }
+      });
+      if (!stop) ring.wait(IDLE_WAIT_MS);
+    }
+  }
+  let poisonedPages = 0;
+  if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
+  for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
+  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), totals, poisonedPages };
+}
+
+module.exports = runShard;
+module.exports.default = runShard;

@@ -1,0 +1,28 @@
+// Worker → main thread messages (MessagePort; rare, so not on the SAB ring). The main thread acts on
+// them: close a finished uffd, add a forked child's uffd to epoll, or fail-stop the tree.
+import type { MessagePort } from 'node:worker_threads';
+import type { ProcessCounters } from './lazy-process';
+import type { Tuning } from './tuning';
+
+export type WorkerMessage =
+  | { type: 'loaded'; uffd: number; pid: number; lazyPages: number }
+  | { type: 'complete'; uffd: number; pid: number; counters: ProcessCounters }
+  | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
+  | { type: 'forked'; uffd: number; parentUffd: number; pid: number }
+  | { type: 'fatal'; message: string; pid?: number };
+
+export interface WorkerTask {
+  shard: number;
+  ring: SharedArrayBuffer;
+  port: MessagePort;
+  imagesDir: string;
+  tuning: Tuning;
+}
+
+export interface WorkerResult {
+  shard: number;
+  /** Fault service latency (ring read → copy done), hdr-histogram compressed base64, ns. */
+  latency: string;
+  totals: ProcessCounters;
+  poisonedPages: number;
+}
