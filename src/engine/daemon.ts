@@ -185,7 +185,8 @@ export class LazyPagesDaemon {
     if (this.stopping) return;
     this.stopping = true;
     const killed = this.tree.killAll();
-    this.log.error({ killed }, `fail-stop: ${reason}`);
+    // Logged at info: the CLI prints the reason as its one error line.
+    this.log.info({ killed }, `fail-stop: ${reason}`);
     void (async () => {
       try {
         this.poller.broadcast(RecordKind.STOP, 1);
@@ -205,6 +206,7 @@ export class LazyPagesDaemon {
       this.tree.release(uffd, 'gone');
       native.closeFd(uffd);
     }
+    this.tree.closePidfds();
     for (const port of this.ports) port.close();
     await this.pool.destroy();
   }

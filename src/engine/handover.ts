@@ -49,26 +49,24 @@ export class HandoverParser {
       }
       if (this.pendingPid !== null) {
         if (this.buf.length < 1) return out;
-        // CRIU sends one data byte with the fd; an fd that came earlier (merged write) is fine too.
+        // Fds are matched to processes in order: a merged read may carry several at once, ahead of
+        // the bytes they belong to.
         const uffd = this.fds.shift();
         if (uffd === undefined) throw this.error(`pid ${this.pendingPid}: the hand-over byte came without a uffd (no SCM_RIGHTS)`);
-        if (this.fds.length) throw this.error(`pid ${this.pendingPid}: ${this.fds.length + 1} file descriptors sent for one process`);
         this.buf = this.buf.subarray(1);
         out.push({ type: 'process', pid: this.pendingPid, uffd, senderPid });
         this.pendingPid = null;
         this.seen++;
         continue;
       }
-      if (this.buf.length < 4) {
-        if (this.fds.length) throw this.error('a file descriptor arrived before the pid it belongs to');
-        return out;
-      }
+      if (this.buf.length < 4) return out;
       const word = this.buf.readInt32LE(0);
       this.buf = this.buf.subarray(4);
       if (this.seen === this.nrTasks) {
         if (word >>> 0 !== RESTORE_FINISHED) {
           throw this.error(`expected RESTORE_FINISHED (0x52535446) after ${this.nrTasks} processes, got 0x${(word >>> 0).toString(16)}`);
         }
+        if (this.fds.length) throw this.error(`${this.fds.length} file descriptors more than processes`);
         this.finished = true;
         out.push({ type: 'finished' });
         continue;
@@ -80,7 +78,6 @@ export class HandoverParser {
       if (word < 0) {
         out.push({ type: 'zombie', pid: -word });
         this.seen++;
-        if (this.fds.length) throw this.error(`zombie ${-word}: a file descriptor came with it`);
         continue;
       }
       this.pendingPid = word;

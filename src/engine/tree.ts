@@ -54,16 +54,17 @@ export class ProcessTree {
     if (!p) return undefined;
     this.byUffd.delete(uffd);
     p.state = state;
-    if (p.pidfd >= 0) native.closeFd(p.pidfd);
-    p.pidfd = -1;
     this.finished.push(p);
     return p;
   }
 
-  /** SIGKILL every process still being restored; returns how many were signalled. */
+  /**
+   * SIGKILL the whole tree, finished processes included: a tree missing some of its processes is
+   * not a restore anyone wants to keep running. Returns how many were signalled.
+   */
   killAll(): number {
     let n = 0;
-    for (const p of this.byUffd.values()) {
+    for (const p of [...this.byUffd.values(), ...this.finished]) {
       if (p.pidfd < 0) continue;
       try {
         native.pidfdSendSignal(p.pidfd, 9);
@@ -73,6 +74,13 @@ export class ProcessTree {
       }
     }
     return n;
+  }
+
+  closePidfds(): void {
+    for (const p of [...this.byUffd.values(), ...this.finished]) {
+      if (p.pidfd >= 0) native.closeFd(p.pidfd);
+      p.pidfd = -1;
+    }
   }
 
   uffds(): number[] {

@@ -281,7 +281,7 @@ function openLayer(
     if (e.flags & PE_PRESENT) {
       const endByte = e.offset + e.nrPages * PAGE_SIZE;
       if (pagesSize < 0) {
-        throw new ImageError(pagemap.pagesFile, `missing: ${pmName} entry ${e.index} (vaddr ${hex(e.vaddr)}) has PE_PRESENT data that should be in it`, { display: pagesName });
+        throw new ImageError(pagemap.pagesFile, `file not found, but ${pmName} entry ${e.index} (vaddr ${hex(e.vaddr)}) has PE_PRESENT data that should be in it`, { display: pagesName });
       }
       if (endByte > pagesSize) {
         throw new ImageError(pagemap.file, `entry ${e.index} (vaddr ${hex(e.vaddr)}): data at bytes ${e.offset}..${endByte} lies past the end of ${pagesName} (${pagesSize} bytes)`, {

@@ -63,6 +63,10 @@ export interface RestoreRunOptions {
   daemonArgs?: string[];
   target?: TargetOptions;
   timeoutMs?: number;
+  /** Rewrites the target plan before the target reads it (tests of bad hand-overs). */
+  editPlan?: (plan: string) => string;
+  /** Sees the daemon's stderr as it comes (tests that act at a point of the restore). */
+  onDaemonStderr?: (chunk: string) => void;
   /** Re-run when the target could not map a VMA at its dump-time address (ASLR collision). */
   retries?: number;
 }
@@ -140,6 +144,8 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   const planPath = path.join(opts.workDir, 'target.plan');
   const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs);
   writeTargetPlan(opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
+  if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
+  if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
   const target = spawn(TARGET, targetArgs(planPath, opts.target ?? {}), { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
   const timer = setTimeout(() => {

@@ -126,7 +126,7 @@ t.test('missing pages file', async (t) => {
   const dir = goodSet(t);
   fs.rmSync(path.join(dir, 'pages-1.img'));
   const e = catchErr(() => ProcessImages.open(dir, 1));
-  checkErr(t, e, dir, 'pages-1.img', /^pages-1\.img: missing: pagemap-1\.img entry 0/);
+  checkErr(t, e, dir, 'pages-1.img', /^pages-1\.img: file not found, but pagemap-1\.img entry 0/);
   // A pagemap without PE_PRESENT entries does not need its pages file.
   fs.rmSync(path.join(dir, 'pages-2.img'));
   t.equal(ProcessImages.open(dir, 2).presentRuns().length, 0);

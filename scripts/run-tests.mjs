@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Runs the tap suite on the compiled tests and ends with the one line CI reads:
+// "N passed, N failed, N skipped" (tap itself prints no such line). Counts the named tests
+// (first-level subtests of each test file); a file that dies before any of its tests counts as one
+// failure. Extra arguments select test files (default: all of dist/test).
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+process.chdir(root);
+
+const setup = spawnSync('bash', ['scripts/setup-test-deps.sh'], { stdio: 'inherit' });
+if (setup.status !== 0) console.log('# setup-test-deps.sh failed: tests that need those tools will say they are skipped');
+
+const preflight = spawnSync(process.execPath, ['scripts/preflight.mjs'], { stdio: 'inherit' });
+if (preflight.status !== 0) process.exit(preflight.status ?? 1);
+
+const args = process.argv.slice(2);
+const files = args.length ? args : listTests('dist/test');
+const tap = spawn(process.execPath, ['node_modules/tap/dist/esm/run.mjs', '--reporter=tap', ...files], { stdio: ['ignore', 'pipe', 'inherit'] });
+
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+let fileHadTests = false;
+const failures = [];
+const rl = readline.createInterface({ input: tap.stdout });
+rl.on('line', (line) => {
+  process.stdout.write(line + '\n');
+  if (/^# Subtest: /.test(line)) fileHadTests = false;
+  const sub = /^    (not )?ok \d+ - (.*?)(?: # (SKIP|TODO)\b(.*))?(?: # time=.*)?$/.exec(line);
+  if (sub) {
+    fileHadTests = true;
+    if (sub[3] === 'SKIP') skipped++;
+    else if (sub[1]) {
+      failed++;
+      failures.push(sub[2]);
+    } else passed++;
+    return;
+  }
+  const top = /^(not )?ok \d+ - (\S+)/.exec(line);
+  if (top && top[1] && !fileHadTests) {
+    failed++;
+    failures.push(top[2]);
+  }
+});
+tap.on('close', (code) => {
+  if (failures.length) console.log(`# failed: ${failures.join('; ')}`);
+  console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
+  process.exit(code ?? 1);
+});
+
+function listTests(dir) {
+  const out = [];
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...listTests(p));
+    else if (e.name.endsWith('.test.js')) out.push(p);
+  }
+  return out.sort();
+}

@@ -1,0 +1,84 @@
+// Shared pieces of the end-to-end tests: temporary directories, generated trees, and the assertions
+// every restore test makes (daemon exit, target exit, every page verified byte for byte).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Test } from 'tap';
+import { generateImageSet, type GenerateSpec } from '../../src/images';
+import type { RestoreResult } from '../../src/target/run';
+import { native } from '../../src/native';
+
+export const ROOT = path.resolve(__dirname, '../../..');
+export const FIXTURE = path.join(ROOT, 'test/fixtures/criu-4.2-two-procs');
+export const BASE = 0x2000_0000_0000;
+export const MiB = 256; // pages
+
+export function tempDir(t: Test, name: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `faultline-${name}-`));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Generates a tree into <dir>/images and returns that path. */
+export function makeImages(dir: string, spec: GenerateSpec): string {
+  const images = path.join(dir, 'images');
+  generateImageSet(images, spec);
+  return images;
+}
+
+/** A copy of a read-only image directory that a test may damage. */
+export function copyImages(from: string, dir: string): string {
+  const to = path.join(dir, 'images');
+  fs.cpSync(from, to, { recursive: true });
+  for (const f of fs.readdirSync(to)) fs.chmodSync(path.join(to, f), 0o644);
+  return to;
+}
+
+export function denseTree(processes: number, pagesEach: number): GenerateSpec {
+  return {
+    processes: Array.from({ length: processes }, (_, i) => ({
+      pid: i + 1,
+      ppid: i === 0 ? 0 : 1,
+      regions: [
+        { name: 'dense', start: BASE, pages: pagesEach - 2048, kind: 'dense' as const, seed: 10 + i },
+        { name: 'sparse', start: BASE + 0x1000_0000, pages: 1024, kind: 'sparse' as const, step: 4, seed: 20 + i },
+        { name: 'zeros', start: BASE + 0x2000_0000, pages: 1024, kind: 'zero' as const, seed: 0 },
+      ],
+    })),
+  };
+}
+
+/** The checks of a restore that must succeed: both sides exit 0 and every page was verified. */
+export function assertRestored(t: Test, r: RestoreResult, processes: number): void {
+  t.equal(r.daemon.code, 0, `daemon exits 0 ${r.daemon.stderr.trim()}`);
+  t.equal(r.target.code, 0, `target exits 0 ${r.target.stderr.trim()}`);
+  const s = r.target.summary;
+  t.ok(s, 'target printed its summary');
+  t.equal(s?.mismatches, 0, 'no byte differs from the images');
+  t.equal(r.target.processes.length, processes, 'every process reported');
+  for (const p of r.target.processes) {
+    t.equal(p.verified, p.pages, `pid ${p.pid}: all ${p.pages} pages of its lazy VMAs verified`);
+    t.equal(p.mismatches, 0, `pid ${p.pid}: 0 mismatches`);
+  }
+  t.ok(r.daemon.summary?.ok, 'daemon summary says ok');
+}
+
+/** The checks of a restore that must be stopped: one clear line, non-zero exit, tree killed, no bad reads. */
+export function assertStopped(t: Test, r: RestoreResult, mentions: RegExp): void {
+  t.not(r.daemon.code, 0, 'daemon exits non-zero');
+  const lines = r.daemon.stderr.split('\n').filter((l) => l.startsWith('faultline: error:'));
+  t.equal(lines.length, 1, `exactly one error line: ${JSON.stringify(r.daemon.stderr)}`);
+  t.match(lines[0] ?? '', mentions, 'the error names what is at fault');
+  const s = r.target.summary;
+  t.equal(s?.mismatches ?? 0, 0, 'no process read wrong data (no zeros where the image has data)');
+  t.ok((s?.killed.length ?? 0) > 0, `restored processes were killed: ${JSON.stringify(s?.killed)} ${r.target.stderr.trim()}`);
+  for (const k of s?.killed ?? []) t.equal(k.signal, 9, `pid ${k.pid} killed by SIGKILL`);
+  t.equal(r.target.processes.filter((p) => p.verified === p.pages && p.mismatches === 0 && p.touched > 0).length <= r.target.processes.length, true);
+}
+
+/** Open fds of this process, to check that nothing leaks. */
+export function openFds(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+export { native };

@@ -1,0 +1,117 @@
+// The hand-over over a real unix socket: the C restore target in CRIU's message shapes, and raw
+// clients that break the protocol. Every bad case ends with one error line and a non-zero exit.
+import t, { type Test } from "tap";
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { runRestore, startDaemon } from '../../src/target/run';
+import { MiB, assertRestored, assertStopped, denseTree, makeImages, native, tempDir } from '../helpers/restore';
+
+const small = () => denseTree(2, 12 * MiB);
+
+t.test('merged pid+fd writes (one 5-byte sendmsg per process)', async (t) => {
+  const dir = tempDir(t, 'merged');
+  const r = await runRestore({ imagesDir: makeImages(dir, small()), workDir: dir, target: { handover: 'merged', fraction: 0.1 } });
+  assertRestored(t, r, 2);
+});
+
+t.test('pid bytes split across writes', async (t) => {
+  const dir = tempDir(t, 'bytewise');
+  const r = await runRestore({ imagesDir: makeImages(dir, small()), workDir: dir, target: { handover: 'bytewise', fraction: 0.1 } });
+  assertRestored(t, r, 2);
+});
+
+t.test('a zombie is handed over as a negative pid and needs no memory', async (t) => {
+  const dir = tempDir(t, 'zombie');
+  const r = await runRestore({ imagesDir: makeImages(dir, small()), workDir: dir, target: { zombies: [2], fraction: 0.1 } });
+  t.equal(r.daemon.code, 0, r.daemon.stderr);
+  t.equal(r.daemon.summary?.zombies, 1);
+  t.equal(r.daemon.summary?.processes, 1);
+  t.equal(r.target.summary?.mismatches, 0);
+  const p1 = r.target.processes.find((p) => p.pid === 1);
+  t.equal(p1?.verified, p1?.pages, 'the live process is verified');
+});
+
+t.test('a pid that is not in pstree.img stops the tree', async (t) => {
+  const dir = tempDir(t, 'badpid');
+  const r = await runRestore({
+    imagesDir: makeImages(dir, small()),
+    workDir: dir,
+    target: { fraction: 0.1 },
+    editPlan: (plan) => plan.replace(/^proc 2 /m, 'proc 99 '),
+  });
+  assertStopped(t, r, /lazy-pages\.socket \(restorer pid \d+\): pid 99 is not in pstree\.img/);
+});
+
+t.test('RESTORE_FINISHED before every pstree process was handed over stops the tree', async (t) => {
+  const dir = tempDir(t, 'short');
+  const r = await runRestore({
+    imagesDir: makeImages(dir, small()),
+    workDir: dir,
+    target: { fraction: 0.1 },
+    // The target restores only pid 1, but pstree.img lists 2 processes.
+    editPlan: (plan) => plan.replace(/^proc 2 [\s\S]*$/m, ''),
+  });
+  assertStopped(t, r, /RESTORE_FINISHED after 1 of 2 processes/);
+});
+
+t.test('a second connection is refused while the restore goes on', async (t) => {
+  const dir = tempDir(t, 'second');
+  let second: Promise<number> | null = null;
+  const r = await runRestore({
+    imagesDir: makeImages(dir, small()),
+    workDir: dir,
+    daemonArgs: ['-v4'],
+    target: { fraction: 0.2 },
+    onDaemonStderr: (chunk) => {
+      if (second || !chunk.includes('process handed over')) return;
+      second = new Promise((resolve) => {
+        const fd = native.unixConnect(path.join(dir, 'lazy-pages.socket'));
+        const got = native.unixRecv(fd, 16); // blocks until the daemon closes it
+        native.closeFd(fd);
+        resolve(got?.data.length ?? -1);
+      });
+    },
+  });
+  t.ok(second, 'a second client connected during the restore');
+  t.equal(await second, 0, 'the second client got EOF');
+  t.match(r.daemon.stderr, /refused a second connection/);
+  assertRestored(t, r, 2);
+});
+
+/** Raw clients: the test process plays a broken restorer (it hands over no uffd, so nothing is killed). */
+async function rawSession(t: Test, send: (fd: number) => void): Promise<{ code: number | null; stderr: string }> {
+  const dir = tempDir(t, 'raw');
+  const images = makeImages(dir, small());
+  const { exit } = await startDaemon(images, dir);
+  const fd = native.unixConnect(path.join(dir, 'lazy-pages.socket'));
+  send(fd);
+  native.closeFd(fd);
+  return exit;
+}
+
+t.test('raw: EOF before RESTORE_FINISHED', async (t) => {
+  const e = await rawSession(t, () => undefined);
+  t.equal(e.code, 1);
+  t.match(e.stderr, /^faultline: error: lazy-pages\.socket \(restorer pid \d+\): connection closed before RESTORE_FINISHED \(after 0 of 2 processes\)/m);
+});
+
+t.test('raw: text garbage', async (t) => {
+  const e = await rawSession(t, (fd) => native.unixSend(fd, Buffer.from('GET / HTTP/1.0\r\n\r\n'), []));
+  t.equal(e.code, 1);
+  t.match(e.stderr, /^faultline: error: lazy-pages\.socket \(restorer pid \d+\): pid \d+: the hand-over byte came without a uffd/m);
+  t.equal(e.stderr.trim().split('\n').filter((l) => l.startsWith('faultline:')).length, 1, 'one line');
+});
+
+t.test('raw: a file descriptor that is not a userfaultfd', async (t) => {
+  const devnull = fs.openSync('/dev/null', 'r');
+  t.teardown(() => fs.closeSync(devnull));
+  const pid = Buffer.alloc(4);
+  pid.writeInt32LE(1);
+  const e = await rawSession(t, (fd) => {
+    native.unixSend(fd, pid, []);
+    native.unixSend(fd, Buffer.from([0]), [devnull]);
+  });
+  t.equal(e.code, 1);
+  t.match(e.stderr, /the file descriptor handed over is not a userfaultfd \(\/dev\/null\)/);
+});
+
