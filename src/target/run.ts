@@ -65,6 +65,12 @@ export interface RestoreRunOptions {
   timeoutMs?: number;
   /** Rewrites the target plan before the target reads it (tests of bad hand-overs). */
   editPlan?: (plan: string) => string;
+  /**
+   * Images the target's plan is made from (default: imagesDir). Tests of damaged images give the
+   * daemon the damaged set and the target a pristine copy: the restorer has its own good copy of
+   * what it restores eagerly, and verification needs the true contents.
+   */
+  planImagesDir?: string;
   /** Sees the daemon's stderr as it comes (tests that act at a point of the restore). */
   onDaemonStderr?: (chunk: string) => void;
   /** Re-run when the target could not map a VMA at its dump-time address (ASLR collision). */
@@ -143,7 +149,7 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   fs.mkdirSync(opts.workDir, { recursive: true });
   const planPath = path.join(opts.workDir, 'target.plan');
   const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs);
-  writeTargetPlan(opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
+  writeTargetPlan(opts.planImagesDir ?? opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
   if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
   if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
   const target = spawn(TARGET, targetArgs(planPath, opts.target ?? {}), { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -152,6 +158,11 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
     daemon.kill('SIGKILL');
     target.kill('SIGKILL');
   }, opts.timeoutMs ?? 120_000);
+  // A restorer that dies before handing everything over leaves the daemon waiting, as criu lazy-pages
+  // would; the harness then stops it the way an operator would.
+  void targetExit.then(() => {
+    setTimeout(() => daemon.exitCode === null && daemon.kill('SIGTERM'), 2000).unref();
+  });
   try {
     const d = await daemonExit;
     // The daemon is gone: now the target checks every page, background-filled ones included.
