@@ -106,6 +106,7 @@ struct proc {
 	bool zombie;
 	pid_t host;
 	bool handed, reaped;
+	bool killed_by_other; /* died of a signal we did not send (e.g. the daemon's fail-stop) */
 	int wstatus;
 };
 
@@ -989,7 +990,7 @@ static void print_summary(bool released, uint64_t release_ns, uint64_t last_exit
 	first = true;
 	for (int i = 0; i < nprocs; i++) {
 		struct proc *p = &procs[i];
-		if (p->reaped && WIFSIGNALED(p->wstatus) && !we_killed) {
+		if (p->reaped && WIFSIGNALED(p->wstatus) && (!we_killed || p->killed_by_other)) {
 			len += snprintf(buf + len, cap - len, "%s{\"pid\":%d,\"signal\":%d}", first ? "" : ",", p->pid,
 					WTERMSIG(p->wstatus));
 			first = false;
@@ -1039,6 +1040,7 @@ static int child_failure_code(void)
 		if (!p->reaped)
 			continue;
 		if (WIFSIGNALED(p->wstatus)) {
+			p->killed_by_other = true;
 			fprintf(stderr, "faultline-target: pid %d (host %d) killed by signal %d before hand-over\n", p->pid,
 				(int)p->host, WTERMSIG(p->wstatus));
 			if (!code)

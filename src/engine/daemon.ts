@@ -89,13 +89,13 @@ export class LazyPagesDaemon {
   }
 
   private onHandover(e: HandoverEvent, peer: string): void {
-    if (this.stopping) return;
     if (!this.firstHandoverNs) this.firstHandoverNs = native.monotonicNs();
     switch (e.type) {
       case 'process': {
         const why = !this.pstree.some((t) => t.pid === e.pid) ? 'not in pstree.img' : this.tree.hasPid(e.pid) ? 'handed over twice' : '';
         // Tracked even when refused, so that the fail-stop below stops this process too.
         const p = this.tree.add(e.uffd, e.pid, e.senderPid);
+        if (this.stopping) return this.tree.kill(p);
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
         this.log.debug({ pid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
         this.poller.addProcess(e.uffd, p.shard, e.pid, e.senderPid);
@@ -106,6 +106,7 @@ export class LazyPagesDaemon {
         this.tree.zombies++;
         return;
       case 'finished':
+        if (this.stopping) return;
         this.restoreFinished = true;
         this.finishedNs = native.monotonicNs();
         this.log.info('restore finished: filling in the background');
@@ -193,7 +194,10 @@ export class LazyPagesDaemon {
       } catch {
         // a full ring: the pool is destroyed below; the processes are already killed
       }
-      await Promise.race([Promise.allSettled(this.tasks), new Promise((r) => setTimeout(r, 5000).unref())]);
+      await Promise.all([
+        this.listener.stop(),
+        Promise.race([Promise.allSettled(this.tasks), new Promise((r) => setTimeout(r, 5000).unref())]),
+      ]);
       await this.teardown();
       this.rejectDone(new FailStop(reason));
     })();

@@ -8,6 +8,8 @@ import { ProtocolError } from './errors';
 
 export const SOCKET_NAME = 'lazy-pages.socket';
 const RECV_BYTES = 4096;
+/** How long a fail-stop keeps reading the restorer's connection for late hand-overs. */
+export const DRAIN_AFTER_FAILSTOP_MS = 2000;
 
 export interface ListenerEvents {
   onEvent(e: HandoverEvent, peer: string): void;
@@ -22,6 +24,9 @@ export class Listener {
   private conn: { fd: number; watcher: { stop(): void }; parser: HandoverParser; peer: string } | null = null;
   private accepted = false;
   private closed = false;
+  /** Set by a fail-stop: read on only to kill late senders, until EOF. */
+  private draining: { heldFds: number[]; done: () => void } | null = null;
+  private readonly heldFds: number[] = [];
 
   constructor(
     workDir: string,
@@ -54,8 +59,10 @@ export class Listener {
   private receive(): void {
     const conn = this.conn;
     if (!conn) return;
+    if (this.draining) return this.drainLate(conn.fd);
     try {
       for (;;) {
+        if (this.draining) return this.drainLate(conn.fd);
         const r = native.unixRecv(conn.fd, RECV_BYTES);
         if (!r) return;
         if (r.truncated) throw new ProtocolError(`${conn.peer}: control message truncated (too many file descriptors in one message)`);
@@ -68,10 +75,53 @@ export class Listener {
         }
       }
     } catch (e) {
-      for (const fd of conn.parser.leftoverFds()) native.closeFd(fd);
-      this.closeConnection();
+      // Keep the connection: the fail-stop this triggers drains it (see stop()).
+      this.heldFds.push(...conn.parser.leftoverFds());
       this.events.onError(e as Error);
     }
+  }
+
+  /**
+   * Fail-stop: a restorer that is still handing over must not get to RESTORE_FINISHED and release
+   * tasks whose uffd we would drop (dropping it turns their missing pages into zeros). So read on
+   * until EOF, SIGKILL every sender (SCM_CREDENTIALS), and keep their uffds open until the end.
+   * Resolves at EOF, or after DRAIN_AFTER_FAILSTOP_MS; closing then makes the restorer's next send
+   * (RESTORE_FINISHED included) fail.
+   */
+  stop(): Promise<void> {
+    if (!this.conn) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.finishDrain(), DRAIN_AFTER_FAILSTOP_MS);
+      this.draining = {
+        heldFds: this.heldFds,
+        done: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      this.drainLate(this.conn!.fd);
+    });
+  }
+
+  private drainLate(fd: number): void {
+    for (;;) {
+      let r;
+      try {
+        r = native.unixRecv(fd, RECV_BYTES);
+      } catch {
+        return this.finishDrain();
+      }
+      if (!r) return;
+      if (r.fds.length && r.pid > 0) killPid(r.pid);
+      this.heldFds.push(...r.fds);
+      if (r.data.length === 0) return this.finishDrain();
+    }
+  }
+
+  private finishDrain(): void {
+    const d = this.draining;
+    this.closeConnection();
+    d?.done();
   }
 
   private closeConnection(): void {
@@ -87,7 +137,18 @@ export class Listener {
     this.closeConnection();
     this.watcher.stop();
     native.closeFd(this.fd);
+    for (const fd of this.heldFds.splice(0)) native.closeFd(fd);
     fs.rmSync(this.socketPath, { force: true });
+  }
+}
+
+function killPid(pid: number): void {
+  try {
+    const pidfd = native.pidfdOpen(pid);
+    native.pidfdSendSignal(pidfd, 9);
+    native.closeFd(pidfd);
+  } catch {
+    // already gone
   }
 }
 

@@ -66,14 +66,19 @@ export class ProcessTree {
     let n = 0;
     for (const p of [...this.byUffd.values(), ...this.finished]) {
       if (p.pidfd < 0) continue;
-      try {
-        native.pidfdSendSignal(p.pidfd, 9);
-        n++;
-      } catch {
-        // exited meanwhile
-      }
+      this.kill(p);
+      n++;
     }
     return n;
+  }
+
+  kill(p: TrackedProcess): void {
+    if (p.pidfd < 0) return;
+    try {
+      native.pidfdSendSignal(p.pidfd, 9);
+    } catch {
+      // exited meanwhile
+    }
   }
 
   closePidfds(): void {
