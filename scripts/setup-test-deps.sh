@@ -2,7 +2,14 @@
 # Installs tools some tests need. Idempotent: does nothing when they are already present.
 # - crit (Debian package `criu`): decodes images written by faultline's writer, as an
 #   independent check of the format. Only crit is used; criu itself does not run here.
+# - chromium (Debian's; never a downloaded browser): renders the bench report in a test.
 set -u
+
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "setup-test-deps: installing Debian's chromium (for the bench report test)"
+  apt-get install -y chromium >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1; } \
+    || echo "setup-test-deps: could not install chromium; the report rendering test will say it is skipped" >&2
+fi
 
 if command -v crit >/dev/null 2>&1; then
   echo "setup-test-deps: crit already installed ($(command -v crit))"

@@ -22,11 +22,14 @@ export interface RestoreSummary {
   fillAfterFinishedMs: number;
   workers: number;
   poisonedPages: number;
+  /** The daemon's own CPU time (user + system, all threads) and peak RSS, for the benchmarks. */
+  cpuMs: number;
+  maxRssKiB: number;
 }
 
 export function summarize(
   results: WorkerResult[],
-  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'existingPages'>,
+  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
 ): RestoreSummary {
   const total = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
@@ -54,7 +57,13 @@ export function summarize(
     },
     workers: results.length,
     poisonedPages: poisoned,
+    ...ownUsage(),
   };
+}
+
+function ownUsage(): { cpuMs: number; maxRssKiB: number } {
+  const u = process.resourceUsage();
+  return { cpuMs: Math.round((u.userCPUTime + u.systemCPUTime) / 100) / 10, maxRssKiB: u.maxRSS };
 }
 
 export function formatSummary(s: RestoreSummary): string {
@@ -70,6 +79,6 @@ export function formatSummary(s: RestoreSummary): string {
     `  UFFDIO_COPY      ${s.copies} ioctls`,
     `  fault service    p50 ${s.faultServiceUs.p50} µs, p90 ${s.faultServiceUs.p90} µs, p99 ${s.faultServiceUs.p99} µs, max ${s.faultServiceUs.max} µs (${s.faultServiceUs.count} served)`,
     `  fully restored   ${s.timeToRestoredMs.toFixed(1)} ms after the first hand-over (${s.fillAfterFinishedMs.toFixed(1)} ms after RESTORE_FINISHED), ${rate} MB/s`,
-    `  workers          ${s.workers}`,
+    `  daemon           ${s.workers} workers, ${s.cpuMs} ms CPU, peak RSS ${(s.maxRssKiB / 1024).toFixed(0)} MiB`,
   ].join('\n');
 }

@@ -10,6 +10,10 @@ import { writeTargetPlan } from './plan';
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
 export const TARGET = path.join(ROOT, 'native/bin/faultline-target');
+export const BASELINE = path.join(ROOT, 'native/bin/faultline-baseline');
+
+/** Which lazy-pages daemon serves the restore: faultline, or the C baseline (CRIU's policy) for comparison. */
+export type DaemonKind = 'faultline' | 'baseline';
 
 export interface TargetOptions {
   threads?: number;
@@ -22,6 +26,9 @@ export interface TargetOptions {
   holdMs?: number;
   /** Verify every page after the daemon has exited (default true). */
   verifyAll?: boolean;
+  /** Each process writes its first-touch latencies (u64 ns) to <prefix>.<hostpid>.lat. */
+  latencyFile?: string;
+  extraArgs?: string[];
 }
 
 export interface TargetProcessReport {
@@ -51,13 +58,26 @@ export interface Exit {
   stderr: string;
 }
 
+export interface TimelineSample {
+  /** ms since the target started */
+  t: number;
+  /** resident pages per host pid of the target's processes */
+  rss: Record<number, number>;
+}
+
 export interface RestoreResult {
   daemon: Exit & { summary?: RestoreSummary; error?: string };
   target: Exit & { processes: TargetProcessReport[]; summary?: TargetSummary };
+  timeline: TimelineSample[];
 }
 
 export interface RestoreRunOptions {
   imagesDir: string;
+  daemon?: DaemonKind;
+  /** Environment for the daemon process (e.g. FAULTLINE_FAULT_DELAY_US for the gate's self-test). */
+  daemonEnv?: NodeJS.ProcessEnv;
+  /** Sample each restored process's resident pages every this many ms (restore timeline). */
+  sampleEveryMs?: number;
   /** Holds the socket, the plan and logs; created if missing. */
   workDir: string;
   daemonArgs?: string[];
@@ -87,7 +107,9 @@ export function targetArgs(planPath: string, o: TargetOptions): string[] {
   if (o.handover) a.push('--handover', o.handover);
   for (const z of o.zombies ?? []) a.push('--zombie', String(z));
   if (o.holdMs) a.push('--hold-ms', String(o.holdMs));
+  if (o.latencyFile) a.push('--latency-file', o.latencyFile);
   if (o.verifyAll !== false) a.push('--verify-all', '--wait-signal');
+  a.push(...(o.extraArgs ?? []));
   return a;
 }
 
@@ -99,11 +121,19 @@ function collect(child: ChildProcess): Promise<Exit> {
   return new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
 }
 
-/** Starts `faultline lazy-pages` and resolves once it is listening (its --status-fd NUL byte). */
-export async function startDaemon(imagesDir: string, workDir: string, extra: string[] = []): Promise<{ child: ChildProcess; exit: Promise<Exit> }> {
-  const child = spawn(process.execPath, [CLI, 'lazy-pages', '-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
-  });
+/** Starts `faultline lazy-pages` (or the baseline) and resolves once it listens (its --status-fd NUL byte). */
+export async function startDaemon(
+  imagesDir: string,
+  workDir: string,
+  extra: string[] = [],
+  kind: DaemonKind = 'faultline',
+  env?: NodeJS.ProcessEnv,
+): Promise<{ child: ChildProcess; exit: Promise<Exit> }> {
+  const [cmd, args] =
+    kind === 'faultline'
+      ? [process.execPath, [CLI, 'lazy-pages', '-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra]]
+      : [BASELINE, ['--plan', path.join(workDir, 'target.plan'), '--json', '--status-fd', '3', ...extra]];
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const exit = collect(child);
   const ready = await new Promise<boolean>((resolve) => {
     const status = child.stdio[3] as NodeJS.ReadableStream;
@@ -113,7 +143,7 @@ export async function startDaemon(imagesDir: string, workDir: string, extra: str
   (child.stdio[3] as unknown as { destroy(): void }).destroy();
   if (!ready) {
     const e = await exit;
-    throw new Error(`faultline lazy-pages did not start (exit ${e.code}): ${e.stderr.trim()}`);
+    throw new Error(`${kind === 'faultline' ? 'faultline lazy-pages' : 'faultline-baseline'} did not start (exit ${e.code}): ${e.stderr.trim()}`);
   }
   return { child, exit };
 }
@@ -148,12 +178,14 @@ export async function runRestore(opts: RestoreRunOptions): Promise<RestoreResult
 async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   fs.mkdirSync(opts.workDir, { recursive: true });
   const planPath = path.join(opts.workDir, 'target.plan');
-  const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs);
   writeTargetPlan(opts.planImagesDir ?? opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
   if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
+  const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv);
   if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
   const target = spawn(TARGET, targetArgs(planPath, opts.target ?? {}), { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
+  const timeline: TimelineSample[] = [];
+  const sampler = opts.sampleEveryMs ? startSampler(target.pid!, opts.sampleEveryMs, timeline) : undefined;
   const timer = setTimeout(() => {
     daemon.kill('SIGKILL');
     target.kill('SIGKILL');
@@ -171,8 +203,32 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
     return {
       daemon: { ...d, ...parseDaemonOutput(d.stdout) },
       target: { ...t, ...parseTargetOutput(t.stdout) },
+      timeline,
     };
   } finally {
     clearTimeout(timer);
+    if (sampler) clearInterval(sampler);
   }
+}
+
+/** Resident pages of each child of the target, from /proc (works the same for either daemon). */
+function startSampler(targetPid: number, everyMs: number, out: TimelineSample[]): NodeJS.Timeout {
+  const t0 = Date.now();
+  return setInterval(() => {
+    let children: number[] = [];
+    try {
+      children = fs.readFileSync(`/proc/${targetPid}/task/${targetPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    } catch {
+      return;
+    }
+    const rss: Record<number, number> = {};
+    for (const pid of children) {
+      try {
+        rss[pid] = Number(fs.readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]);
+      } catch {
+        // exited
+      }
+    }
+    out.push({ t: Date.now() - t0, rss });
+  }, everyMs);
 }

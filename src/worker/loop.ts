@@ -10,6 +10,11 @@ import { LazyProcess, type CopyOutcome, type ProcessCounters } from './lazy-proc
 import type { WorkerMessage, WorkerResult, WorkerTask } from './messages';
 
 const IDLE_WAIT_MS = 1000;
+/**
+ * A deliberate slowdown per fault, for checking that the performance gate catches regressions
+ * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
+ */
+const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
 const AGAIN_WAIT_MS = 1;
 
 interface PendingFault {
@@ -48,6 +53,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   };
 
   const serveFault = (p: LazyProcess, address: number, timeNs: number) => {
+    if (FAULT_DELAY_NS > 0) for (const until = native.monotonicNs() + FAULT_DELAY_NS; native.monotonicNs() < until; );
     const outcome = p.fault(address);
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else latency.recordValue(Math.max(1, native.monotonicNs() - timeNs));

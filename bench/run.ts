@@ -1,0 +1,61 @@
+// npm run bench [-- --quick] [--reps N] [--only a,b] [--out DIR]
+// Every scenario against faultline and the C baseline in one invocation; JSON + HTML report.
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { defaultWorkRoot, runScenario } from './harness';
+import { compare } from './metrics';
+import { writeReport, type BenchReport } from './report';
+import { scenarios } from './scenarios';
+import { checkUffdAvailable } from '../src/cli/preflight';
+
+export async function bench(argv: string[]): Promise<number> {
+  const o = new Command('bench')
+    .option('--quick', 'the gate-sized scenarios (256 MiB instead of 1 GiB, fewer trees)')
+    .option('--reps <n>', 'repetitions per daemon, after one warm-up', '3')
+    .option('--only <names>', 'comma-separated scenario names')
+    .option('--out <dir>', 'where the JSON and HTML go', path.resolve(__dirname, '../../bench/results'))
+    .option('--work <dir>', 'image cache and scratch', defaultWorkRoot())
+    .parse(argv, { from: 'user' })
+    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string }>();
+  checkUffdAvailable();
+  const only = o.only?.split(',');
+  const list = scenarios(!!o.quick).filter((s) => !only || only.includes(s.name));
+  const reps = Number(o.reps);
+  const report: BenchReport = {
+    date: new Date().toISOString(),
+    machine: { cpus: os.cpus().length, kernel: os.release(), node: process.version },
+    reps,
+    scenarios: [],
+  };
+  for (const s of list) {
+    process.stdout.write(`${s.name}: ${s.what}\n`);
+    const r = await runScenario(s, { reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
+    report.scenarios.push({ ...r, comparison: compare(r) });
+  }
+  const { json, html } = writeReport(report, o.out);
+  process.stdout.write('\n' + formatTable(report) + `\nresults: ${json}\nreport:  ${html}\n`);
+  return 0;
+}
+
+export function formatTable(r: BenchReport): string {
+  const lines = ['scenario              metric                      faultline     baseline     ratio (faultline/baseline)'];
+  for (const s of r.scenarios) {
+    for (const c of s.comparison) {
+      lines.push(
+        `${s.name.padEnd(21)} ${(c.label + (c.unit ? ` (${c.unit})` : '')).padEnd(27)} ${String(c.faultline).padStart(9)}    ${String(c.baseline).padStart(9)}    ${Number.isFinite(c.ratio) ? c.ratio.toFixed(2) + '×' : '–'} (${c.better} is better)`,
+      );
+    }
+  }
+  return lines.join('\n');
+}
+
+if (require.main === module) {
+  bench(process.argv.slice(2)).then(
+    (code) => (process.exitCode = code),
+    (e: Error) => {
+      process.stderr.write(`bench: error: ${e.message}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
