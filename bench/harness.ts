@@ -6,12 +6,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as hdr from 'hdr-histogram-js';
 import { generateImageSet } from '../src/images';
-import { runRestore, type DaemonKind, type RestoreResult, type TimelineSample } from '../src/target/run';
+import { spawnSync } from 'node:child_process';
+import { TARGET, runRestore, type DaemonKind, type RestoreResult, type TimelineSample } from '../src/target/run';
 import type { Scenario } from './scenarios';
 
 export const DAEMONS: DaemonKind[] = ['baseline', 'faultline'];
 /** A touch slower than this took a fault (a present page reads in well under 1 µs here). */
 export const FAULT_THRESHOLD_NS = 2000;
+
+/** Older targets cannot write latency files; then the per-process percentiles are all there is. */
+const TARGET_WRITES_LATENCIES = spawnSync(TARGET, ['--help'], { encoding: 'utf8' }).stdout?.includes('--latency-file') ?? false;
 
 export interface RunMetrics {
   ok: boolean;
@@ -79,8 +83,8 @@ function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faul
   const all = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const faults = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const dir = path.dirname(prefix);
-  const files = fs.readdirSync(dir).filter((f) => f.startsWith(path.basename(prefix) + '.') && f.endsWith('.lat'));
-  for (const f of files) {
+  const latFiles = fs.readdirSync(dir).filter((f) => f.startsWith(path.basename(prefix) + '.') && f.endsWith('.lat'));
+  for (const f of latFiles) {
     const b = fs.readFileSync(path.join(dir, f));
     for (let i = 0; i + 8 <= b.length; i += 8) {
       const ns = Math.max(1, Number(b.readBigUInt64LE(i)));
@@ -89,7 +93,7 @@ function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faul
     }
     fs.rmSync(path.join(dir, f));
   }
-  if (!files.length) {
+  if (!latFiles.length) {
     for (const p of r.target.processes) if (p.latencyNs.count) all.recordValueWithCount(Math.max(1, p.latencyNs.p50), p.latencyNs.count);
   }
   return { all, faults };
@@ -144,7 +148,7 @@ export async function runScenario(s: Scenario, o: HarnessOptions): Promise<Scena
         daemon,
         daemonArgs: daemon === 'faultline' ? [...(s.faultlineArgs ?? []), ...(o.faultlineArgs ?? [])] : [],
         daemonEnv: daemon === 'faultline' ? o.faultlineEnv : undefined,
-        target: { ...s.target, latencyFile: prefix },
+        target: { ...s.target, ...(TARGET_WRITES_LATENCIES ? { latencyFile: prefix } : {}) },
         sampleEveryMs: 10,
         timeoutMs: 300_000,
       });

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -881,16 +882,21 @@ static double pct_us(double p)
 static void print_summary(void)
 {
 	uint64_t end = st.last_complete ? st.last_complete : now_ns();
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
 	qsort(st.lat, st.nlat, sizeof(*st.lat), cmp_u64);
 	printf("{\"ok\":true,\"processes\":%d,\"zombies\":%d,\"exitedEarly\":%d,\"lazyPages\":%" PRIu64
 	       ",\"pagesByFault\":%" PRIu64 ",\"pagesByFill\":%" PRIu64 ",\"zeroPages\":%" PRIu64
 	       ",\"existingPages\":%" PRIu64 ",\"faults\":%" PRIu64 ",\"copies\":%" PRIu64
 	       ",\"faultServiceUs\":{\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,\"max\":%.2f,\"count\":%zu}"
-	       ",\"timeToRestoredMs\":%.3f,\"fillAfterFinishedMs\":%.3f,\"workers\":1,\"poisonedPages\":0}\n",
+	       ",\"timeToRestoredMs\":%.3f,\"fillAfterFinishedMs\":%.3f,\"workers\":1,\"poisonedPages\":0"
+	       ",\"cpuMs\":%.1f,\"maxRssKiB\":%ld}\n",
 	       nlps, st.zombies, st.gone, st.lazy_pages, st.by_fault, st.by_fill, st.zero, st.existing, st.faults,
 	       st.copies, pct_us(50), pct_us(90), pct_us(99), pct_us(100), st.nlat,
 	       st.first_handover ? (end - st.first_handover) / 1e6 : 0.0,
-	       end > st.finished_at ? (end - st.finished_at) / 1e6 : 0.0);
+	       end > st.finished_at ? (end - st.finished_at) / 1e6 : 0.0,
+	       (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3,
+	       ru.ru_maxrss);
 	fflush(stdout);
 }
 

@@ -583,19 +583,393 @@ static void lock_send(void)
  * Restored process
  */
 
-struct child {
-	struct proc *p;
-	uint8_t *state; /* per page: 0 not verified, 1 ok, 2 mismatch */
-	atomic_int details;
+/* ------------------------------------------------------------------------------------------------
+ * Scripted steps (--script, --script-pid, --chaos)
+ *
+ * A page index I means the address <first VMA start> + I*4096 (so it may name pages of later VMAs);
+ * sI means page I of the process's spare area: an unregistered PROT_NONE reservation of
+ * max(pages, 256) pages placed right after the last VMA (or where the kernel puts it if that is
+ * taken), made only when steps are given.  Holes that steps leave inside the VMAs or the spare area
+ * are reserved again with PROT_NONE, so nothing else ever lands there.
+ */
+
+enum skind { S_TOUCH, S_FORK, S_MREMAP, S_GROW, S_SHRINK, S_SWAP, S_DONTNEED, S_UNMAP, S_EXIT, S_ZOMBIE, S_TSAME, S_NKINDS };
+static const char *const skind_name[S_NKINDS] = { "touch", "fork",   "mremap", "grow", "shrink",      "swap",
+						  "dontneed", "unmap", "exit", "zombie", "threads-same" };
+
+struct pidx {
+	uint64_t v;
+	bool spare;
 };
 
-struct worker {
-	struct child *c;
-	size_t *pages;
-	size_t n;
-	uint64_t *lat;
-	int index;
-	pthread_t th;
+struct step {
+	enum skind k;
+	struct pidx a, b, c, d; /* ranges [a,b) and (swap) [c,d); mremap target in c */
+	uint64_t n; /* grow/shrink page count */
+};
+
+struct script {
+	struct step *s;
+	size_t n, cap;
+};
+
+static struct script all_script;
+static struct {
+	int pid;
+	struct script sc;
+} *pid_scripts;
+static int npid_scripts;
+static bool chaos_on;
+static uint64_t chaos_seed, chaos_n;
+static const char *latency_prefix;
+static bool scripting; /* any of --script, --script-pid, --chaos */
+
+/* Forked children (step `fork`) register here so that the main process can wait for them. */
+#define MAX_FORKED 4096
+struct fslot {
+	int32_t host, plan_idx, parent_host, pad;
+	uint64_t verified, mismatches;
+};
+static struct fshared {
+	uint32_t n;
+	struct fslot s[MAX_FORKED];
+} *fsh;
+
+static void script_push(struct script *sc, const struct step *st)
+{
+	if (sc->n == sc->cap) {
+		sc->cap = sc->cap ? sc->cap * 2 : 16;
+		sc->s = realloc(sc->s, sc->cap * sizeof(*sc->s));
+		if (!sc->s)
+			die(EXIT_USAGE, "out of memory");
+	}
+	sc->s[sc->n++] = *st;
+}
+
+static bool parse_pidx(const char **s, struct pidx *out)
+{
+	char *end;
+	const char *p = *s;
+	out->spare = false;
+	if (*p == 's') {
+		out->spare = true;
+		p++;
+	}
+	if (*p < '0' || *p > '9')
+		return false;
+	errno = 0;
+	out->v = strtoull(p, &end, 10);
+	if (errno || out->v > (1ull << 40))
+		return false;
+	*s = end;
+	return true;
+}
+
+static bool parse_range(const char **s, struct pidx *a, struct pidx *b)
+{
+	if (!parse_pidx(s, a) || **s != '-')
+		return false;
+	(*s)++;
+	if (!parse_pidx(s, b))
+		return false;
+	return a->spare == b->spare && a->v < b->v;
+}
+
+static bool parse_count(const char **s, uint64_t *n)
+{
+	char *end;
+	if (**s < '0' || **s > '9')
+		return false;
+	errno = 0;
+	*n = strtoull(*s, &end, 10);
+	if (errno || *n == 0 || *n > (1ull << 40))
+		return false;
+	*s = end;
+	return true;
+}
+
+static void parse_script(const char *what, const char *text, struct script *sc)
+{
+	const char *s = text;
+	if (!*s)
+		die(EXIT_USAGE, "%s: empty step list", what);
+	for (;;) {
+		struct step st;
+		const char *start = s;
+		size_t len = strcspn(s, ":,");
+		int k;
+		bool ok = true;
+		memset(&st, 0, sizeof(st));
+		for (k = 0; k < S_NKINDS; k++)
+			if (strlen(skind_name[k]) == len && !strncmp(s, skind_name[k], len))
+				break;
+		if (k == S_NKINDS)
+			die(EXIT_USAGE, "%s: unknown step '%.*s' (see --help)", what, (int)len, s);
+		st.k = k;
+		s += len;
+		switch (st.k) {
+		case S_FORK:
+		case S_EXIT:
+		case S_ZOMBIE:
+			break;
+		default:
+			if (*s++ != ':') {
+				ok = false;
+				break;
+			}
+			ok = parse_range(&s, &st.a, &st.b);
+			if (!ok)
+				break;
+			if (st.k == S_MREMAP)
+				ok = *s++ == '>' && parse_pidx(&s, &st.c);
+			else if (st.k == S_GROW)
+				ok = *s++ == '+' && parse_count(&s, &st.n);
+			else if (st.k == S_SHRINK)
+				ok = *s++ == '-' && parse_count(&s, &st.n) && st.n < st.b.v - st.a.v;
+			else if (st.k == S_SWAP)
+				ok = *s++ == ',' && parse_range(&s, &st.c, &st.d) && st.d.v - st.c.v == st.b.v - st.a.v;
+		}
+		if (!ok || (*s && *s != ','))
+			die(EXIT_USAGE, "%s: bad step '%.*s' (see --help)", what, (int)strcspn(start + len + 1, ",") + (int)len + 1,
+			    start);
+		script_push(sc, &st);
+		if (!*s)
+			break;
+		s++;
+	}
+}
+
+static int fmt_pidx(char *buf, size_t cap, struct pidx x)
+{
+	return snprintf(buf, cap, "%s%" PRIu64, x.spare ? "s" : "", x.v);
+}
+
+static size_t fmt_step(char *buf, size_t cap, const struct step *st)
+{
+	size_t n = snprintf(buf, cap, "%s", skind_name[st->k]);
+	if (st->k == S_FORK || st->k == S_EXIT || st->k == S_ZOMBIE)
+		return n;
+	n += snprintf(buf + n, cap - n, ":");
+	n += fmt_pidx(buf + n, cap - n, st->a);
+	n += snprintf(buf + n, cap - n, "-");
+	n += fmt_pidx(buf + n, cap - n, st->b);
+	if (st->k == S_MREMAP) {
+		n += snprintf(buf + n, cap - n, ">");
+		n += fmt_pidx(buf + n, cap - n, st->c);
+	} else if (st->k == S_GROW) {
+		n += snprintf(buf + n, cap - n, "+%" PRIu64, st->n);
+	} else if (st->k == S_SHRINK) {
+		n += snprintf(buf + n, cap - n, "-%" PRIu64, st->n);
+	} else if (st->k == S_SWAP) {
+		n += snprintf(buf + n, cap - n, ",");
+		n += fmt_pidx(buf + n, cap - n, st->c);
+		n += snprintf(buf + n, cap - n, "-");
+		n += fmt_pidx(buf + n, cap - n, st->d);
+	}
+	return n;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Expected-content table, keyed by current address
+ */
+
+struct ent {
+	uint64_t addr;
+	const uint8_t *want; /* its bytes in a pages file, NULL: must read as zeros */
+	uint32_t seg; /* pages of one seg that are address-contiguous lie in one kernel VMA */
+	uint8_t state; /* 0 not verified, 1 ok, 2 mismatch */
+	uint8_t touched; /* first touch already measured */
+};
+
+struct table {
+	struct ent *e;
+	size_t n, cap;
+	uint32_t next_seg;
+	/* Verification results of pages that left the table (unmapped, overwritten, zapped). */
+	uint64_t ret_verified, ret_mismatches, ret_holes;
+};
+
+static void tbl_reserve(struct table *t, size_t n)
+{
+	if (n <= t->cap)
+		return;
+	t->cap = n + n / 2 + 16;
+	t->e = realloc(t->e, t->cap * sizeof(*t->e));
+	if (!t->e)
+		die(EXIT_UFFD, "out of memory (page table)");
+}
+
+static void tbl_copy(struct table *dst, const struct table *src)
+{
+	*dst = *src;
+	dst->e = malloc((src->cap ? src->cap : 1) * sizeof(*src->e));
+	if (!dst->e)
+		die(EXIT_UFFD, "out of memory (page table)");
+	memcpy(dst->e, src->e, src->n * sizeof(*src->e));
+}
+
+/* Index of the first entry with addr >= a. */
+static size_t tbl_lb(const struct table *t, uint64_t a)
+{
+	size_t lo = 0, hi = t->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (t->e[mid].addr < a)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static void tbl_span(const struct table *t, uint64_t a, uint64_t b, size_t *lo, size_t *hi)
+{
+	*lo = tbl_lb(t, a);
+	*hi = tbl_lb(t, b);
+}
+
+static bool tbl_full(const struct table *t, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	tbl_span(t, a, b, &lo, &hi);
+	return hi - lo == (b - a) / PAGE;
+}
+
+static bool tbl_one_seg(const struct table *t, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	tbl_span(t, a, b, &lo, &hi);
+	if (hi - lo != (b - a) / PAGE)
+		return false;
+	for (size_t i = lo + 1; i < hi; i++)
+		if (t->e[i].seg != t->e[lo].seg)
+			return false;
+	return true;
+}
+
+static bool tbl_empty(const struct table *t, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	tbl_span(t, a, b, &lo, &hi);
+	return hi == lo;
+}
+
+static void tbl_retire(struct table *t, size_t lo, size_t hi)
+{
+	for (size_t i = lo; i < hi; i++)
+		if (t->e[i].state) {
+			t->ret_verified++;
+			t->ret_mismatches += t->e[i].state == 2;
+			t->ret_holes += !t->e[i].want;
+		}
+}
+
+static void tbl_remove(struct table *t, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	tbl_span(t, a, b, &lo, &hi);
+	tbl_retire(t, lo, hi);
+	memmove(t->e + lo, t->e + hi, (t->n - hi) * sizeof(*t->e));
+	t->n -= hi - lo;
+}
+
+/* Inserts n address-sorted entries into a range that holds none. */
+static void tbl_insert(struct table *t, const struct ent *src, size_t n)
+{
+	size_t at;
+	if (!n)
+		return;
+	tbl_reserve(t, t->n + n);
+	at = tbl_lb(t, src[0].addr);
+	memmove(t->e + at + n, t->e + at, (t->n - at) * sizeof(*t->e));
+	memcpy(t->e + at, src, n * sizeof(*src));
+	t->n += n;
+}
+
+/* Gives every same-seg run inside [a,b) a fresh seg (the range became a VMA of its own). */
+static void tbl_reseg(struct table *t, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	uint32_t prev_old = 0, cur = 0;
+	tbl_span(t, a, b, &lo, &hi);
+	for (size_t i = lo; i < hi; i++) {
+		if (i == lo || t->e[i].seg != prev_old || t->e[i].addr != t->e[i - 1].addr + PAGE)
+			cur = t->next_seg++;
+		prev_old = t->e[i].seg;
+		t->e[i].seg = cur;
+	}
+}
+
+static void tbl_move(struct table *t, uint64_t a, uint64_t b, uint64_t to)
+{
+	size_t lo, hi, n;
+	struct ent *tmp;
+	uint32_t seg = t->next_seg++;
+	tbl_span(t, a, b, &lo, &hi);
+	n = hi - lo;
+	tmp = malloc((n ? n : 1) * sizeof(*tmp));
+	if (!tmp)
+		die(EXIT_UFFD, "out of memory (page table)");
+	memcpy(tmp, t->e + lo, n * sizeof(*tmp));
+	memmove(t->e + lo, t->e + hi, (t->n - hi) * sizeof(*t->e));
+	t->n -= n;
+	tbl_remove(t, to, to + (b - a)); /* MREMAP_FIXED unmaps whatever was there */
+	for (size_t i = 0; i < n; i++) {
+		tmp[i].addr = tmp[i].addr - a + to;
+		tmp[i].seg = seg;
+	}
+	tbl_insert(t, tmp, n);
+	free(tmp);
+}
+
+static void tbl_zap(struct table *t, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	tbl_span(t, a, b, &lo, &hi);
+	tbl_retire(t, lo, hi);
+	for (size_t i = lo; i < hi; i++) {
+		t->e[i].want = NULL;
+		t->e[i].state = 0;
+		t->e[i].touched = 0;
+	}
+	/* The daemon unregisters a removed range, which splits the VMA. */
+	tbl_reseg(t, a, b);
+}
+
+static void tbl_grow(struct table *t, uint64_t b, uint64_t n)
+{
+	size_t at = tbl_lb(t, b);
+	uint32_t seg = at ? t->e[at - 1].seg : 0;
+	struct ent *tmp = calloc(n, sizeof(*tmp));
+	if (!tmp)
+		die(EXIT_UFFD, "out of memory (page table)");
+	for (uint64_t i = 0; i < n; i++) {
+		tmp[i].addr = b + i * PAGE;
+		tmp[i].seg = seg;
+	}
+	tbl_insert(t, tmp, n);
+	free(tmp);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Restored process
+ */
+
+struct pctx {
+	struct proc *p;
+	int idx; /* index in procs */
+	struct table t;
+	uint64_t base; /* first VMA start: page index 0 */
+	uint64_t spare, spare_len; /* spare area (bytes), 0 if none */
+	uint64_t *log; /* first-touch latencies in touch order */
+	size_t nlog, caplog;
+	size_t touched;
+	atomic_int details;
+	uint64_t ev[S_NKINDS];
+	int depth; /* 0: a planned process; 1: forked by a `fork` step */
+	int fork_slot;
+	int nforks;
+	bool exited_early;
 };
 
 static const uint8_t zero_page[PAGE];
@@ -608,33 +982,23 @@ static uint64_t splitmix64(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-static uint8_t *page_addr(struct proc *p, size_t idx)
+static void log_lat(struct pctx *c, uint64_t ns)
 {
-	int lo = 0, hi = p->nvma - 1;
-	while (lo < hi) {
-		int mid = (lo + hi + 1) / 2;
-		if (p->vmas[mid].first <= idx)
-			lo = mid;
-		else
-			hi = mid - 1;
+	if (c->nlog == c->caplog) {
+		c->caplog = c->caplog ? c->caplog * 2 : 1024;
+		c->log = realloc(c->log, c->caplog * sizeof(*c->log));
+		if (!c->log)
+			die(EXIT_UFFD, "pid %d: out of memory", c->p->pid);
 	}
-	return (uint8_t *)(uintptr_t)(p->vmas[lo].start + (idx - p->vmas[lo].first) * PAGE);
+	c->log[c->nlog++] = ns;
 }
 
-static void verify_page(struct child *c, size_t idx)
+static void report_bad(struct pctx *c, struct ent *e, const uint8_t *got, const uint8_t *want)
 {
-	const uint8_t *want = c->p->expect[idx] ? c->p->expect[idx] : zero_page;
-	const uint8_t *got = page_addr(c->p, idx);
-
-	if (memcmp(got, want, PAGE) == 0) {
-		if (c->state[idx] == 0)
-			c->state[idx] = 1;
+	/* A page already reported bad is not reported again. */
+	if (e->state == 2)
 		return;
-	}
-	/* A page already reported bad in the workload is not reported again by --verify-all. */
-	if (c->state[idx] == 2)
-		return;
-	c->state[idx] = 2;
+	e->state = 2;
 	if (atomic_fetch_add(&c->details, 1) < MAX_MISMATCH_DETAILS) {
 		size_t k = 0;
 		while (k < PAGE && got[k] == want[k])
@@ -646,6 +1010,33 @@ static void verify_page(struct child *c, size_t idx)
 			(uintptr_t)got, k, want[k], got[k]);
 	}
 }
+
+static void verify_ent(struct pctx *c, struct ent *e)
+{
+	const uint8_t *want = e->want ? e->want : zero_page;
+	const uint8_t *got = (const uint8_t *)(uintptr_t)e->addr;
+
+	if (memcmp(got, want, PAGE) == 0) {
+		if (e->state == 0)
+			e->state = 1;
+		return;
+	}
+	report_bad(c, e, got, want);
+}
+
+struct worker {
+	struct pctx *c;
+	size_t *pages; /* table indexes */
+	size_t n;
+	uint64_t *lat;
+	uint8_t *first;
+	int index;
+	pthread_t th;
+	/* threads-same */
+	pthread_barrier_t *bar;
+	size_t lo;
+	uint8_t *bad;
+};
 
 static void *worker_main(void *arg)
 {
@@ -662,19 +1053,39 @@ static void *worker_main(void *arg)
 		}
 	}
 	for (size_t i = 0; i < w->n; i++) {
-		volatile uint8_t *a = page_addr(w->c->p, w->pages[i]);
+		struct ent *e = &w->c->t.e[w->pages[i]];
+		volatile uint8_t *a = (volatile uint8_t *)(uintptr_t)e->addr;
 		uint64_t t0 = now_ns();
 		(void)*a;
 		w->lat[i] = now_ns() - t0;
-		verify_page(w->c, w->pages[i]);
+		w->first[i] = !e->touched;
+		e->touched = 1;
+		verify_ent(w->c, e);
 	}
 	return NULL;
 }
 
-/* Which pages the workload touches, in touch order. */
-static size_t *plan_touches(struct proc *p, size_t *count)
+/* threads-same: every thread reads the same pages, starting together. */
+static void *same_main(void *arg)
 {
-	size_t total = p->npages, t = 0;
+	struct worker *w = arg;
+	struct table *t = &w->c->t;
+	pthread_barrier_wait(w->bar);
+	for (size_t i = 0; i < w->n; i++) {
+		struct ent *e = &t->e[w->lo + i];
+		const volatile uint8_t *a = (const volatile uint8_t *)(uintptr_t)e->addr;
+		uint64_t t0 = now_ns();
+		(void)*a;
+		w->lat[i] = now_ns() - t0;
+		w->bad[i] = memcmp((const void *)(uintptr_t)e->addr, e->want ? e->want : zero_page, PAGE) != 0;
+	}
+	return NULL;
+}
+
+/* Which table entries the workload touches, in touch order. */
+static size_t *plan_touches(struct proc *p, size_t total, size_t *count)
+{
+	size_t t = 0;
 	size_t *order;
 
 	if (opt.fraction >= 1.0)
@@ -752,6 +1163,65 @@ static void map_vmas(struct proc *p)
 	}
 }
 
+#define RESERVE_FLAGS (MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+
+static void map_spare(struct pctx *c)
+{
+	struct proc *p = c->p;
+	uint64_t pages = p->npages > 256 ? p->npages : 256;
+	uint64_t want = p->nvma ? p->vmas[p->nvma - 1].end : 0;
+	void *m = MAP_FAILED;
+	c->spare_len = pages * PAGE;
+	if (want)
+		m = mmap((void *)(uintptr_t)want, c->spare_len, PROT_NONE, RESERVE_FLAGS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (m != MAP_FAILED && m != (void *)(uintptr_t)want) {
+		munmap(m, c->spare_len);
+		m = MAP_FAILED;
+	}
+	if (m == MAP_FAILED)
+		m = mmap(NULL, c->spare_len, PROT_NONE, RESERVE_FLAGS, -1, 0);
+	if (m == MAP_FAILED)
+		die(EXIT_UFFD, "pid %d: reserve spare area: %s", p->pid, strerror(errno));
+	c->spare = (uintptr_t)m;
+}
+
+/* Is [a,b) inside the planned VMAs or the spare area (ours to map over)? */
+static bool ours(struct pctx *c, uint64_t a, uint64_t b)
+{
+	while (a < b) {
+		struct vma *v;
+		if (a >= c->spare && a < c->spare + c->spare_len) {
+			a = c->spare + c->spare_len;
+			continue;
+		}
+		v = find_vma(c->p, a);
+		if (!v)
+			return false;
+		a = v->end;
+	}
+	return true;
+}
+
+/* Keeps a hole we made in our own ranges from being handed to anyone else. */
+static void rereserve(struct pctx *c, uint64_t a, uint64_t b)
+{
+	uint64_t x = a;
+	while (x < b) {
+		uint64_t y = x + PAGE;
+		if (!ours(c, x, y) || !tbl_empty(&c->t, x, y)) {
+			x = y;
+			continue;
+		}
+		while (y < b && ours(c, y, y + PAGE) && tbl_empty(&c->t, y, y + PAGE))
+			y += PAGE;
+		if (mmap((void *)(uintptr_t)x, y - x, PROT_NONE, RESERVE_FLAGS | MAP_FIXED_NOREPLACE, -1, 0) == MAP_FAILED &&
+		    errno != EEXIST) {
+			/* Not fatal: the hole just stays open. */
+		}
+		x = y;
+	}
+}
+
 static int make_uffd(struct proc *p)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
@@ -797,15 +1267,532 @@ static void report_handed(int idx)
 		die(EXIT_SOCKET, "ready pipe: %s", strerror(errno));
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Step execution
+ */
+
+static uint64_t paddr(const struct pctx *c, struct pidx x)
+{
+	return (x.spare ? c->spare : c->base) + x.v * PAGE;
+}
+
+static struct pidx to_pidx(const struct pctx *c, uint64_t a)
+{
+	if (c->spare_len && a >= c->spare && a < c->spare + c->spare_len)
+		return (struct pidx){ .v = (a - c->spare) / PAGE, .spare = true };
+	return (struct pidx){ .v = (a - c->base) / PAGE };
+}
+
+static void step_fail(struct pctx *c, size_t i, const struct step *st, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5), noreturn));
+static void step_fail(struct pctx *c, size_t i, const struct step *st, const char *fmt, ...)
+{
+	char sb[128], msg[256];
+	va_list ap;
+	fmt_step(sb, sizeof(sb), st);
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	die(EXIT_USAGE, "pid %d (host %d): step %zu '%s': %s", c->p->pid, (int)getpid(), i + 1, sb, msg);
+}
+
+/* mremap that must land exactly at `to`. */
+static void do_move(struct pctx *c, size_t i, const struct step *st, uint64_t a, uint64_t b, uint64_t to)
+{
+	void *r;
+	if (!tbl_one_seg(&c->t, a, b))
+		step_fail(c, i, st, "source 0x%" PRIx64 "-0x%" PRIx64 " is not mapped as one VMA", a, b);
+	if (!ours(c, to, to + (b - a)))
+		step_fail(c, i, st, "target 0x%" PRIx64 " is outside the VMAs and the spare area", to);
+	if (to < b && a < to + (b - a))
+		step_fail(c, i, st, "source and target overlap");
+	r = mremap((void *)(uintptr_t)a, b - a, b - a, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(uintptr_t)to);
+	if (r == MAP_FAILED)
+		step_fail(c, i, st, "mremap 0x%" PRIx64 "-0x%" PRIx64 " to 0x%" PRIx64 ": %s", a, b, to, strerror(errno));
+	c->ev[S_MREMAP]++;
+	tbl_move(&c->t, a, b, to);
+	rereserve(c, a, b);
+}
+
+/* A free (unmapped by us) run of len bytes in the spare area, searched from `from`, wrapping. */
+static uint64_t spare_gap(const struct table *t, uint64_t spare, uint64_t spare_len, uint64_t len, uint64_t from)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		uint64_t x = pass ? spare : from, end = pass ? from + len : spare + spare_len;
+		if (end > spare + spare_len)
+			end = spare + spare_len;
+		while (x + len <= end) {
+			size_t lo, hi;
+			tbl_span(t, x, x + len, &lo, &hi);
+			if (lo == hi)
+				return x;
+			x = t->e[hi - 1].addr + PAGE;
+		}
+	}
+	return 0;
+}
+
+static void touch_range(struct pctx *c, uint64_t a, uint64_t b)
+{
+	size_t lo, hi;
+	tbl_span(&c->t, a, b, &lo, &hi);
+	for (size_t k = lo; k < hi; k++) {
+		struct ent *e = &c->t.e[k];
+		volatile uint8_t *p = (volatile uint8_t *)(uintptr_t)e->addr;
+		uint64_t t0 = now_ns(), dt;
+		(void)*p;
+		dt = now_ns() - t0;
+		if (!e->touched)
+			log_lat(c, dt);
+		e->touched = 1;
+		c->touched++;
+		verify_ent(c, e);
+	}
+}
+
+static void threads_same(struct pctx *c, size_t i, const struct step *st, uint64_t a, uint64_t b)
+{
+	int nt = opt.threads;
+	size_t lo, hi, n;
+	struct worker *w = calloc(nt, sizeof(*w));
+	pthread_barrier_t bar;
+	tbl_span(&c->t, a, b, &lo, &hi);
+	n = hi - lo;
+	if (!w)
+		die(EXIT_UFFD, "pid %d: out of memory", c->p->pid);
+	pthread_barrier_init(&bar, NULL, nt);
+	for (int k = 0; k < nt; k++) {
+		w[k] = (struct worker){ .c = c, .n = n, .lo = lo, .bar = &bar, .index = k };
+		w[k].lat = calloc(n ? n : 1, sizeof(uint64_t));
+		w[k].bad = calloc(n ? n : 1, 1);
+		if (!w[k].lat || !w[k].bad)
+			die(EXIT_UFFD, "pid %d: out of memory", c->p->pid);
+		if (pthread_create(&w[k].th, NULL, same_main, &w[k]))
+			step_fail(c, i, st, "pthread_create failed");
+	}
+	for (int k = 0; k < nt; k++)
+		pthread_join(w[k].th, NULL);
+	pthread_barrier_destroy(&bar);
+	for (size_t j = 0; j < n; j++) {
+		struct ent *e = &c->t.e[lo + j];
+		uint64_t mx = 0;
+		int bad = -1;
+		for (int k = 0; k < nt; k++) {
+			if (w[k].lat[j] > mx)
+				mx = w[k].lat[j];
+			if (w[k].bad[j] && bad < 0)
+				bad = k;
+		}
+		/* One latency per page: the slowest thread waited for the whole fault. */
+		if (!e->touched)
+			log_lat(c, mx);
+		e->touched = 1;
+		c->touched++;
+		verify_ent(c, e);
+		if (bad >= 0 && e->state != 2) {
+			e->state = 2;
+			if (atomic_fetch_add(&c->details, 1) < MAX_MISMATCH_DETAILS)
+				fprintf(stderr, "pid %d page 0x%" PRIx64 ": thread %d read wrong content (threads-same)\n", c->p->pid,
+					e->addr, bad);
+		}
+	}
+	for (int k = 0; k < nt; k++) {
+		free(w[k].lat);
+		free(w[k].bad);
+	}
+	free(w);
+}
+
+static void finish(struct pctx *c) __attribute__((noreturn));
+
+static void do_fork(struct pctx *c, size_t i, const struct step *st)
+{
+	uint32_t slot;
+	pid_t pid;
+	if (c->depth > 0)
+		return; /* forked children do not fork again (depth 1) */
+	slot = __atomic_fetch_add(&fsh->n, 1, __ATOMIC_ACQ_REL);
+	if (slot >= MAX_FORKED)
+		step_fail(c, i, st, "more than %d forked processes", MAX_FORKED);
+	fsh->s[slot].plan_idx = c->idx;
+	fsh->s[slot].parent_host = getpid();
+	pid = fork();
+	if (pid < 0) {
+		__atomic_store_n(&fsh->s[slot].host, -1, __ATOMIC_RELEASE);
+		step_fail(c, i, st, "fork: %s", strerror(errno));
+	}
+	if (pid == 0) {
+		__atomic_store_n(&fsh->s[slot].host, (int32_t)getpid(), __ATOMIC_RELEASE);
+		c->depth = 1;
+		c->fork_slot = slot;
+		/* The child reports on its own: its own touches, its own verification of all it inherited. */
+		c->nlog = 0;
+		c->touched = 0;
+		atomic_store(&c->details, 0);
+		memset(c->ev, 0, sizeof(c->ev));
+		c->t.ret_verified = c->t.ret_mismatches = c->t.ret_holes = 0;
+		for (size_t k = 0; k < c->t.n; k++)
+			c->t.e[k].state = 0;
+		return;
+	}
+	__atomic_store_n(&fsh->s[slot].host, (int32_t)pid, __ATOMIC_RELEASE);
+	c->ev[S_FORK]++;
+	c->nforks++;
+}
+
+static void run_steps(struct pctx *c, const struct script *sc)
+{
+	for (size_t i = 0; i < sc->n; i++) {
+		const struct step *st = &sc->s[i];
+		uint64_t a = paddr(c, st->a), b = paddr(c, st->b);
+		switch (st->k) {
+		case S_TOUCH:
+			if (!tbl_full(&c->t, a, b))
+				step_fail(c, i, st, "range is not mapped");
+			touch_range(c, a, b);
+			c->ev[S_TOUCH]++;
+			break;
+		case S_TSAME:
+			if (!tbl_full(&c->t, a, b))
+				step_fail(c, i, st, "range is not mapped");
+			threads_same(c, i, st, a, b);
+			c->ev[S_TSAME]++;
+			break;
+		case S_FORK:
+			do_fork(c, i, st);
+			break;
+		case S_MREMAP:
+			do_move(c, i, st, a, b, paddr(c, st->c));
+			break;
+		case S_SWAP: {
+			uint64_t x = paddr(c, st->c), y = paddr(c, st->d), tmp;
+			if (x < b && a < y)
+				step_fail(c, i, st, "the two ranges overlap");
+			if (!tbl_one_seg(&c->t, a, b) || !tbl_one_seg(&c->t, x, y))
+				step_fail(c, i, st, "a range is not mapped as one VMA");
+			tmp = spare_gap(&c->t, c->spare, c->spare_len, b - a, c->spare);
+			if (!tmp)
+				step_fail(c, i, st, "no room in the spare area for the temporary copy");
+			do_move(c, i, st, a, b, tmp);
+			do_move(c, i, st, x, y, a);
+			do_move(c, i, st, tmp, tmp + (b - a), x);
+			c->ev[S_SWAP]++;
+			break;
+		}
+		case S_GROW: {
+			uint64_t e = b + st->n * PAGE;
+			if (!tbl_one_seg(&c->t, a, b))
+				step_fail(c, i, st, "range is not mapped as one VMA");
+			if (!ours(c, b, e) || !tbl_empty(&c->t, b, e))
+				step_fail(c, i, st, "the %" PRIu64 " pages after it are not free space of ours", st->n);
+			munmap((void *)(uintptr_t)b, e - b); /* our PROT_NONE reservation */
+			if (mremap((void *)(uintptr_t)a, b - a, e - a, 0) == MAP_FAILED) {
+				int err = errno;
+				rereserve(c, b, e);
+				step_fail(c, i, st, "mremap in place: %s (the range must end at its VMA's end)", strerror(err));
+			}
+			c->ev[S_MREMAP]++;
+			c->ev[S_GROW]++;
+			tbl_grow(&c->t, b, st->n);
+			break;
+		}
+		case S_SHRINK: {
+			uint64_t e = b - st->n * PAGE;
+			if (!tbl_one_seg(&c->t, a, b))
+				step_fail(c, i, st, "range is not mapped as one VMA");
+			if (mremap((void *)(uintptr_t)a, b - a, e - a, 0) == MAP_FAILED)
+				step_fail(c, i, st, "mremap: %s", strerror(errno));
+			c->ev[S_MREMAP]++;
+			c->ev[S_SHRINK]++;
+			tbl_remove(&c->t, e, b);
+			rereserve(c, e, b);
+			break;
+		}
+		case S_DONTNEED:
+			if (!tbl_full(&c->t, a, b))
+				step_fail(c, i, st, "range is not mapped");
+			if (madvise((void *)(uintptr_t)a, b - a, MADV_DONTNEED) < 0)
+				step_fail(c, i, st, "madvise: %s", strerror(errno));
+			c->ev[S_DONTNEED]++;
+			tbl_zap(&c->t, a, b);
+			break;
+		case S_UNMAP:
+			if (!ours(c, a, b))
+				step_fail(c, i, st, "range is outside the VMAs and the spare area");
+			if (munmap((void *)(uintptr_t)a, b - a) < 0)
+				step_fail(c, i, st, "munmap: %s", strerror(errno));
+			c->ev[S_UNMAP]++;
+			tbl_remove(&c->t, a, b);
+			rereserve(c, a, b);
+			break;
+		case S_EXIT:
+			c->ev[S_EXIT]++;
+			c->exited_early = true;
+			finish(c);
+		case S_ZOMBIE: {
+			pid_t z = fork();
+			if (z < 0)
+				step_fail(c, i, st, "fork: %s", strerror(errno));
+			if (z == 0)
+				_exit(0);
+			c->ev[S_ZOMBIE]++;
+			break;
+		}
+		case S_NKINDS:
+			break;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Chaos: random steps, generated up front against a copy of the table so they stay valid.
+ */
+
+/* A random mapped run of at most maxlen pages (one VMA if one_seg); false if the table is empty. */
+static bool pick_run(const struct table *t, uint64_t *s, uint64_t maxlen, bool one_seg, uint64_t *a, uint64_t *b)
+{
+	size_t i, j, want;
+	if (!t->n)
+		return false;
+	i = splitmix64(s) % t->n;
+	want = 1 + splitmix64(s) % maxlen;
+	for (j = i + 1; j < t->n && j - i < want; j++)
+		if (t->e[j].addr != t->e[j - 1].addr + PAGE || (one_seg && t->e[j].seg != t->e[i].seg))
+			break;
+	*a = t->e[i].addr;
+	*b = t->e[j - 1].addr + PAGE;
+	return true;
+}
+
+static void gen_chaos(struct pctx *c, struct script *sc)
+{
+	struct table t;
+	uint64_t s = chaos_seed ^ ((uint64_t)c->p->pid * 0xd1342543de82ef95ull);
+	int forks = 0;
+
+	splitmix64(&s);
+	tbl_copy(&t, &c->t);
+	/* Simulate the layout effects of the scripted steps that run first. */
+	for (size_t i = 0; i < sc->n; i++) {
+		const struct step *st = &sc->s[i];
+		uint64_t a = paddr(c, st->a), b = paddr(c, st->b);
+		switch (st->k) {
+		case S_MREMAP:
+			tbl_move(&t, a, b, paddr(c, st->c));
+			break;
+		case S_SWAP: {
+			uint64_t x = paddr(c, st->c), y = paddr(c, st->d);
+			uint64_t tmp = spare_gap(&t, c->spare, c->spare_len, b - a, c->spare);
+			tbl_move(&t, a, b, tmp);
+			tbl_move(&t, x, y, a);
+			tbl_move(&t, tmp, tmp + (b - a), x);
+			break;
+		}
+		case S_GROW:
+			tbl_grow(&t, b, st->n);
+			break;
+		case S_SHRINK:
+			tbl_remove(&t, b - st->n * PAGE, b);
+			break;
+		case S_DONTNEED:
+			tbl_zap(&t, a, b);
+			break;
+		case S_UNMAP:
+			tbl_remove(&t, a, b);
+			break;
+		case S_FORK:
+			forks++;
+			break;
+		default:
+			break;
+		}
+	}
+	for (uint64_t n = 0; n < chaos_n; n++) {
+		struct step st;
+		uint64_t r = splitmix64(&s) % 100, a, b;
+		memset(&st, 0, sizeof(st));
+		if (r < 30)
+			st.k = S_TOUCH;
+		else if (r < 50)
+			st.k = S_MREMAP;
+		else if (r < 63)
+			st.k = S_DONTNEED;
+		else if (r < 73)
+			st.k = S_UNMAP;
+		else if (r < 78)
+			st.k = S_FORK;
+		else
+			st.k = S_TSAME;
+		if (st.k == S_FORK && forks >= 2)
+			st.k = S_TOUCH;
+		if (st.k == S_UNMAP && t.n < 64)
+			st.k = S_TOUCH;
+		if (st.k == S_FORK) {
+			forks++;
+			script_push(sc, &st);
+			continue;
+		}
+		if (!pick_run(&t, &s, st.k == S_UNMAP ? 4 : st.k == S_TSAME ? 16 : 64, st.k == S_MREMAP, &a, &b))
+			break;
+		st.a = to_pidx(c, a);
+		st.b = to_pidx(c, b);
+		if (st.k == S_MREMAP) {
+			uint64_t from = c->spare + (splitmix64(&s) % (c->spare_len / PAGE)) * PAGE;
+			uint64_t to = spare_gap(&t, c->spare, c->spare_len, b - a, from);
+			if (!to) {
+				st.k = S_TOUCH;
+			} else {
+				st.c = to_pidx(c, to);
+				tbl_move(&t, a, b, to);
+			}
+		} else if (st.k == S_DONTNEED) {
+			tbl_zap(&t, a, b);
+		} else if (st.k == S_UNMAP) {
+			tbl_remove(&t, a, b);
+		}
+		script_push(sc, &st);
+	}
+	free(t.e);
+}
+
+static void print_script_line(struct pctx *c, const char *tag, const struct script *sc)
+{
+	size_t cap = 256 + sc->n * 48, len = 0;
+	char *buf = malloc(cap);
+	if (!buf)
+		return;
+	len += snprintf(buf, cap, "faultline-target: %s pid %d host %d: --script-pid %d:", tag, c->p->pid, (int)getpid(),
+			c->p->pid);
+	for (size_t i = 0; i < sc->n; i++) {
+		if (i)
+			buf[len++] = ',';
+		len += fmt_step(buf + len, cap - len, &sc->s[i]);
+	}
+	if (!sc->n)
+		len += snprintf(buf + len, cap - len, "(none)");
+	buf[len++] = '\n';
+	if (write(2, buf, len) < 0) {
+	}
+	free(buf);
+}
+
+static void write_latency_file(struct pctx *c, char *path, size_t cap)
+{
+	int fd;
+	size_t off = 0, len = c->nlog * sizeof(uint64_t);
+	snprintf(path, cap, "%s.%d.lat", latency_prefix, (int)getpid());
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		fprintf(stderr, "faultline-target: pid %d: latency file %s: %s\n", c->p->pid, path, strerror(errno));
+		return;
+	}
+	/* u64 little-endian: the host order on x86_64 and arm64. */
+	while (off < len) {
+		ssize_t n = write(fd, (const char *)c->log + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fprintf(stderr, "faultline-target: pid %d: latency file %s: %s\n", c->p->pid, path, strerror(errno));
+			break;
+		}
+		off += n;
+	}
+	close(fd);
+}
+
+static void json_escape(char *dst, size_t cap, const char *s)
+{
+	size_t n = 0;
+	for (; *s && n + 7 < cap; s++) {
+		unsigned char ch = *s;
+		if (ch == '"' || ch == '\\') {
+			dst[n++] = '\\';
+			dst[n++] = ch;
+		} else if (ch < 0x20) {
+			n += snprintf(dst + n, cap - n, "\\u%04x", ch);
+		} else {
+			dst[n++] = ch;
+		}
+	}
+	dst[n] = 0;
+}
+
+static void finish(struct pctx *c)
+{
+	struct proc *p = c->p;
+	size_t verified = c->t.ret_verified, mismatches = c->t.ret_mismatches, holes = c->t.ret_holes, count = c->nlog;
+	uint64_t *lat = malloc((count ? count : 1) * sizeof(*lat));
+	char line[8192], path[PATH_MAX], esc[2 * PATH_MAX];
+	int n;
+
+	for (size_t i = 0; i < c->t.n; i++) {
+		if (!c->t.e[i].state)
+			continue;
+		verified++;
+		mismatches += c->t.e[i].state == 2;
+		holes += !c->t.e[i].want;
+	}
+	if (latency_prefix)
+		write_latency_file(c, path, sizeof(path));
+	if (!lat)
+		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+	memcpy(lat, c->log, count * sizeof(*lat));
+	qsort(lat, count, sizeof(*lat), cmp_u64);
+	n = snprintf(line, sizeof(line),
+		     "{\"pid\":%d,\"hostPid\":%d,\"pages\":%zu,\"touched\":%zu,\"verified\":%zu,\"mismatches\":%zu,"
+		     "\"holes\":%zu,\"latencyNs\":{\"p50\":%" PRIu64 ",\"p90\":%" PRIu64 ",\"p99\":%" PRIu64
+		     ",\"max\":%" PRIu64 ",\"count\":%zu}",
+		     p->pid, (int)getpid(), c->t.n, c->touched, verified, mismatches, holes, percentile(lat, count, 50),
+		     percentile(lat, count, 90), percentile(lat, count, 99), count ? lat[count - 1] : 0, count);
+	if (c->depth > 0)
+		n += snprintf(line + n, sizeof(line) - n, ",\"forkOf\":%d,\"parentHostPid\":%d", p->pid,
+			      (int)fsh->s[c->fork_slot].parent_host);
+	if (c->exited_early)
+		n += snprintf(line + n, sizeof(line) - n, ",\"exitedEarly\":true");
+	if (latency_prefix) {
+		json_escape(esc, sizeof(esc), path);
+		n += snprintf(line + n, sizeof(line) - n, ",\"latencyFile\":\"%s\"", esc);
+	}
+	if (scripting)
+		n += snprintf(line + n, sizeof(line) - n,
+			      ",\"events\":{\"fork\":%" PRIu64 ",\"mremap\":%" PRIu64 ",\"dontneed\":%" PRIu64
+			      ",\"unmap\":%" PRIu64 ",\"exit\":%" PRIu64 ",\"touch\":%" PRIu64 ",\"threadsSame\":%" PRIu64
+			      ",\"zombie\":%" PRIu64 ",\"grow\":%" PRIu64 ",\"shrink\":%" PRIu64 ",\"swap\":%" PRIu64 "}",
+			      c->ev[S_FORK], c->ev[S_MREMAP], c->ev[S_DONTNEED], c->ev[S_UNMAP], c->ev[S_EXIT], c->ev[S_TOUCH],
+			      c->ev[S_TSAME], c->ev[S_ZOMBIE], c->ev[S_GROW], c->ev[S_SHRINK], c->ev[S_SWAP]);
+	n += snprintf(line + n, sizeof(line) - n, "}\n");
+	if (write(1, line, n) != n) {
+	}
+	if (c->depth > 0) {
+		fsh->s[c->fork_slot].verified = verified;
+		fsh->s[c->fork_slot].mismatches = mismatches;
+	} else {
+		shm->slot[c->idx].verified = verified;
+		shm->slot[c->idx].mismatches = mismatches;
+	}
+	if (opt.hold_ms > 0)
+		sleep_ms(opt.hold_ms);
+	_exit(mismatches ? EXIT_MISMATCH : EXIT_OK);
+}
+
+static const struct script *script_for(int pid)
+{
+	for (int i = npid_scripts - 1; i >= 0; i--)
+		if (pid_scripts[i].pid == pid)
+			return &pid_scripts[i].sc;
+	return all_script.n ? &all_script : NULL;
+}
+
 static void child_main(int idx, const sigset_t *oldmask)
 {
 	struct proc *p = &procs[idx];
-	struct child c = { .p = p };
+	struct pctx *c = calloc(1, sizeof(*c));
 	struct worker *w;
 	uint64_t *lat;
-	size_t total, touched, *order, verified = 0, mismatches = 0, holes = 0;
-	char line[512];
-	int uffd, n;
+	uint8_t *first;
+	size_t touched, *order;
+	struct script sc = { 0 };
+	int uffd;
 
 	/* An orphaned target would keep its uffd-armed memory (and the daemon) waiting forever. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -824,17 +1811,36 @@ static void child_main(int idx, const sigset_t *oldmask)
 		report_handed(idx);
 		_exit(0);
 	}
+	if (!c)
+		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+	c->p = p;
+	c->idx = idx;
+	c->base = p->nvma ? p->vmas[0].start : 0;
 
 	/* Like CRIU: khugepaged must not collapse eager pages together with still-missing ones. */
 	prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
 	map_vmas(p);
-	c.state = calloc(p->npages ? p->npages : 1, 1);
-	order = plan_touches(p, &touched);
-	total = p->npages;
-	lat = malloc((touched ? touched : 1) * sizeof(*lat));
-	w = calloc(opt.threads, sizeof(*w));
-	if (!c.state || !lat || !w)
-		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+	if (scripting)
+		map_spare(c);
+	tbl_reserve(&c->t, p->npages);
+	for (int i = 0; i < p->nvma; i++) {
+		struct vma *v = &p->vmas[i];
+		for (uint64_t a = v->start; a < v->end; a += PAGE) {
+			size_t k = c->t.n++;
+			c->t.e[k] = (struct ent){ .addr = a, .want = p->expect[v->first + (a - v->start) / PAGE], .seg = i };
+		}
+	}
+	c->t.next_seg = p->nvma;
+	if (scripting) {
+		const struct script *base = script_for(p->pid);
+		if (base)
+			for (size_t i = 0; i < base->n; i++)
+				script_push(&sc, &base->s[i]);
+		if (chaos_on) {
+			gen_chaos(c, &sc);
+			print_script_line(c, "chaos", &sc);
+		}
+	}
 	uffd = make_uffd(p);
 
 	lock_send();
@@ -863,53 +1869,67 @@ static void child_main(int idx, const sigset_t *oldmask)
 
 	futex_wait_set(&shm->go);
 
+	run_steps(c, &sc);
+
+	/* The normal workload, over the pages mapped now (the planned pages if no step ran). */
+	order = plan_touches(p, c->t.n, &touched);
+	lat = malloc((touched ? touched : 1) * sizeof(*lat));
+	first = malloc(touched ? touched : 1);
+	w = calloc(opt.threads, sizeof(*w));
+	if (!lat || !first || !w)
+		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
 	for (int t = 0; t < opt.threads; t++) {
 		size_t lo = touched * t / opt.threads, hi = touched * (t + 1) / opt.threads;
-		w[t] = (struct worker){ .c = &c, .pages = order + lo, .n = hi - lo, .lat = lat + lo, .index = t };
+		w[t] = (struct worker){ .c = c, .pages = order + lo, .n = hi - lo, .lat = lat + lo, .first = first + lo, .index = t };
 		if (pthread_create(&w[t].th, NULL, worker_main, &w[t]))
 			die(EXIT_UFFD, "pid %d: pthread_create failed", p->pid);
 	}
 	for (int t = 0; t < opt.threads; t++)
 		pthread_join(w[t].th, NULL);
+	for (size_t i = 0; i < touched; i++)
+		if (first[i])
+			log_lat(c, lat[i]);
+	c->touched += touched;
 
 	if (opt.wait_signal)
 		futex_wait_set(&shm->usr1);
-	if (opt.verify_all)
-		for (size_t i = 0; i < total; i++)
-			verify_page(&c, i);
-
-	for (size_t i = 0; i < total; i++) {
-		if (!c.state[i])
-			continue;
-		verified++;
-		mismatches += c.state[i] == 2;
-		holes += !p->expect[i];
-	}
-	qsort(lat, touched, sizeof(*lat), cmp_u64);
-	n = snprintf(line, sizeof(line),
-		     "{\"pid\":%d,\"hostPid\":%d,\"pages\":%zu,\"touched\":%zu,\"verified\":%zu,\"mismatches\":%zu,"
-		     "\"holes\":%zu,\"latencyNs\":{\"p50\":%" PRIu64 ",\"p90\":%" PRIu64 ",\"p99\":%" PRIu64
-		     ",\"max\":%" PRIu64 ",\"count\":%zu}}\n",
-		     p->pid, (int)getpid(), total, touched, verified, mismatches, holes, percentile(lat, touched, 50),
-		     percentile(lat, touched, 90), percentile(lat, touched, 99), touched ? lat[touched - 1] : 0, touched);
-	if (write(1, line, n) != n) {
-	}
-	shm->slot[idx].verified = verified;
-	shm->slot[idx].mismatches = mismatches;
-	if (opt.hold_ms > 0)
-		sleep_ms(opt.hold_ms);
-	_exit(mismatches ? EXIT_MISMATCH : EXIT_OK);
+	if (opt.verify_all || c->depth > 0)
+		for (size_t i = 0; i < c->t.n; i++)
+			verify_ent(c, &c->t.e[i]);
+	finish(c);
 }
 
 /* ------------------------------------------------------------------------------------------------
  * Main process
  */
 
+/* Main-side state of the processes forked by `fork` steps (their slots are in fsh). */
+static bool freaped[MAX_FORKED];
+static int fwstatus[MAX_FORKED];
+
+static int forked_count(void)
+{
+	uint32_t n = fsh ? __atomic_load_n(&fsh->n, __ATOMIC_ACQUIRE) : 0;
+	return n > MAX_FORKED ? MAX_FORKED : (int)n;
+}
+
+static bool forked_all_reaped(void)
+{
+	int n = forked_count();
+	for (int i = 0; i < n; i++)
+		if (!freaped[i] && __atomic_load_n(&fsh->s[i].host, __ATOMIC_ACQUIRE) > 0)
+			return false;
+	return true;
+}
+
 static void kill_children(void)
 {
 	for (int i = 0; i < nprocs; i++)
 		if (procs[i].host > 0 && !procs[i].reaped)
 			kill(procs[i].host, SIGKILL);
+	for (int i = 0; i < forked_count(); i++)
+		if (fsh->s[i].host > 0 && !freaped[i])
+			kill(fsh->s[i].host, SIGKILL);
 }
 
 static int reap_all_blocking(void)
@@ -921,6 +1941,13 @@ static int reap_all_blocking(void)
 			}
 			procs[i].reaped = true;
 			left++;
+		}
+	/* Forked processes are ours (child subreaper) once their parent is gone, which it is now. */
+	for (int i = 0; i < forked_count(); i++)
+		if (fsh->s[i].host > 0 && !freaped[i]) {
+			while (waitpid(fsh->s[i].host, &fwstatus[i], 0) < 0 && errno == EINTR) {
+			}
+			freaped[i] = true;
 		}
 	return left;
 }
@@ -936,6 +1963,12 @@ static int reap_some(uint64_t *last_exit)
 				procs[i].wstatus = st;
 				procs[i].reaped = true;
 				n++;
+			}
+		/* Otherwise a forked process, or a `zombie` step's child handed to us (ignored). */
+		for (int i = 0; i < forked_count(); i++)
+			if (fsh->s[i].host == pid && !freaped[i]) {
+				fwstatus[i] = st;
+				freaped[i] = true;
 			}
 		*last_exit = now_ns();
 	}
@@ -975,7 +2008,7 @@ static int handle_signals(uint64_t *last_exit, int *reaped)
 
 static void print_summary(bool released, uint64_t release_ns, uint64_t last_exit, bool we_killed)
 {
-	size_t cap = 4096 + (size_t)nprocs * 64, len = 0;
+	size_t cap = 4096 + (size_t)nprocs * 64 + (size_t)forked_count() * 96, len = 0;
 	char *buf = malloc(cap);
 	uint64_t verified = 0, mismatches = 0;
 	bool first;
@@ -983,6 +2016,10 @@ static void print_summary(bool released, uint64_t release_ns, uint64_t last_exit
 	for (int i = 0; i < nprocs; i++) {
 		verified += shm->slot[i].verified;
 		mismatches += shm->slot[i].mismatches;
+	}
+	for (int i = 0; i < forked_count(); i++) {
+		verified += fsh->s[i].verified;
+		mismatches += fsh->s[i].mismatches;
 	}
 	len += snprintf(buf + len, cap - len,
 			"{\"summary\":true,\"processes\":%d,\"verified\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"killed\":[",
@@ -996,6 +2033,13 @@ static void print_summary(bool released, uint64_t release_ns, uint64_t last_exit
 			first = false;
 		}
 	}
+	for (int i = 0; i < forked_count() && len + 200 < cap; i++)
+		if (freaped[i] && WIFSIGNALED(fwstatus[i]) && !we_killed) {
+			len += snprintf(buf + len, cap - len, "%s{\"pid\":%d,\"hostPid\":%d,\"forkOf\":%d,\"signal\":%d}",
+					first ? "" : ",", procs[fsh->s[i].plan_idx].pid, (int)fsh->s[i].host,
+					procs[fsh->s[i].plan_idx].pid, WTERMSIG(fwstatus[i]));
+			first = false;
+		}
 	len += snprintf(buf + len, cap - len, "],\"failed\":[");
 	first = true;
 	for (int i = 0; i < nprocs; i++) {
@@ -1006,6 +2050,13 @@ static void print_summary(bool released, uint64_t release_ns, uint64_t last_exit
 			first = false;
 		}
 	}
+	for (int i = 0; i < forked_count() && len + 200 < cap; i++)
+		if (freaped[i] && WIFEXITED(fwstatus[i]) && WEXITSTATUS(fwstatus[i])) {
+			len += snprintf(buf + len, cap - len, "%s{\"pid\":%d,\"hostPid\":%d,\"forkOf\":%d,\"status\":%d}",
+					first ? "" : ",", procs[fsh->s[i].plan_idx].pid, (int)fsh->s[i].host,
+					procs[fsh->s[i].plan_idx].pid, WEXITSTATUS(fwstatus[i]));
+			first = false;
+		}
 	len += snprintf(buf + len, cap - len, "],\"zombies\":[");
 	first = true;
 	for (int i = 0; i < nprocs; i++)
@@ -1013,11 +2064,15 @@ static void print_summary(bool released, uint64_t release_ns, uint64_t last_exit
 			len += snprintf(buf + len, cap - len, "%s%d", first ? "" : ",", procs[i].pid);
 			first = false;
 		}
+	if (scripting)
+		len += snprintf(buf + len, cap - len, "],\"forked\":%d", forked_count());
+	else
+		len += snprintf(buf + len, cap - len, "]");
 	if (released)
-		len += snprintf(buf + len, cap - len, "],\"releaseToExitMs\":%.3f}\n",
+		len += snprintf(buf + len, cap - len, ",\"releaseToExitMs\":%.3f}\n",
 				last_exit > release_ns ? (last_exit - release_ns) / 1e6 : 0.0);
 	else
-		len += snprintf(buf + len, cap - len, "],\"releaseToExitMs\":null}\n");
+		len += snprintf(buf + len, cap - len, ",\"releaseToExitMs\":null}\n");
 	if (write(1, buf, len) < 0) {
 	}
 	free(buf);
@@ -1070,6 +2125,34 @@ static void usage(FILE *out)
 		"  --verify-all              afterwards verify every page of every VMA\n"
 		"  --wait-signal             before that, wait until the main process gets SIGUSR1\n"
 		"  --hold-ms N               sleep N ms before each process exits\n"
+		"  --latency-file PREFIX     each process (forked ones too) writes its first-touch latencies\n"
+		"                            (u64 ns little-endian, one per page, touch order) to PREFIX.<hostpid>.lat\n"
+		"                            and names it in its JSON line as \"latencyFile\"\n"
+		"  --script STEPS            steps every process runs after the release, before the workload\n"
+		"  --script-pid PID:STEPS    steps for plan pid PID only (overrides --script); repeatable\n"
+		"  --chaos SEED:N            N random steps per process (touch, mremap into the spare area,\n"
+		"                            dontneed, unmap 1-4 pages, fork (<= 2 per tree), threads-same),\n"
+		"                            splitmix64(SEED, pid); run after any --script steps; the full list\n"
+		"                            is printed to stderr as a replayable --script-pid argument\n"
+		"Steps (comma-separated). I, J, T are page indexes: I = <first VMA start> + I*4096 (may name\n"
+		"later VMAs); sI = page I of the spare area, an unregistered PROT_NONE reservation of\n"
+		"max(pages,256) pages right after the last VMA (or where the kernel puts it). Ranges I-J are\n"
+		"half-open [I,J) and must be mapped; mremap/grow/shrink/swap ranges must lie in one VMA.\n"
+		"  touch:I-J                 read and verify pages I..J-1\n"
+		"  threads-same:I-J          all --threads threads read I..J-1 together (barrier), verifying\n"
+		"  fork                      fork(); the child runs the remaining steps, the workload and a\n"
+		"                            --verify-all of all its memory, and prints its own line with\n"
+		"                            \"forkOf\"; a forked child skips further fork steps (depth 1)\n"
+		"  mremap:I-J>T              move I..J-1 to T (MREMAP_MAYMOVE|FIXED); T in the VMAs or spare\n"
+		"  grow:I-J+N                grow in place by N pages (J must be the VMA end; new pages read 0)\n"
+		"  shrink:I-J-N              shrink in place: unmaps the last N pages of I..J-1\n"
+		"  swap:I-J,K-L              swap two equal-size ranges through a spare-area temporary\n"
+		"  dontneed:I-J              MADV_DONTNEED; afterwards the pages must read as zeros\n"
+		"  unmap:I-J                 munmap; no longer verified\n"
+		"  exit                      print the line (\"exitedEarly\":true) and exit now\n"
+		"  zombie                    fork a child that exits at once and is never waited for\n"
+		"With steps the JSON lines carry \"events\" (executed steps by kind; \"mremap\" counts mremap\n"
+		"calls) and the summary \"forked\"; a failing step exits the process with status 2.\n"
 		"Exit: 0 ok, 1 mismatches, 2 usage/plan error, 3 VMA address taken (retry), 4 connect/hand-over\n"
 		"failed, 5 a process was killed by a signal, 6 userfaultfd setup refused.\n");
 }
@@ -1094,6 +2177,8 @@ static void parse_options(int argc, char **argv)
 		{ "stride", required_argument, 0, 's' },   { "fraction", required_argument, 0, 'f' },
 		{ "seed", required_argument, 0, 'S' },	   { "verify-all", no_argument, 0, 'v' },
 		{ "wait-signal", no_argument, 0, 'w' },	   { "hold-ms", required_argument, 0, 'h' },
+		{ "script", required_argument, 0, 'x' },   { "script-pid", required_argument, 0, 'X' },
+		{ "latency-file", required_argument, 0, 'L' }, { "chaos", required_argument, 0, 'C' },
 		{ "help", no_argument, 0, '?' + 256 },	   { 0, 0, 0, 0 },
 	};
 	int c;
@@ -1159,6 +2244,42 @@ static void parse_options(int argc, char **argv)
 		case 'h':
 			opt.hold_ms = opt_long("--hold-ms", optarg, 0, LONG_MAX / 1000);
 			break;
+		case 'x':
+			all_script.n = 0;
+			parse_script("--script", optarg, &all_script);
+			scripting = true;
+			break;
+		case 'X': {
+			char *end;
+			long pid;
+			errno = 0;
+			pid = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end != ':' || pid < 1 || pid > INT_MAX)
+				die(EXIT_USAGE, "--script-pid: expected PID:STEPS, got '%s'", optarg);
+			pid_scripts = realloc(pid_scripts, sizeof(*pid_scripts) * (npid_scripts + 1));
+			pid_scripts[npid_scripts].pid = (int)pid;
+			memset(&pid_scripts[npid_scripts].sc, 0, sizeof(pid_scripts[npid_scripts].sc));
+			parse_script("--script-pid", end + 1, &pid_scripts[npid_scripts].sc);
+			npid_scripts++;
+			scripting = true;
+			break;
+		}
+		case 'L':
+			if (!*optarg)
+				die(EXIT_USAGE, "--latency-file: empty prefix");
+			latency_prefix = optarg;
+			break;
+		case 'C': {
+			char *end;
+			errno = 0;
+			chaos_seed = strtoull(optarg, &end, 0);
+			if (errno || end == optarg || *end != ':')
+				die(EXIT_USAGE, "--chaos: expected SEED:N, got '%s'", optarg);
+			chaos_n = (uint64_t)opt_long("--chaos", end + 1, 0, 1000000);
+			chaos_on = true;
+			scripting = true;
+			break;
+		}
 		case '?' + 256:
 			usage(stdout);
 			exit(0);
@@ -1188,6 +2309,13 @@ int main(int argc, char **argv)
 	read_plan();
 	map_files();
 	index_plan();
+	for (int i = 0; i < npid_scripts; i++) {
+		bool found = false;
+		for (int j = 0; j < nprocs; j++)
+			found |= procs[j].pid == pid_scripts[i].pid;
+		if (!found)
+			die(EXIT_USAGE, "--script-pid %d: no such pid in the plan", pid_scripts[i].pid);
+	}
 
 	shm_len = sizeof(*shm) + sizeof(shm->slot[0]) * nprocs;
 	shm = mmap(NULL, shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1197,6 +2325,14 @@ int main(int argc, char **argv)
 	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
 	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
 	pthread_mutex_init(&shm->send_lock, &ma);
+	if (scripting) {
+		fsh = mmap(NULL, sizeof(*fsh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (fsh == MAP_FAILED)
+			die(EXIT_UFFD, "mmap shared area: %s", strerror(errno));
+		/* Processes forked by `fork` steps outlive their parents: they must come back to us. */
+		if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+			die(EXIT_UFFD, "PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+	}
 	if (pipe2(ready_pipe, O_CLOEXEC) < 0)
 		die(EXIT_UFFD, "pipe: %s", strerror(errno));
 
@@ -1261,7 +2397,7 @@ int main(int argc, char **argv)
 	futex_set_wake(&shm->go);
 
 	/* Phase 2: the restored processes run. */
-	while (reaped < nprocs) {
+	while (reaped < nprocs || !forked_all_reaped()) {
 		struct pollfd pf = { .fd = sigfd, .events = POLLIN };
 		if (poll(&pf, 1, -1) < 0 && errno != EINTR)
 			die(EXIT_UFFD, "poll: %s", strerror(errno));
@@ -1286,6 +2422,20 @@ int main(int argc, char **argv)
 				code = EXIT_MISMATCH;
 		} else if (WEXITSTATUS(p->wstatus) && code != EXIT_KILLED) {
 			code = WEXITSTATUS(p->wstatus);
+		}
+	}
+	for (int i = 0; i < forked_count(); i++) {
+		if (!freaped[i])
+			continue;
+		if (WIFSIGNALED(fwstatus[i])) {
+			fprintf(stderr, "faultline-target: pid %d (forked, host %d) killed by signal %d\n",
+				procs[fsh->s[i].plan_idx].pid, (int)fsh->s[i].host, WTERMSIG(fwstatus[i]));
+			code = EXIT_KILLED;
+		} else if (WEXITSTATUS(fwstatus[i]) == EXIT_MISMATCH || fsh->s[i].mismatches) {
+			if (code == EXIT_OK)
+				code = EXIT_MISMATCH;
+		} else if (WEXITSTATUS(fwstatus[i]) && code != EXIT_KILLED) {
+			code = WEXITSTATUS(fwstatus[i]);
 		}
 	}
 	print_summary(true, release_ns, last_exit, false);

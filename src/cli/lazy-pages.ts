@@ -19,6 +19,8 @@ export interface LazyPagesFlags {
   workers?: string;
   faultAround?: string;
   fillChunk?: string;
+  recordFaults?: string;
+  prefetch?: string;
 }
 
 const DAEMON_ENV = 'FAULTLINE_DAEMON_CHILD';
@@ -34,6 +36,8 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
     workDir: flags.workDir ?? flags.imagesDir,
     workers,
     log,
+    recordFaults: flags.recordFaults,
+    prefetch: flags.prefetch,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),
@@ -42,6 +46,8 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
   const stop = (sig: string) => daemon.failStop(`received ${sig} before the restore completed`);
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // Ready means the socket listens and every worker runs: criu's status-fd promise.
+  await Promise.race([daemon.ready, daemon.done.catch(() => undefined)]);
   if (flags.pidfile) fs.writeFileSync(flags.pidfile, `${process.pid}\n`);
   const statusFd = process.env[DAEMON_ENV] ? 3 : flags.statusFd !== undefined ? Number(flags.statusFd) : -1;
   if (statusFd >= 0) {

@@ -25,6 +25,8 @@ async function main(argv: string[]): Promise<number> {
     .option('-j, --workers <n>', 'worker threads (default: CPUs)')
     .option('--fault-around <pages>', 'largest copy per fault')
     .option('--fill-chunk <pages>', 'largest background copy')
+    .option('--record-faults <file>', 'write the order in which each process first faulted its pages')
+    .option('--prefetch <file>', 'fill the pages of a --record-faults trace first, in that order')
     .action(async (flags: LazyPagesFlags) => {
       code = await lazyPages(flags, process.argv.slice(1));
     });

@@ -1,6 +1,7 @@
 // The lazy-pages daemon: the main thread's owner of sockets, the epoll set, the process tree and
 // completion. Data flows one way: socket → epoll → ring → worker → ioctl; workers report back on a
 // MessagePort only what changes the tree (loaded, complete, gone, forked, fatal).
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
@@ -24,6 +25,10 @@ export interface DaemonOptions {
   tuning?: Partial<Tuning>;
   ringCapacity?: number;
   log: Logger;
+  /** Write the first-fault order of every process here when the restore completes. */
+  recordFaults?: string;
+  /** Fill the pages listed in this trace first, in its order. */
+  prefetch?: string;
 }
 
 export class LazyPagesDaemon {
@@ -45,6 +50,10 @@ export class LazyPagesDaemon {
   private rejectDone!: (e: Error) => void;
   /** Settles when every process is restored (or gone), or with the reason for a fail-stop. */
   readonly done: Promise<RestoreSummary>;
+  /** Resolves once every worker runs its loop: only then is the daemon ready to serve faults. */
+  readonly ready: Promise<void>;
+  private workersReady = 0;
+  private resolveReady!: () => void;
 
   /** Reads inventory and pstree and listens: the caller may announce readiness once this returns. */
   constructor(private readonly opts: DaemonOptions) {
@@ -56,6 +65,7 @@ export class LazyPagesDaemon {
       this.rejectDone = reject;
     });
     this.done.catch(() => undefined); // observed by the caller; avoid an unhandled rejection warning
+    this.ready = new Promise((resolve) => (this.resolveReady = resolve));
     this.tree = new ProcessTree(opts.workers);
     this.poller = new Poller(opts.workers, opts.ringCapacity ?? DEFAULT_RING_CAPACITY);
     this.pool = new Piscina({
@@ -71,7 +81,16 @@ export class LazyPagesDaemon {
       port1.on('message', (m: WorkerMessage) => this.onWorkerMessage(m));
       port1.unref();
       this.ports.push(port1);
-      const task: WorkerTask = { shard, ring: this.poller.rings[shard].sab, port: port2, imagesDir: path.resolve(opts.imagesDir), tuning };
+      const task: WorkerTask = {
+        shard,
+        ring: this.poller.rings[shard].sab,
+        port: port2,
+        imagesDir: path.resolve(opts.imagesDir),
+        tuning,
+        recordFaults: !!opts.recordFaults,
+        warmUpPid: this.pstree[0]?.pid,
+        prefetchFile: opts.prefetch && path.resolve(opts.prefetch),
+      };
       const t = this.pool.run(task, { transferList: [port2] }) as Promise<WorkerResult>;
       t.catch((e: Error) => this.failStop(`worker ${shard} failed: ${e.message}`));
       this.tasks.push(t);
@@ -119,6 +138,9 @@ export class LazyPagesDaemon {
   private onWorkerMessage(m: WorkerMessage): void {
     if (this.stopping && m.type !== 'fatal') return;
     switch (m.type) {
+      case 'ready':
+        if (++this.workersReady === this.opts.workers) this.resolveReady();
+        return;
       case 'loaded': {
         const p = this.tree.get(m.uffd);
         if (p) {
@@ -162,6 +184,7 @@ export class LazyPagesDaemon {
     this.poller.broadcast(RecordKind.STOP, 0);
     const results = await Promise.all(this.tasks);
     await this.teardown();
+    if (this.opts.recordFaults) writeTrace(this.opts.recordFaults, results);
     const end = this.lastCompleteNs || native.monotonicNs();
     const finished = this.tree.finished;
     this.resolveDone(
@@ -214,6 +237,14 @@ export class LazyPagesDaemon {
     for (const port of this.ports) port.close();
     await this.pool.destroy();
   }
+}
+
+/** One line per pid; forked children's faults join their pid's list (same images). */
+function writeTrace(file: string, results: WorkerResult[]): void {
+  const byPid = new Map<number, number[]>();
+  for (const t of results.flatMap((r) => r.traces)) byPid.set(t.pid, [...(byPid.get(t.pid) ?? []), ...t.pages]);
+  const lines = [...byPid].map(([pid, pages]) => JSON.stringify({ pid, pages: [...new Set(pages)] }));
+  fs.writeFileSync(file, lines.join('\n') + '\n');
 }
 
 export { FailStop, ProtocolError };

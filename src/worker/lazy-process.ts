@@ -31,6 +31,11 @@ export class LazyProcess {
   private fillCursor = 0;
   private fillChunk: number;
   gone = false;
+  /** --record-faults: image addresses of pages in the order they were first faulted */
+  trace: number[] | null = null;
+  /** --prefetch: image addresses of pages to fill first, in this order */
+  private prefetch: number[] = [];
+  private prefetchAt = 0;
 
   constructor(
     readonly uffd: number,
@@ -67,6 +72,7 @@ export class LazyProcess {
     this.fillChunk = this.tuning.fillChunkMin;
     const range = this.map.find(page);
     if (!range) return this.zeroFill(page);
+    this.trace?.push(range.imgStart + (page - range.start));
     // Faults walking up through memory earn a wider window; scattered faults shrink it back.
     const sequential = page === this.lastFaultEnd;
     this.faultAround = sequential
@@ -78,8 +84,16 @@ export class LazyProcess {
     return this.copy(piece, 'fault');
   }
 
-  /** Copies the next background chunk; false when nothing is left. */
+  /** Pages a previous run faulted (image addresses, in order), to fill before anything else. */
+  setPrefetch(pages: number[]): void {
+    this.prefetch = pages;
+    this.prefetchAt = 0;
+  }
+
+  /** Copies the next background chunk; 'empty' when nothing is left. */
   fillNext(): CopyOutcome | 'empty' {
+    const pre = this.nextPrefetch();
+    if (pre) return this.copy(pre, 'fill');
     const r = this.map.nextAtOrAfter(this.fillCursor) ?? this.map.nextAtOrAfter(0);
     if (!r) return 'empty';
     const start = Math.max(r.start, this.fillCursor);
@@ -88,6 +102,26 @@ export class LazyProcess {
     this.fillChunk = Math.min(this.fillChunk * 2, this.tuning.fillChunkMax);
     const [piece] = this.map.take(start, end);
     return this.copy(piece, 'fill');
+  }
+
+  /**
+   * The next run of the prefetch list still missing: consecutive listed pages are copied together.
+   * Image addresses equal run-time ones until the process remaps, and a remapped page is simply not
+   * found (the ordinary fill gets it).
+   */
+  private nextPrefetch(): LazyRange | undefined {
+    while (this.prefetchAt < this.prefetch.length) {
+      const first = this.prefetch[this.prefetchAt++];
+      const r = this.map.find(first);
+      if (!r || r.imgStart + (first - r.start) !== first) continue;
+      let end = first + PAGE;
+      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] === end && end < r.end && (end - first) / PAGE < this.tuning.fillChunkMax) {
+        end += PAGE;
+        this.prefetchAt++;
+      }
+      return this.map.take(first, end)[0];
+    }
+    return undefined;
   }
 
   private copy(piece: LazyRange, cause: 'fault' | 'fill'): CopyOutcome {

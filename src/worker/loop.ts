@@ -7,7 +7,8 @@ import { RecordKind, UFFD_MSG } from '../engine/ring-layout';
 import { openLocalProcess } from '../source/local';
 import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters } from './lazy-process';
-import type { WorkerMessage, WorkerResult, WorkerTask } from './messages';
+import * as fs from 'node:fs';
+import type { FaultTrace, WorkerMessage, WorkerResult, WorkerTask } from './messages';
 
 const IDLE_WAIT_MS = 1000;
 /**
@@ -36,10 +37,19 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let retry: PendingFault[] = [];
   const latency = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+  const traces: FaultTrace[] = [];
+  const prefetch = new Map<number, number[]>();
+  if (task.prefetchFile) {
+    for (const line of fs.readFileSync(task.prefetchFile, 'utf8').split('\n')) if (line.trim()) {
+      const t = JSON.parse(line) as FaultTrace;
+      prefetch.set(t.pid, t.pages);
+    }
+  }
 
   const release = (p: LazyProcess, how: 'complete' | 'gone', reason = '') => {
     // Forget the uffd before telling the main thread, which closes it (and may reuse the number).
     processes.delete(p.uffd);
+    if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
     const i = filling.indexOf(p);
     if (i >= 0) filling.splice(i, 1);
     for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
@@ -98,6 +108,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
         const pid = ring.i32At(r.at);
         const pages = openLocalProcess(task.imagesDir, pid);
         const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning);
+        if (task.recordFaults) p.trace = [];
+        const pre = prefetch.get(pid);
+        if (pre) p.setPrefetch(pre);
         processes.set(r.fd, p);
         if (restoreFinished) filling.push(p);
         post({ type: 'loaded', uffd: r.fd, pid, lazyPages: p.map.pages });
@@ -120,6 +133,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
   };
 
+  warmUp(task);
+  post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
       const n = ring.consume(onRecord);
@@ -158,7 +173,24 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let poisonedPages = 0;
   if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
   for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
-  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), totals, poisonedPages };
+  for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
+  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), totals, poisonedPages, traces };
+}
+
+/**
+ * The first image load in a fresh thread costs ≈ 16 ms (protobufjs compiles its decoders, V8 is cold)
+ * against ≈ 2 ms after; pay it before announcing readiness, not while a restored process waits.
+ * Errors are ignored here: the real load at hand-over reports them.
+ */
+function warmUp(task: WorkerTask): void {
+  if (task.warmUpPid === undefined) return;
+  try {
+    const p = openLocalProcess(task.imagesDir, task.warmUpPid);
+    const r = p.lazyRanges[0];
+    if (r) p.source.locate(r.start, 1);
+  } catch {
+    // reported properly when this process is handed over
+  }
 }
 
 module.exports = runShard;

@@ -5,6 +5,7 @@ import type { ProcessCounters } from './lazy-process';
 import type { Tuning } from './tuning';
 
 export type WorkerMessage =
+  | { type: 'ready'; shard: number }
   | { type: 'loaded'; uffd: number; pid: number; lazyPages: number }
   | { type: 'complete'; uffd: number; pid: number; counters: ProcessCounters }
   | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
@@ -17,6 +18,19 @@ export interface WorkerTask {
   port: MessagePort;
   imagesDir: string;
   tuning: Tuning;
+  /** A pid from pstree.img whose images the worker reads once at start, to compile the decoders. */
+  warmUpPid?: number;
+  /** Record the first-fault order per process (--record-faults). */
+  recordFaults: boolean;
+  /** A trace written by --record-faults: pages to fill first (--prefetch). */
+  prefetchFile?: string;
+}
+
+/** --record-faults file: one JSON object per line. */
+export interface FaultTrace {
+  pid: number;
+  /** dump-time (image) addresses of pages in first-fault order */
+  pages: number[];
 }
 
 export interface WorkerResult {
@@ -25,4 +39,5 @@ export interface WorkerResult {
   latency: string;
   totals: ProcessCounters;
   poisonedPages: number;
+  traces: FaultTrace[];
 }
