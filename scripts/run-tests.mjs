@@ -47,6 +47,20 @@ rl.on('line', (line) => {
   }
 });
 tap.on('close', (code) => {
+  // The whole suite also runs the performance gate (issue 3), counted as one more test.
+  if (!args.length && process.env.FAULTLINE_SKIP_GATE !== '1') {
+    console.log('# performance gate: npm run bench:gate (faultline/baseline ratios vs bench/gate.json)');
+    const gate = spawnSync(process.execPath, ['dist/bench/gate.js'], { stdio: 'inherit' });
+    if (gate.status === 0) passed++;
+    else {
+      failed++;
+      failures.push('performance gate');
+    }
+    if (code === 0 && gate.status !== 0) code = 1;
+  } else if (!args.length) {
+    console.log('# performance gate skipped: FAULTLINE_SKIP_GATE=1');
+    skipped++;
+  }
   if (failures.length) console.log(`# failed: ${failures.join('; ')}`);
   console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
   process.exit(code ?? 1);

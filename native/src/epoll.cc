@@ -39,7 +39,8 @@ static Napi::Value EpollDel(const Napi::CallbackInfo &info) {
 
 struct RingView {
   uint8_t *base;
-  uint32_t *head, *tail, capacity;
+  uint32_t *head, *tail, *copying, *reading, capacity;
+  int state;  // 0 untouched in this drain, 1 reading (READING set), -1 skipped: its worker is copying
 };
 
 static bool ViewOf(Napi::Value v, RingView *r) {
@@ -48,6 +49,9 @@ static bool ViewOf(Napi::Value v, RingView *r) {
   r->base = a.Data();
   r->head = (uint32_t *)(r->base + RING_HEAD_OFFSET);
   r->tail = (uint32_t *)(r->base + RING_TAIL_OFFSET);
+  r->copying = (uint32_t *)(r->base + RING_COPYING_OFFSET);
+  r->reading = (uint32_t *)(r->base + RING_READING_OFFSET);
+  r->state = 0;
   r->capacity = *(uint32_t *)(r->base + RING_CAPACITY_OFFSET);
   return r->capacity && a.ByteLength() >= RING_HEADER_BYTES + (size_t)r->capacity * RING_RECORD_BYTES;
 }
@@ -85,6 +89,17 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
     uint32_t ri = (uint32_t)(evs[i].data.u64 >> 32);
     if (ri >= nrings) continue;
     RingView *r = &rings[ri];
+    if (r->state == 0) {
+      __atomic_store_n(r->reading, 1, __ATOMIC_SEQ_CST);
+      if (__atomic_load_n(r->copying, __ATOMIC_SEQ_CST)) {
+        // Leave this ring's uffds unread: epoll is level-triggered and reports them again.
+        __atomic_store_n(r->reading, 0, __ATOMIC_SEQ_CST);
+        r->state = -1;
+      } else {
+        r->state = 1;
+      }
+    }
+    if (r->state < 0) continue;
     uint32_t head = __atomic_load_n(r->head, __ATOMIC_RELAXED);
     for (;;) {
       uint32_t tail = __atomic_load_n(r->tail, __ATOMIC_ACQUIRE);
@@ -119,6 +134,8 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
       touched |= 1u << ri;
     }
   }
+  for (uint32_t i = 0; i < nrings; i++)
+    if (rings[i].state == 1) __atomic_store_n(rings[i].reading, 0, __ATOMIC_SEQ_CST);
   return Napi::Number::New(env, touched);
 }
 
@@ -128,6 +145,8 @@ static Napi::Value RingLayout(const Napi::CallbackInfo &info) {
   o.Set("HEAD_OFFSET", RING_HEAD_OFFSET);
   o.Set("TAIL_OFFSET", RING_TAIL_OFFSET);
   o.Set("CAPACITY_OFFSET", RING_CAPACITY_OFFSET);
+  o.Set("COPYING_OFFSET", RING_COPYING_OFFSET);
+  o.Set("READING_OFFSET", RING_READING_OFFSET);
   o.Set("HEADER_BYTES", RING_HEADER_BYTES);
   o.Set("RECORD_BYTES", RING_RECORD_BYTES);
   o.Set("KIND_OFFSET", REC_KIND_OFFSET);

@@ -54,10 +54,13 @@ export class LazyPagesDaemon {
   readonly ready: Promise<void>;
   private workersReady = 0;
   private resolveReady!: () => void;
+  private atReady = { fds: 0, rssKiB: 0 };
+  private readonly atStart: { fds: number; rssKiB: number };
 
   /** Reads inventory and pstree and listens: the caller may announce readiness once this returns. */
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.log;
+    this.atStart = resourceSnapshot();
     readInventory(opts.imagesDir);
     this.pstree = readPstree(opts.imagesDir);
     this.done = new Promise((resolve, reject) => {
@@ -139,7 +142,10 @@ export class LazyPagesDaemon {
     if (this.stopping && m.type !== 'fatal') return;
     switch (m.type) {
       case 'ready':
-        if (++this.workersReady === this.opts.workers) this.resolveReady();
+        if (++this.workersReady === this.opts.workers) {
+          this.atReady = resourceSnapshot();
+          this.resolveReady();
+        }
         return;
       case 'loaded': {
         const p = this.tree.get(m.uffd);
@@ -184,20 +190,27 @@ export class LazyPagesDaemon {
     this.poller.broadcast(RecordKind.STOP, 0);
     const results = await Promise.all(this.tasks);
     await this.teardown();
+    const atEnd = resourceSnapshot();
     if (this.opts.recordFaults) writeTrace(this.opts.recordFaults, results);
     const end = this.lastCompleteNs || native.monotonicNs();
     const finished = this.tree.finished;
-    this.resolveDone(
-      summarize(results, {
-        ok: true,
-        processes: finished.length,
-        zombies: this.tree.zombies,
-        exitedEarly: finished.filter((p) => p.state === 'gone').length,
-        lazyPages: this.lazyPages,
-        timeToRestoredMs: this.firstHandoverNs ? (end - this.firstHandoverNs) / 1e6 : 0,
-        fillAfterFinishedMs: (end - this.finishedNs) / 1e6,
-      }),
-    );
+    const summary = summarize(results, {
+      ok: true,
+      processes: finished.length,
+      zombies: this.tree.zombies,
+      exitedEarly: finished.filter((p) => p.state === 'gone').length,
+      lazyPages: this.lazyPages,
+      timeToRestoredMs: this.firstHandoverNs ? (end - this.firstHandoverNs) / 1e6 : 0,
+      fillAfterFinishedMs: (end - this.finishedNs) / 1e6,
+    });
+    summary.resources = {
+      fdsAtStart: this.atStart.fds,
+      fdsAtReady: this.atReady.fds,
+      fdsAtEnd: atEnd.fds,
+      rssAtReadyKiB: this.atReady.rssKiB,
+      rssAtEndKiB: atEnd.rssKiB,
+    };
+    this.resolveDone(summary);
   }
 
   /**
@@ -237,6 +250,10 @@ export class LazyPagesDaemon {
     for (const port of this.ports) port.close();
     await this.pool.destroy();
   }
+}
+
+function resourceSnapshot(): { fds: number; rssKiB: number } {
+  return { fds: fs.readdirSync('/proc/self/fd').length, rssKiB: Math.round(process.memoryUsage.rss() / 1024) };
 }
 
 /** One line per pid; forked children's faults join their pid's list (same images). */

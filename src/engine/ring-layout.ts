@@ -3,7 +3,9 @@
 export const RING = {
   HEAD_OFFSET: 0, // u32 records published (producer, release)
   TAIL_OFFSET: 64, // u32 records consumed (consumer, release); own cache line
+  COPYING_OFFSET: 68, // u32 worker: 1 while issuing an ioctl into a process's mm (see ring.h)
   CAPACITY_OFFSET: 128, // u32 power of two
+  READING_OFFSET: 132, // u32 main: 1 while reading this ring's uffds
   HEADER_BYTES: 192,
   RECORD_BYTES: 48,
   KIND_OFFSET: 0, // u32 RecordKind

@@ -5,6 +5,8 @@ import { RING, RecordKind } from './ring-layout';
 const HEAD = RING.HEAD_OFFSET / 4;
 const TAIL = RING.TAIL_OFFSET / 4;
 const CAPACITY = RING.CAPACITY_OFFSET / 4;
+const COPYING = RING.COPYING_OFFSET / 4;
+const READING = RING.READING_OFFSET / 4;
 
 export function createRingBuffer(capacity: number): SharedArrayBuffer {
   if (capacity < 2 || (capacity & (capacity - 1)) !== 0) throw new RangeError(`ring capacity must be a power of two, got ${capacity}`);
@@ -85,6 +87,24 @@ export class RingConsumer extends RingView {
       n++;
     }
     return n;
+  }
+
+  /**
+   * Enters an ioctl into some process's mm: only while the main thread is not reading this ring's
+   * uffds and every record it already read has been handled, so no event the kernel considers
+   * delivered (FORK, REMAP, ...) is still unknown to us. False: handle the ring first, then retry.
+   */
+  beginCopy(): boolean {
+    Atomics.store(this.i32, COPYING, 1);
+    if (Atomics.load(this.i32, READING) === 1 || this.available() > 0) {
+      Atomics.store(this.i32, COPYING, 0);
+      return false;
+    }
+    return true;
+  }
+
+  endCopy(): void {
+    Atomics.store(this.i32, COPYING, 0);
   }
 
   /** Sleeps until the producer publishes (or timeout). Never misses a wake: waits on the head value it saw. */

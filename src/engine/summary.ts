@@ -25,6 +25,8 @@ export interface RestoreSummary {
   /** The daemon's own CPU time (user + system, all threads) and peak RSS, for the benchmarks. */
   cpuMs: number;
   maxRssKiB: number;
+  /** Open fds and RSS when the daemon became ready and after it let go of everything: leak checks. */
+  resources?: { fdsAtStart: number; fdsAtReady: number; fdsAtEnd: number; rssAtReadyKiB: number; rssAtEndKiB: number };
 }
 
 export function summarize(

@@ -9,6 +9,9 @@ export const PAGE = 4096;
 const pageDown = (a: number) => a - (a % PAGE);
 const hex = (a: number) => '0x' + a.toString(16);
 
+/** ENOENT is normal for a moment after munmap (its event is read but not yet handled); not for long. */
+const MAX_ENOENT_RETRIES = 10_000;
+
 export type CopyOutcome = 'ok' | 'again' | 'gone';
 
 export interface ProcessCounters {
@@ -23,6 +26,12 @@ export interface ProcessCounters {
 
 export class WorkerError extends Error {}
 
+/** Serialises ioctls into a process's mm with the main thread's reading of its events (RingConsumer). */
+export interface CopyGate {
+  beginCopy(): boolean;
+  endCopy(): void;
+}
+
 export class LazyProcess {
   readonly map: MemoryMap;
   readonly counters: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
@@ -31,6 +40,8 @@ export class LazyProcess {
   private fillCursor = 0;
   private fillChunk: number;
   gone = false;
+  /** ENOENT answers in a row: a range that stays unregistered with no event explaining it is fatal. */
+  private enoents = 0;
   /** --record-faults: image addresses of pages in the order they were first faulted */
   trace: number[] | null = null;
   /** --prefetch: image addresses of pages to fill first, in this order */
@@ -45,20 +56,29 @@ export class LazyProcess {
     /** Registered areas (run-time addresses), sorted; bound zero-fill of holes. */
     private vmas: AddressRange[],
     private readonly tuning: Tuning,
+    private readonly gate: CopyGate,
   ) {
     this.map = map;
     this.faultAround = tuning.faultAroundMin;
     this.fillChunk = tuning.fillChunkMin;
   }
 
-  static fromImages(uffd: number, pid: number, source: PageSource, lazy: AddressRange[], vmas: AddressRange[], tuning: Tuning): LazyProcess {
+  static fromImages(
+    uffd: number,
+    pid: number,
+    source: PageSource,
+    lazy: AddressRange[],
+    vmas: AddressRange[],
+    tuning: Tuning,
+    gate: CopyGate,
+  ): LazyProcess {
     const map = new MemoryMap(lazy.map((r) => ({ start: r.start, end: r.end, imgStart: r.start })));
-    return new LazyProcess(uffd, pid, source, map, vmas.map((v) => ({ ...v })), tuning);
+    return new LazyProcess(uffd, pid, source, map, vmas.map((v) => ({ ...v })), tuning, gate);
   }
 
   /** A forked child starts with everything its parent still misses (UFFD_EVENT_FORK). */
   forkChild(uffd: number): LazyProcess {
-    return new LazyProcess(uffd, this.pid, this.source, this.map.clone(), this.vmas.map((v) => ({ ...v })), this.tuning);
+    return new LazyProcess(uffd, this.pid, this.source, this.map.clone(), this.vmas.map((v) => ({ ...v })), this.tuning, this.gate);
   }
 
   get complete(): boolean {
@@ -94,7 +114,12 @@ export class LazyProcess {
   fillNext(): CopyOutcome | 'empty' {
     const pre = this.nextPrefetch();
     if (pre) return this.copy(pre, 'fill');
-    const r = this.map.nextAtOrAfter(this.fillCursor) ?? this.map.nextAtOrAfter(0);
+    let r = this.map.nextAtOrAfter(this.fillCursor);
+    if (!r) {
+      // Wrap around: ranges put back after EAGAIN, or moved by mremap, can lie below the cursor.
+      this.fillCursor = 0;
+      r = this.map.nextAtOrAfter(0);
+    }
     if (!r) return 'empty';
     const start = Math.max(r.start, this.fillCursor);
     const end = Math.min(r.end, start + this.fillChunk * PAGE);
@@ -131,10 +156,16 @@ export class LazyProcess {
       const data = this.source.locate(img, (piece.end - dst) / PAGE);
       if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
       const len = data.pages * PAGE;
+      if (!this.gate.beginCopy()) {
+        this.map.insert({ start: dst, end: piece.end, imgStart: img });
+        return 'again';
+      }
       try {
         native.uffdCopy(this.uffd, dst, data.buf, data.offset, len, 0);
+        this.gate.endCopy();
         this.counted(cause, data.pages);
       } catch (e) {
+        this.gate.endCopy();
         if (!isErrno(e)) throw e;
         const done = e.done ?? 0;
         this.counted(cause, done / PAGE);
@@ -144,7 +175,9 @@ export class LazyProcess {
             dst += done + PAGE;
             img += done + PAGE;
             continue;
+          case 'ENOENT': // the VMA went away and its UNMAP/REMOVE event is still behind us in the ring
           case 'EAGAIN': // the mm is changing (an event is pending): keep the rest for a retry
+            if (e.code === 'ENOENT') this.noVma(dst);
             this.map.insert({ start: dst + done, end: piece.end, imgStart: img + done });
             return 'again';
           case 'ESRCH':
@@ -156,6 +189,7 @@ export class LazyProcess {
         }
       }
       this.counters.copies++;
+      this.enoents = 0;
       dst += len;
       img += len;
     }
@@ -175,14 +209,20 @@ export class LazyProcess {
     if (vma) end = Math.min(end, vma.end);
     else end = page + PAGE;
     if (next) end = Math.min(end, next.start);
+    if (!this.gate.beginCopy()) return 'again';
     try {
-      this.counters.zeroPages += native.uffdZeropage(this.uffd, page, end - page, 0) / PAGE;
+      const done = native.uffdZeropage(this.uffd, page, end - page, 0);
+      this.gate.endCopy();
+      this.counters.zeroPages += done / PAGE;
     } catch (e) {
+      this.gate.endCopy();
       if (!isErrno(e)) throw e;
       this.counters.zeroPages += (e.done ?? 0) / PAGE;
       switch (e.code) {
         case 'EEXIST': // already filled (by a copy that also woke the thread); wake to be sure
           if ((e.done ?? 0) === 0) native.uffdWake(this.uffd, page, PAGE);
+          return 'ok';
+        case 'ENOENT': // no registered VMA here any more: a stale fault on memory since unmapped
           return 'ok';
         case 'EAGAIN':
           return 'again';
@@ -195,6 +235,12 @@ export class LazyProcess {
       }
     }
     return 'ok';
+  }
+
+  private noVma(addr: number): void {
+    if (++this.enoents > MAX_ENOENT_RETRIES) {
+      throw new WorkerError(`pid ${this.pid}: ${hex(addr)} is not registered with its uffd, and no event says why (restorer and images disagree)`);
+    }
   }
 
   private vmaAt(addr: number): AddressRange | undefined {
@@ -221,6 +267,7 @@ export class LazyProcess {
       throw e;
     }
     this.map.drop(start, end);
+    this.vmas = cutOut(this.vmas, start, end);
     return 'ok';
   }
 

@@ -107,7 +107,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       case RecordKind.PROCESS: {
         const pid = ring.i32At(r.at);
         const pages = openLocalProcess(task.imagesDir, pid);
-        const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning);
+        const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring);
         if (task.recordFaults) p.trace = [];
         const pre = prefetch.get(pid);
         if (pre) p.setPrefetch(pre);
