@@ -31,9 +31,9 @@ export function scenarios(quick: boolean): Scenario[] {
   const list: Scenario[] = [
     {
       name: 'isolated',
-      what: 'one thread touches random pages one at a time: per-fault service latency',
-      tree: tree(1, 64 * MiB),
-      target: { threads: 1, pattern: 'random', fraction: 0.02, seed: 1 },
+      what: `one thread touches ${quick ? 330 : 520} random pages of ${big / MiB} MiB one at a time, ahead of the fill: per-fault service latency`,
+      tree: tree(1, big),
+      target: { threads: 1, pattern: 'random', fraction: quick ? 0.005 : 0.002, seed: 1 },
     },
     {
       name: quick ? 'sequential-256m' : 'sequential-1g',

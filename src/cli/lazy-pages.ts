@@ -28,6 +28,7 @@ const DAEMON_ENV = 'FAULTLINE_DAEMON_CHILD';
 export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<number> {
   if (flags.daemon && !process.env[DAEMON_ENV]) return daemonize(flags, argv);
   const log = makeLogger(flags.verbosity, flags.logFile);
+
   const workers = positiveInt(flags.workers, '--workers') ?? Math.max(1, Math.min(os.availableParallelism(), 16));
   const faultAround = positiveInt(flags.faultAround, '--fault-around');
   const fillChunk = positiveInt(flags.fillChunk, '--fill-chunk');

@@ -62,31 +62,53 @@ export interface RingRecord {
 
 /** Worker side. */
 export class RingConsumer extends RingView {
-  private readonly rec: RingRecord = { kind: 0, fd: 0, timeNs: 0, at: 0 };
+  private readonly rec: RingRecord = { kind: 0, fd: 0, timeNs: 0, at: RING.PAYLOAD_OFFSET };
+  /** The record being handled, copied out so its slot is free (and `available()` exact) meanwhile. */
+  private readonly scratch = new DataView(new ArrayBuffer(RING.RECORD_BYTES));
+  private readonly scratchBytes = new Uint8Array(this.scratch.buffer);
 
   available(): number {
     return (Atomics.load(this.i32, HEAD) - Atomics.load(this.i32, TAIL)) >>> 0;
   }
 
-  /** Hands every published record to `fn` (the record object is reused), then frees the slots. */
+  /** Hands every published record to `fn` (the record object is reused). */
   consume(fn: (r: RingRecord) => void, max = Infinity): number {
     const head = Atomics.load(this.i32, HEAD) >>> 0;
     let tail = Atomics.load(this.i32, TAIL) >>> 0;
     let n = 0;
     while (tail !== head && n < max) {
       const at = this.slot(tail);
-      const r = this.rec;
-      r.kind = this.view.getUint32(at + RING.KIND_OFFSET, true);
-      r.fd = this.view.getInt32(at + RING.FD_OFFSET, true);
-      r.timeNs = this.view.getFloat64(at + RING.TIME_OFFSET, true);
-      r.at = at + RING.PAYLOAD_OFFSET;
-      // Free the slot only after the handler ran: the payload is read in place.
-      fn(r);
+      this.scratchBytes.set(this.bytes.subarray(at, at + RING.RECORD_BYTES));
       tail = (tail + 1) >>> 0;
+      // Consumed before it is handled: while handling it, available() counts only later records,
+      // which is what beginCopy() must see.
       Atomics.store(this.i32, TAIL, tail | 0);
+      const r = this.rec;
+      r.kind = this.scratch.getUint32(RING.KIND_OFFSET, true);
+      r.fd = this.scratch.getInt32(RING.FD_OFFSET, true);
+      r.timeNs = this.scratch.getFloat64(RING.TIME_OFFSET, true);
+      fn(r);
       n++;
     }
     return n;
+  }
+
+  /** Sleeps until the producer publishes (or timeout). Never misses a wake: waits on the head value it saw. */
+  wait(timeoutMs: number): void {
+    const head = Atomics.load(this.i32, HEAD);
+    if (((head - Atomics.load(this.i32, TAIL)) >>> 0) !== 0) return;
+    Atomics.wait(this.i32, HEAD, head, timeoutMs);
+  }
+
+  /** Payload accessors: `at` is RingRecord.at plus the offset in struct uffd_msg. */
+  u64(at: number): number {
+    return this.scratch.getUint32(at, true) + this.scratch.getUint32(at + 4, true) * 0x1_0000_0000;
+  }
+  i32At(at: number): number {
+    return this.scratch.getInt32(at, true);
+  }
+  u8(at: number): number {
+    return this.scratch.getUint8(at);
   }
 
   /**
@@ -105,22 +127,5 @@ export class RingConsumer extends RingView {
 
   endCopy(): void {
     Atomics.store(this.i32, COPYING, 0);
-  }
-
-  /** Sleeps until the producer publishes (or timeout). Never misses a wake: waits on the head value it saw. */
-  wait(timeoutMs: number): void {
-    const head = Atomics.load(this.i32, HEAD);
-    if (((head - Atomics.load(this.i32, TAIL)) >>> 0) !== 0) return;
-    Atomics.wait(this.i32, HEAD, head, timeoutMs);
-  }
-
-  u64(at: number): number {
-    return this.view.getUint32(at, true) + this.view.getUint32(at + 4, true) * 0x1_0000_0000;
-  }
-  i32At(at: number): number {
-    return this.view.getInt32(at, true);
-  }
-  u8(at: number): number {
-    return this.view.getUint8(at);
   }
 }

@@ -86,9 +86,9 @@ export class LazyProcess {
   }
 
   /** Serves a page fault: the page and its lazy neighbours in one copy, or zeros for a hole. */
-  fault(address: number): CopyOutcome {
+  fault(address: number, retry = false): CopyOutcome {
     const page = pageDown(address);
-    this.counters.faults++;
+    if (!retry) this.counters.faults++;
     this.fillChunk = this.tuning.fillChunkMin;
     const range = this.map.find(page);
     if (!range) return this.zeroFill(page);

@@ -62,9 +62,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
     else if (p.complete && processes.has(p.uffd)) release(p, 'complete');
   };
 
-  const serveFault = (p: LazyProcess, address: number, timeNs: number) => {
-    if (FAULT_DELAY_NS > 0) for (const until = native.monotonicNs() + FAULT_DELAY_NS; native.monotonicNs() < until; );
-    const outcome = p.fault(address);
+  const serveFault = (p: LazyProcess, address: number, timeNs: number, retried = false) => {
+    if (FAULT_DELAY_NS > 0 && !retried) for (const until = native.monotonicNs() + FAULT_DELAY_NS; native.monotonicNs() < until; );
+    const outcome = p.fault(address, retried);
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else latency.recordValue(Math.max(1, native.monotonicNs() - timeNs));
     settle(p, outcome);
@@ -142,7 +142,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       if (retry.length) {
         const again = retry;
         retry = [];
-        for (const f of again) if (processes.has(f.p.uffd)) serveFault(f.p, f.address, f.timeNs);
+        for (const f of again) if (processes.has(f.p.uffd)) serveFault(f.p, f.address, f.timeNs, true);
         if (retry.length && ring.available() === 0) ring.wait(AGAIN_WAIT_MS);
         continue;
       }
