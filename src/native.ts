@@ -33,7 +33,7 @@ export interface NativeCore {
   epollCreate(): number;
   epollAdd(epfd: number, fd: number, ring: number): void;
   epollDel(epfd: number, fd: number): void;
-  drain(epfd: number, rings: Uint8Array[]): number;
+  drain(epfd: number, rings: Uint8Array[], firstRing?: number): number;
   ringLayout(): Record<string, number>;
   monotonicNs(): number;
   FdWatcher: new (fd: number, onReady: (status: number) => void) => { stop(): void };

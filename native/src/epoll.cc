@@ -40,7 +40,7 @@ static Napi::Value EpollDel(const Napi::CallbackInfo &info) {
 struct RingView {
   uint8_t *base;
   uint32_t *head, *tail, *copying, *reading, capacity;
-  int state;  // 0 untouched in this drain, 1 reading (READING set), -1 skipped: its worker is copying
+  int state;  // 0 untouched in this drain, 1 reading (READING held), -1 its worker is copying, -2 another drainer holds READING
 };
 
 static bool ViewOf(Napi::Value v, RingView *r) {
@@ -60,7 +60,9 @@ static uint8_t *Slot(RingView *r, uint32_t seq) {
   return r->base + RING_HEADER_BYTES + (size_t)(seq & (r->capacity - 1)) * RING_RECORD_BYTES;
 }
 
-// drain(epfd, rings: Uint8Array[]) -> bitmask of rings that received records.
+// drain(epfd, rings: Uint8Array[], firstRing = 0) -> bitmask (by position in `rings`) of rings that
+// received records. Each event's ring index minus firstRing selects the ring, so a worker can drain
+// its own shard's epoll set with just its own ring.
 // A uffd whose ring is full is left unread: epoll is level-triggered, so it is reported again once
 // the worker has made room. A uffd whose read fails (not EAGAIN) or hits EOF is taken out of the
 // epoll set and reported to its worker as REC_UFFD_ERROR, so the set never spins on a dead fd.
@@ -69,6 +71,7 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
   if (!CheckArgs(info, 2, "drain")) return env.Undefined();
   int epfd = ArgInt(info, 0);
   Napi::Array arr = info[1].As<Napi::Array>();
+  uint32_t first = info.Length() > 2 ? (uint32_t)ArgInt(info, 2) : 0;
   RingView rings[32];
   uint32_t nrings = arr.Length() > 32 ? 32 : arr.Length();
   for (uint32_t i = 0; i < nrings; i++)
@@ -86,12 +89,16 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
   uint32_t touched = 0;
   for (int i = 0; i < n; i++) {
     int fd = (int)(uint32_t)evs[i].data.u64;
-    uint32_t ri = (uint32_t)(evs[i].data.u64 >> 32);
+    uint32_t ri = (uint32_t)(evs[i].data.u64 >> 32) - first;
     if (ri >= nrings) continue;
     RingView *r = &rings[ri];
     if (r->state == 0) {
-      __atomic_store_n(r->reading, 1, __ATOMIC_SEQ_CST);
-      if (__atomic_load_n(r->copying, __ATOMIC_SEQ_CST)) {
+      // READING is also the producer lock: the main thread and the ring's own worker (between fill
+      // chunks) may both drain a shard, never at once, so the ring keeps a single writer.
+      uint32_t unlocked = 0;
+      if (!__atomic_compare_exchange_n(r->reading, &unlocked, 1, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        r->state = -2;
+      } else if (__atomic_load_n(r->copying, __ATOMIC_SEQ_CST)) {
         // Leave this ring's uffds unread: epoll is level-triggered and reports them again.
         __atomic_store_n(r->reading, 0, __ATOMIC_SEQ_CST);
         r->state = -1;

@@ -87,6 +87,7 @@ export class LazyPagesDaemon {
       const task: WorkerTask = {
         shard,
         ring: this.poller.rings[shard].sab,
+        epfd: this.poller.epfds[shard],
         port: port2,
         imagesDir: path.resolve(opts.imagesDir),
         tuning,
@@ -158,8 +159,8 @@ export class LazyPagesDaemon {
       }
       case 'complete':
       case 'gone': {
-        this.poller.unwatch(m.uffd);
         const p = this.tree.release(m.uffd, m.type);
+        if (p) this.poller.unwatch(m.uffd, p.shard);
         native.closeFd(m.uffd);
         this.lastCompleteNs = native.monotonicNs();
         if (m.type === 'gone') this.log.info({ pid: m.pid, reason: m.reason }, 'process gone before completion');

@@ -1,12 +1,14 @@
-// Poller: one epoll set over every uffd, watched from libuv. On readiness a single native call moves
-// every pending uffd_msg into the owning worker's ring; JS then wakes just the rings it touched.
+// Poller: an epoll set per shard over its uffds, each watched from libuv. On readiness a single
+// native call moves every pending uffd_msg into the shard's ring; JS then wakes that worker. A busy
+// worker also drains its own set between background chunks (no cross-thread wake when it is already
+// running); READING in the ring header keeps the two from producing at once.
 import { native } from '../native';
 import { RingProducer, createRingBuffer } from './ring';
 import { RecordKind } from './ring-layout';
 
 export class Poller {
-  private readonly epfd: number;
-  private readonly watcher: { stop(): void };
+  readonly epfds: number[];
+  private readonly watchers: { stop(): void }[];
   readonly rings: RingProducer[];
   private readonly views: Uint8Array[];
   private closed = false;
@@ -14,28 +16,27 @@ export class Poller {
   constructor(shards: number, ringCapacity: number) {
     this.rings = Array.from({ length: shards }, () => new RingProducer(createRingBuffer(ringCapacity)));
     this.views = this.rings.map((r) => r.bytes);
-    this.epfd = native.epollCreate();
-    this.watcher = new native.FdWatcher(this.epfd, () => this.drain());
+    this.epfds = this.rings.map(() => native.epollCreate());
+    this.watchers = this.epfds.map((epfd, shard) => new native.FdWatcher(epfd, () => this.drain(shard)));
   }
 
-  private drain(): void {
-    let touched = native.drain(this.epfd, this.views);
-    for (let i = 0; touched; i++, touched >>>= 1) if (touched & 1) this.rings[i].notify();
+  private drain(shard: number): void {
+    if (native.drain(this.epfds[shard], [this.views[shard]], shard)) this.rings[shard].notify();
   }
 
   /** The PROCESS record goes into the ring before the uffd joins epoll, so it precedes its faults. */
   addProcess(uffd: number, shard: number, pid: number, hostPid: number): void {
     this.push(shard, RecordKind.PROCESS, uffd, pid, hostPid);
-    native.epollAdd(this.epfd, uffd, shard);
+    native.epollAdd(this.epfds[shard], uffd, shard);
   }
 
   /** A forked child: the worker already knows it (it handled the FORK event); just watch it. */
   watch(uffd: number, shard: number): void {
-    native.epollAdd(this.epfd, uffd, shard);
+    native.epollAdd(this.epfds[shard], uffd, shard);
   }
 
-  unwatch(uffd: number): void {
-    native.epollDel(this.epfd, uffd);
+  unwatch(uffd: number, shard: number): void {
+    native.epollDel(this.epfds[shard], uffd);
   }
 
   broadcast(kind: RecordKind, ...payload: number[]): void {
@@ -51,7 +52,7 @@ export class Poller {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.watcher.stop();
-    native.closeFd(this.epfd);
+    for (const w of this.watchers) w.stop();
+    for (const fd of this.epfds) native.closeFd(fd);
   }
 }

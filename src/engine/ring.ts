@@ -7,6 +7,8 @@ const TAIL = RING.TAIL_OFFSET / 4;
 const CAPACITY = RING.CAPACITY_OFFSET / 4;
 const COPYING = RING.COPYING_OFFSET / 4;
 const READING = RING.READING_OFFSET / 4;
+/** ≈ 50 µs of Atomics.load: far longer than one drain holds READING. */
+const MAX_READING_SPINS = 20_000;
 
 export function createRingBuffer(capacity: number): SharedArrayBuffer {
   if (capacity < 2 || (capacity & (capacity - 1)) !== 0) throw new RangeError(`ring capacity must be a power of two, got ${capacity}`);
@@ -117,8 +119,15 @@ export class RingConsumer extends RingView {
    * delivered (FORK, REMAP, ...) is still unknown to us. False: handle the ring first, then retry.
    */
   beginCopy(): boolean {
-    Atomics.store(this.i32, COPYING, 1);
-    if (Atomics.load(this.i32, READING) === 1 || this.available() > 0) {
+    // The main thread holds READING for the few µs of one drain: wait it out rather than giving up
+    // (giving up sends a fault to the retry path, which may sleep).
+    for (let spins = 0; ; spins++) {
+      Atomics.store(this.i32, COPYING, 1);
+      if (Atomics.load(this.i32, READING) === 0) break;
+      Atomics.store(this.i32, COPYING, 0);
+      if (spins >= MAX_READING_SPINS) return false;
+    }
+    if (this.available() > 0) {
       Atomics.store(this.i32, COPYING, 0);
       return false;
     }

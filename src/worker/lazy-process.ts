@@ -40,6 +40,8 @@ export class LazyProcess {
   private fillCursor = 0;
   private fillChunk: number;
   gone = false;
+  /** When the last fault's thread was released (its page copied): the service time's end. */
+  releasedAtNs = 0;
   /** ENOENT answers in a row: a range that stays unregistered with no event explaining it is fatal. */
   private enoents = 0;
   /** --record-faults: image addresses of pages in the order they were first faulted */
@@ -86,12 +88,21 @@ export class LazyProcess {
   }
 
   /** Serves a page fault: the page and its lazy neighbours in one copy, or zeros for a hole. */
+  /** A fault anywhere in the shard: background chunks start small again, so faults wait less. */
+  resetFillChunk(): void {
+    this.fillChunk = this.tuning.fillChunkMin;
+  }
+
   fault(address: number, retry = false): CopyOutcome {
     const page = pageDown(address);
     if (!retry) this.counters.faults++;
     this.fillChunk = this.tuning.fillChunkMin;
     const range = this.map.find(page);
-    if (!range) return this.zeroFill(page);
+    if (!range) {
+      const z = this.zeroFill(page);
+      this.releasedAtNs = native.monotonicNs();
+      return z;
+    }
     this.trace?.push(range.imgStart + (page - range.start));
     // Faults walking up through memory earn a wider window; scattered faults shrink it back.
     const sequential = page === this.lastFaultEnd;
@@ -101,7 +112,26 @@ export class LazyProcess {
     const w = this.map.window(page, this.faultAround, sequential ? 0 : this.faultAround >> 2)!;
     this.lastFaultEnd = w.end;
     const [piece] = this.map.take(w.start, w.end);
-    return this.copy(piece, 'fault');
+    // The faulting page alone first: its copy wakes the thread, which then runs while the
+    // neighbours follow (a 16-page copy costs the waiting thread ≈ 45 µs here, one page ≈ 5 µs).
+    const at = page - piece.start;
+    const first = this.copy({ start: page, end: page + PAGE, imgStart: piece.imgStart + at }, 'fault');
+    this.releasedAtNs = native.monotonicNs();
+    const before = { start: piece.start, end: page, imgStart: piece.imgStart };
+    const after = { start: page + PAGE, end: piece.end, imgStart: piece.imgStart + at + PAGE };
+    if (first !== 'ok') {
+      // Not copied (the mm is changing, or the process is gone): the neighbours go back too.
+      if (before.end > before.start) this.map.insert(before);
+      if (after.end > after.start) this.map.insert(after);
+      return first;
+    }
+    for (const rest of [after, before]) {
+      if (rest.end <= rest.start) continue;
+      const outcome = this.copy(rest, 'fault');
+      if (outcome === 'gone') return outcome;
+      // 'again': copy() put the rest back; the background fill will take it.
+    }
+    return 'ok';
   }
 
   /** Pages a previous run faulted (image addresses, in order), to fill before anything else. */

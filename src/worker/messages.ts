@@ -15,6 +15,8 @@ export type WorkerMessage =
 export interface WorkerTask {
   shard: number;
   ring: SharedArrayBuffer;
+  /** This shard's epoll set, drained by the worker itself between background chunks. */
+  epfd: number;
   port: MessagePort;
   imagesDir: string;
   tuning: Tuning;

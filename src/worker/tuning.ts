@@ -19,5 +19,5 @@ export const DEFAULT_TUNING: Tuning = {
   faultAroundMax: 256,
   zeroAroundMax: 16,
   fillChunkMin: 16,
-  fillChunkMax: 1024,
+  fillChunkMax: 256,
 };
