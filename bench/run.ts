@@ -3,7 +3,9 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { defaultWorkRoot, runScenario } from './harness';
+import { defaultWorkRoot, imagesFor, runScenario } from './harness';
+import { runRestore } from '../src/target/run';
+import * as fs from 'node:fs';
 import { compare } from './metrics';
 import { writeReport, type BenchReport } from './report';
 import { scenarios } from './scenarios';
@@ -32,6 +34,22 @@ export async function bench(argv: string[]): Promise<number> {
     process.stdout.write(`${s.name}: ${s.what}\n`);
     const r = await runScenario(s, { reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
     report.scenarios.push({ ...r, comparison: compare(r) });
+    if (s.name === 'criu-like') {
+      // Working-set replay: record the first-fault order of one restore, then restore again
+      // filling those pages first (faultline only; the baseline runs as usual for the ratio).
+      const trace = path.join(o.work, 'criu-like.trace');
+      const rec = await runRestore({
+        imagesDir: imagesFor(s, path.join(o.work, 'cache')),
+        workDir: path.join(o.work, 'work', 'record'),
+        daemonArgs: ['--record-faults', trace],
+        target: s.target,
+      });
+      if (rec.daemon.code !== 0 || !fs.existsSync(trace)) throw new Error(`recording the criu-like trace failed: ${rec.daemon.stderr.trim()}`);
+      const replay = { ...s, name: 'criu-like-prefetch', what: `${s.what}; faultline fills the pages a previous run faulted first (--prefetch)`, faultlineArgs: ['--prefetch', trace] };
+      process.stdout.write(`${replay.name}: ${replay.what}\n`);
+      const rp = await runScenario(replay, { reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
+      report.scenarios.push({ ...rp, comparison: compare(rp) });
+    }
   }
   const { json, html } = writeReport(report, o.out);
   process.stdout.write('\n' + formatTable(report) + `\nresults: ${json}\nreport:  ${html}\n`);
