@@ -39,7 +39,7 @@ static Napi::Value EpollDel(const Napi::CallbackInfo &info) {
 
 struct RingView {
   uint8_t *base;
-  uint32_t *head, *tail, *copying, *reading, capacity;
+  uint32_t *head, *tail, *copying, *reading, *events, capacity;
   int state;  // 0 untouched in this drain, 1 reading (READING held), -1 its worker is copying, -2 another drainer holds READING
 };
 
@@ -51,6 +51,7 @@ static bool ViewOf(Napi::Value v, RingView *r) {
   r->tail = (uint32_t *)(r->base + RING_TAIL_OFFSET);
   r->copying = (uint32_t *)(r->base + RING_COPYING_OFFSET);
   r->reading = (uint32_t *)(r->base + RING_READING_OFFSET);
+  r->events = (uint32_t *)(r->base + RING_EVENTS_OFFSET);
   r->state = 0;
   r->capacity = *(uint32_t *)(r->base + RING_CAPACITY_OFFSET);
   return r->capacity && a.ByteLength() >= RING_HEADER_BYTES + (size_t)r->capacity * RING_RECORD_BYTES;
@@ -128,6 +129,9 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
         break;
       }
       for (size_t k = 0; k < (size_t)got / sizeof msgs[0]; k++) {
+        // Counted before head is published, under READING: a worker that sees the count ahead of
+        // what it handled knows an mm change it has not caught up with is queued.
+        if (msgs[k].event != UFFD_EVENT_PAGEFAULT) __atomic_add_fetch(r->events, 1, __ATOMIC_SEQ_CST);
         uint8_t *s = Slot(r, head++);
         *(uint32_t *)(s + REC_KIND_OFFSET) = REC_UFFD_MSG;
         *(int32_t *)(s + REC_FD_OFFSET) = fd;
@@ -153,6 +157,7 @@ static Napi::Value RingLayout(const Napi::CallbackInfo &info) {
   o.Set("TAIL_OFFSET", RING_TAIL_OFFSET);
   o.Set("CAPACITY_OFFSET", RING_CAPACITY_OFFSET);
   o.Set("COPYING_OFFSET", RING_COPYING_OFFSET);
+  o.Set("EVENTS_OFFSET", RING_EVENTS_OFFSET);
   o.Set("READING_OFFSET", RING_READING_OFFSET);
   o.Set("HEADER_BYTES", RING_HEADER_BYTES);
   o.Set("RECORD_BYTES", RING_RECORD_BYTES);

@@ -9,12 +9,13 @@
 #include <stdint.h>
 
 #define RING_HEAD_OFFSET 0        // u32, written by the producer (release), records published
+#define RING_EVENTS_OFFSET 4      // u32, producer: non-PAGEFAULT uffd messages published (FORK, REMAP, ...)
 #define RING_TAIL_OFFSET 64       // u32, written by the consumer (release), records consumed
 #define RING_COPYING_OFFSET 68    // u32, worker: 1 while it issues an ioctl into a process's mm
 #define RING_CAPACITY_OFFSET 128  // u32, power of two, set once at creation
 #define RING_READING_OFFSET 132   // u32, main thread: 1 while it reads this ring's uffds
 // COPYING and READING make reading a uffd and copying into its mm mutually exclusive (Dekker, all
-// seq_cst). Without it the main thread could read a FORK or REMAP event (which lets the kernel
+// seq_cst); the worker also holds back while EVENTS is ahead of the events it has handled. Without it the main thread could read a FORK or REMAP event (which lets the kernel
 // finish the fork/mremap) while the worker, not having seen the event yet, copies into the old
 // layout: pages a forked child never gets, or data landing in the region that moved there.
 #define RING_HEADER_BYTES 192

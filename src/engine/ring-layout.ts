@@ -2,6 +2,7 @@
 // checks that the addon agrees). Records are fixed-size so the producer never writes a partial one.
 export const RING = {
   HEAD_OFFSET: 0, // u32 records published (producer, release)
+  EVENTS_OFFSET: 4, // u32 non-PAGEFAULT uffd messages published (producer)
   TAIL_OFFSET: 64, // u32 records consumed (consumer, release); own cache line
   COPYING_OFFSET: 68, // u32 worker: 1 while issuing an ioctl into a process's mm (see ring.h)
   CAPACITY_OFFSET: 128, // u32 power of two

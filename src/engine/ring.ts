@@ -1,11 +1,12 @@
 // Single-producer single-consumer ring over a SharedArrayBuffer (our own; see DESIGN.md notes for
 // why not ringbuf.js: records are fixed 48-byte slots the native drain writes directly).
-import { RING, RecordKind } from './ring-layout';
+import { RING, RecordKind, UFFD_MSG } from './ring-layout';
 
 const HEAD = RING.HEAD_OFFSET / 4;
 const TAIL = RING.TAIL_OFFSET / 4;
 const CAPACITY = RING.CAPACITY_OFFSET / 4;
 const COPYING = RING.COPYING_OFFSET / 4;
+const EVENTS = RING.EVENTS_OFFSET / 4;
 const READING = RING.READING_OFFSET / 4;
 /** ≈ 50 µs of Atomics.load: far longer than one drain holds READING. */
 const MAX_READING_SPINS = 20_000;
@@ -68,6 +69,8 @@ export class RingConsumer extends RingView {
   /** The record being handled, copied out so its slot is free (and `available()` exact) meanwhile. */
   private readonly scratch = new DataView(new ArrayBuffer(RING.RECORD_BYTES));
   private readonly scratchBytes = new Uint8Array(this.scratch.buffer);
+  /** Non-PAGEFAULT uffd messages handled so far (compared with the producer's EVENTS). */
+  private eventsHandled = 0;
 
   available(): number {
     return (Atomics.load(this.i32, HEAD) - Atomics.load(this.i32, TAIL)) >>> 0;
@@ -90,6 +93,7 @@ export class RingConsumer extends RingView {
       r.fd = this.scratch.getInt32(RING.FD_OFFSET, true);
       r.timeNs = this.scratch.getFloat64(RING.TIME_OFFSET, true);
       fn(r);
+      if (r.kind === RecordKind.UFFD_MSG && this.scratch.getUint8(RING.PAYLOAD_OFFSET) !== UFFD_MSG.EVENT_PAGEFAULT) this.eventsHandled++;
       n++;
     }
     return n;
@@ -114,9 +118,9 @@ export class RingConsumer extends RingView {
   }
 
   /**
-   * Enters an ioctl into some process's mm: only while the main thread is not reading this ring's
-   * uffds and every record it already read has been handled, so no event the kernel considers
-   * delivered (FORK, REMAP, ...) is still unknown to us. False: handle the ring first, then retry.
+   * Enters an ioctl into some process's mm: only while no drain is reading this ring's uffds and
+   * every FORK/REMAP/REMOVE/UNMAP already read has been handled, so no event the kernel considers
+   * delivered is still unknown to us. False: handle the ring first, then retry.
    */
   beginCopy(): boolean {
     // The main thread holds READING for the few µs of one drain: wait it out rather than giving up
@@ -127,7 +131,8 @@ export class RingConsumer extends RingView {
       Atomics.store(this.i32, COPYING, 0);
       if (spins >= MAX_READING_SPINS) return false;
     }
-    if (this.available() > 0) {
+    // Pending faults do not matter; a pending FORK/REMAP/REMOVE/UNMAP does: handle it first.
+    if (Atomics.load(this.i32, EVENTS) !== (this.eventsHandled | 0)) {
       Atomics.store(this.i32, COPYING, 0);
       return false;
     }

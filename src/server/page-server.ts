@@ -1,0 +1,401 @@
+// The source side of a remote lazy restore: answers the GETs of `criu lazy-pages --page-server`
+// (or faultline's own client) from a local image directory, like `criu page-server --lazy-pages`,
+// but for any number of sessions and without ever serving a page that is not lazy.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as tls from 'node:tls';
+import { ImageError, ProcessImages, readInventory, readPstree, type OpenPagesFile } from '../images';
+import {
+  CLOSE_REPLY_SIZE,
+  encodeGetReply,
+  formatPeer,
+  hex,
+  MAX_REQUEST_PAGES,
+  PAGE_SIZE,
+  ProtocolError,
+  RequestParser,
+  type Request,
+} from './protocol';
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+export type PageServerLog = (level: LogLevel, msg: string) => void;
+
+export interface PageServerTlsOptions {
+  key: string | Buffer;
+  cert: string | Buffer;
+  /** CAs that client certificates must chain to (default: Node's bundled roots). */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** Ask for a client certificate (default true: CRIU's TLS is mutual). */
+  requestCert?: boolean;
+  /** Drop clients whose certificate does not verify (default true). */
+  rejectUnauthorized?: boolean;
+}
+
+export interface PageServerOptions {
+  imagesDir: string;
+  /** Default 127.0.0.1: pages are memory contents, so exposing them takes an explicit choice. */
+  address?: string;
+  /** 0 (default) = ephemeral; read the bound port from listen() or .port. */
+  port?: number;
+  tls?: PageServerTlsOptions;
+  log?: PageServerLog;
+  /** How pages-*.img files are mapped; default mmap through the native addon, else readFileSync. */
+  openPagesFile?: OpenPagesFile;
+  /** Cap on pages per reply (default MAX_REQUEST_PAGES); replies may always be shorter than asked. */
+  maxReplyPages?: number;
+}
+
+export interface PageServerStats {
+  connections: number;
+  active: number;
+  gets: number;
+  pages: number;
+  /** Connections closed because of a malformed or unservable request. */
+  refused: number;
+}
+
+/**
+ * Size of each socket.write of page data: small enough that a backpressured connection holds at
+ * most this much beyond the socket buffer, big enough that per-write overhead does not matter.
+ */
+const WRITE_CHUNK = 256 * 1024;
+/** A connection that stops reading after a refusal is not kept around waiting for it. */
+const LINGER_MS = 5000;
+
+interface Served {
+  images: ProcessImages;
+  /** lazyRanges() as parallel arrays for binary search on the hot path. */
+  starts: Float64Array;
+  ends: Float64Array;
+}
+
+function defaultOpener(): OpenPagesFile {
+  try {
+    // Loaded lazily so the server still works (reading files into memory) without the addon.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { native } = require('../native') as typeof import('../native');
+    return (f) => native.mmapFile(f);
+  } catch {
+    return (f) => fs.readFileSync(f);
+  }
+}
+
+export class PageServer {
+  readonly imagesDir: string;
+  private readonly opts: PageServerOptions;
+  private readonly log: PageServerLog;
+  private readonly processes = new Map<number, Served>();
+  private readonly conns = new Set<Connection>();
+  private server: net.Server | null = null;
+  private bound: { address: string; port: number } | null = null;
+  private closing: Promise<void> | null = null;
+  readonly stats: PageServerStats = { connections: 0, active: 0, gets: 0, pages: 0, refused: 0 };
+  readonly maxReplyPages: number;
+
+  /** Opens every process's images now so a broken image set fails at start-up, not mid-restore. Throws ImageError. */
+  constructor(opts: PageServerOptions) {
+    this.opts = opts;
+    this.imagesDir = path.resolve(opts.imagesDir);
+    this.log = opts.log ?? (() => undefined);
+    this.maxReplyPages = Math.max(1, Math.min(MAX_REQUEST_PAGES, Math.floor(opts.maxReplyPages ?? MAX_REQUEST_PAGES)));
+    const openPagesFile = opts.openPagesFile ?? defaultOpener();
+    const imgVersion = readInventory(this.imagesDir).imgVersion;
+    for (const p of readPstree(this.imagesDir, { imgVersion })) {
+      // Zombies are in pstree but have no memory images; a GET for them is an unknown pid.
+      if (!fs.existsSync(path.join(this.imagesDir, `mm-${p.pid}.img`))) {
+        this.log('debug', `pid ${p.pid}: no mm-${p.pid}.img (zombie?), not served`);
+        continue;
+      }
+      const images = ProcessImages.open(this.imagesDir, p.pid, { openPagesFile });
+      const ranges = images.lazyRanges();
+      this.processes.set(p.pid, {
+        images,
+        starts: Float64Array.from(ranges, (r) => r.start),
+        ends: Float64Array.from(ranges, (r) => r.end),
+      });
+    }
+  }
+
+  /** pids that have memory images, in pstree order. */
+  get pids(): number[] {
+    return [...this.processes.keys()];
+  }
+
+  get address(): string | undefined {
+    return this.bound?.address;
+  }
+
+  get port(): number | undefined {
+    return this.bound?.port;
+  }
+
+  listen(): Promise<{ address: string; port: number }> {
+    if (this.server) return Promise.reject(new Error('page server: listen() called twice'));
+    const t = this.opts.tls;
+    const server = t
+      ? tls.createServer({
+          key: t.key,
+          cert: t.cert,
+          ...(t.ca !== undefined ? { ca: t.ca } : {}),
+          requestCert: t.requestCert ?? true,
+          rejectUnauthorized: t.rejectUnauthorized ?? true,
+          allowHalfOpen: true,
+        })
+      : net.createServer({ allowHalfOpen: true });
+    this.server = server;
+    server.on(t ? 'secureConnection' : 'connection', (s: net.Socket) => this.accept(s));
+    if (t) {
+      server.on('tlsClientError', (err: Error, s: tls.TLSSocket) => {
+        this.stats.refused++;
+        this.log('warn', `page-server peer ${formatPeer(s.remoteAddress, s.remotePort)}: TLS handshake failed: ${oneLine(err.message)}; closing connection`);
+      });
+    }
+    const host = this.opts.address ?? '127.0.0.1';
+    const port = this.opts.port ?? 0;
+    return new Promise((resolve, reject) => {
+      const onError = (e: NodeJS.ErrnoException) => {
+        this.server = null;
+        reject(Object.assign(new Error(`page server: cannot listen on ${formatPeer(host, port)}: ${e.code ?? oneLine(e.message)}`), { code: e.code ?? 'ELISTEN' }));
+      };
+      server.once('error', onError);
+      server.listen({ host, port }, () => {
+        server.off('error', onError);
+        // Errors after a successful bind (EMFILE on accept, …) must not crash a running restore.
+        server.on('error', (e) => this.log('error', `page server: ${oneLine(e.message)}`));
+        const a = server.address() as net.AddressInfo;
+        this.bound = { address: a.address, port: a.port };
+        this.log('info', `page server: listening on ${formatPeer(a.address, a.port)} serving pids ${this.pids.join(',')} from ${this.imagesDir}${t ? ' (TLS)' : ''}`);
+        resolve({ ...this.bound });
+      });
+    });
+  }
+
+  /** Stops listening and drops every connection (in-flight replies are cut). */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    const server = this.server;
+    this.closing = new Promise<void>((resolve) => {
+      for (const c of this.conns) c.destroy();
+      if (!server) return resolve();
+      server.close(() => resolve());
+    });
+    return this.closing;
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const conn = new Connection(this, socket, this.log);
+    this.conns.add(conn);
+    this.stats.connections++;
+    this.stats.active++;
+    socket.once('close', () => {
+      this.conns.delete(conn);
+      this.stats.active--;
+    });
+  }
+
+  /** @internal */
+  lookup(pid: number): Served | undefined {
+    return this.processes.get(pid);
+  }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, '; ');
+}
+
+function findRange(starts: Float64Array, addr: number): number {
+  let lo = 0;
+  let hi = starts.length - 1;
+  let best = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if (starts[mid]! <= addr) {
+      best = mid;
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  return best;
+}
+
+/** One session: requests are answered strictly in arrival order, as CRIU matches replies FIFO. */
+class Connection {
+  readonly peer: string;
+  private readonly parser: RequestParser;
+  /** Page data of the current reply not yet handed to the socket (backpressure). */
+  private pending: { buf: Buffer; pos: number; end: number } | null = null;
+  private waitingDrain = false;
+  private closed = false; // CLOSE answered: only the peer's EOF is expected now
+  private dead = false;
+  private peerEnded = false;
+
+  constructor(
+    private readonly server: PageServer,
+    private readonly socket: net.Socket,
+    private readonly log: PageServerLog,
+  ) {
+    this.peer = formatPeer(socket.remoteAddress, socket.remotePort);
+    this.parser = new RequestParser(this.peer);
+    // Every reply unblocks a faulting thread on the other side; Nagle would add up to 40 ms.
+    socket.setNoDelay(true);
+    this.log('info', `page-server peer ${this.peer}: connected`);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      if (!this.dead) this.log('info', `page-server peer ${this.peer}: ${e.code ?? oneLine(e.message)}`);
+      this.dead = true;
+    });
+    socket.on('close', () => {
+      this.dead = true;
+      this.log('info', `page-server peer ${this.peer}: disconnected`);
+    });
+  }
+
+  destroy(): void {
+    this.dead = true;
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.dead) return;
+    if (this.closed) {
+      this.refuse(new ProtocolError(this.peer, 'cmd', `${chunk.length} bytes after CLOSE (only EOF may follow)`));
+      return;
+    }
+    this.parser.push(chunk);
+    this.pump();
+  }
+
+  private onEnd(): void {
+    this.peerEnded = true;
+    if (this.dead) return;
+    if (this.closed) {
+      this.socket.end();
+      return;
+    }
+    this.pump();
+  }
+
+  private onDrain(): void {
+    if (!this.waitingDrain || this.dead) return;
+    this.waitingDrain = false;
+    if (this.pending && !this.flush()) return;
+    this.socket.resume();
+    this.pump();
+  }
+
+  /** Answers buffered requests until input runs out or the socket pushes back. */
+  private pump(): void {
+    while (!this.dead && !this.waitingDrain && !this.closed) {
+      let req: Request | null;
+      try {
+        req = this.parser.next();
+        if (!req && this.peerEnded) this.parser.end();
+      } catch (e) {
+        this.refuse(e);
+        return;
+      }
+      if (!req) {
+        // Peer finished sending and everything it asked has been answered: half-close our side.
+        if (this.peerEnded) this.socket.end();
+        return;
+      }
+      if (req.kind === 'close') {
+        this.closed = true;
+        // CRIU's reply: int32 status 0. The peer closes first; our end follows its EOF.
+        this.socket.write(Buffer.alloc(CLOSE_REPLY_SIZE));
+        this.log('info', `page-server peer ${this.peer}: ${req.force ? 'FORCE_CLOSE' : 'CLOSE'} after ${req.seq - 1} request(s)`);
+        if (this.peerEnded || this.parser.buffered > 0) {
+          if (this.parser.buffered > 0) this.refuse(new ProtocolError(this.peer, 'cmd', `request ${req.seq + 1}: ${this.parser.buffered} bytes after CLOSE (only EOF may follow)`));
+          else this.socket.end();
+        }
+        return;
+      }
+      if (!this.serveGet(req)) return;
+    }
+  }
+
+  /** false when the connection can take no more now (refused, or waiting for 'drain'). */
+  private serveGet(req: Extract<Request, { kind: 'get' }>): boolean {
+    const served = this.server.lookup(req.pid);
+    const at = `request ${req.seq}: GET pid ${req.pid} vaddr ${hex(req.vaddr)} nr_pages ${req.nrPages}`;
+    if (!served) {
+      this.refuse(new ProtocolError(this.peer, 'dst_id', `${at}: unknown pid (dst_id) — not a process of this checkpoint with memory images`));
+      return false;
+    }
+    const i = findRange(served.starts, req.vaddr);
+    if (i < 0 || req.vaddr >= served.ends[i]!) {
+      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at}: vaddr is outside every lazy (PE_LAZY) range of pid ${req.pid}`));
+      return false;
+    }
+    // Never past the lazy range: the next page may belong to a non-lazy entry or another VMA.
+    let pages = Math.min(req.nrPages, (served.ends[i]! - req.vaddr) / PAGE_SIZE, this.server.maxReplyPages);
+    let loc;
+    try {
+      loc = served.images.locate(req.vaddr, pages);
+    } catch (e) {
+      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at}: ${e instanceof ImageError ? e.message : oneLine((e as Error).message)}`), 'error');
+      return false;
+    }
+    if (!loc || loc.offset + loc.pages * PAGE_SIZE > loc.buf.length) {
+      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at}: the images hold no data for this page`), 'error');
+      return false;
+    }
+    pages = Math.min(pages, loc.pages);
+    this.server.stats.gets++;
+    this.server.stats.pages += pages;
+    this.pending = { buf: loc.buf, pos: loc.offset, end: loc.offset + pages * PAGE_SIZE };
+    // Header and the first data chunk leave in one writev.
+    this.socket.cork();
+    this.socket.write(encodeGetReply(req.pid, req.vaddr, pages));
+    const ok = this.flush();
+    this.socket.uncork();
+    return ok;
+  }
+
+  /** Writes the pending reply data; on backpressure stops reading until 'drain'. */
+  private flush(): boolean {
+    const p = this.pending!;
+    while (p.pos < p.end) {
+      const n = Math.min(WRITE_CHUNK, p.end - p.pos);
+      const ok = this.socket.write(p.buf.subarray(p.pos, p.pos + n));
+      p.pos += n;
+      if (!ok && p.pos < p.end) return this.block();
+      if (!ok) {
+        this.pending = null;
+        return this.block();
+      }
+    }
+    this.pending = null;
+    return true;
+  }
+
+  private block(): false {
+    // Stop reading too: a client pipelining GETs faster than it drains replies must not make us
+    // buffer its requests (and our replies) without bound.
+    this.waitingDrain = true;
+    this.socket.pause();
+    return false;
+  }
+
+  private refuse(e: unknown, level: LogLevel = 'warn'): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.server.stats.refused++;
+    const msg = e instanceof ProtocolError ? e.message : `page-server peer ${this.peer}: ${oneLine((e as Error).message)}`;
+    this.log(level, `${msg}; closing connection`);
+    this.pending = null;
+    // Keep reading (and discarding) so the peer's EOF is seen and the socket is freed at once.
+    this.socket.removeAllListeners('data');
+    this.socket.on('data', () => undefined);
+    this.socket.resume();
+    // end() lets replies already queued reach the peer, so it sees exactly where we stopped.
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), LINGER_MS).unref();
+  }
+}
