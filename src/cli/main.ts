@@ -31,6 +31,23 @@ async function main(argv: string[]): Promise<number> {
       code = await lazyPages(flags, process.argv.slice(1));
     });
   program
+    .command('page-server')
+    .description('serve the lazy pages of a checkpoint over TCP to `criu lazy-pages --page-server` (like `criu page-server --lazy-pages`)')
+    .requiredOption('-D, --images-dir <dir>', 'directory with the checkpoint images')
+    .option('--address <addr>', 'address to listen on (default: 127.0.0.1)')
+    .option('--port <port>', 'port to listen on (default: 0 = ephemeral, printed when ready)')
+    .option('--tls', 'require mutual TLS (criu --tls)')
+    .option('--tls-cacert <file>', 'CA that client certificates must chain to')
+    .option('--tls-cert <file>', 'server certificate')
+    .option('--tls-key <file>', 'server private key')
+    .option('--status-fd <fd>', 'write one NUL byte to this fd once listening')
+    .option('-o, --log-file <file>', 'log here instead of stderr')
+    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4 as in criu)').default(2).argParser(Number))
+    .action(async (flags: import('../server/cli').PageServerFlags) => {
+      const { pageServer } = await import('../server/cli');
+      code = await pageServer(flags);
+    });
+  program
     .command('demo')
     .description('generate a sample checkpoint (3 processes, 256 MiB), restore it lazily and verify every page')
     .option('--dir <dir>', 'keep the images and logs here (default: a temporary directory, removed afterwards)')

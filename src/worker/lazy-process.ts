@@ -30,6 +30,8 @@ export class WorkerError extends Error {}
 export interface CopyGate {
   beginCopy(): boolean;
   endCopy(): void;
+  /** Records are waiting (other faults): neighbours of a fault can wait for the background fill. */
+  available(): number;
 }
 
 export class LazyProcess {
@@ -127,6 +129,11 @@ export class LazyProcess {
     }
     for (const rest of [after, before]) {
       if (rest.end <= rest.start) continue;
+      // Other faults queued: serve them first; these neighbours go back to the background fill.
+      if (this.gate.available() > 0) {
+        this.map.insert(rest);
+        continue;
+      }
       const outcome = this.copy(rest, 'fault');
       if (outcome === 'gone') return outcome;
       // 'again': copy() put the rest back; the background fill will take it.
