@@ -73,7 +73,6 @@ interface Served {
 function defaultOpener(): OpenPagesFile {
   try {
     // Loaded lazily so the server still works (reading files into memory) without the addon.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { native } = require('../native') as typeof import('../native');
     return (f) => native.mmapFile(f);
   } catch {
@@ -146,9 +145,15 @@ export class PageServer {
     this.server = server;
     server.on(t ? 'secureConnection' : 'connection', (s: net.Socket) => this.accept(s));
     if (t) {
+      // A failed handshake may have torn the TCP socket down before 'tlsClientError', and with it
+      // the peer address: remember it from the raw connection.
+      const peers = new WeakMap<net.Socket, string>();
+      server.on('connection', (raw: net.Socket) => peers.set(raw, formatPeer(raw.remoteAddress, raw.remotePort)));
       server.on('tlsClientError', (err: Error, s: tls.TLSSocket) => {
         this.stats.refused++;
-        this.log('warn', `page-server peer ${formatPeer(s.remoteAddress, s.remotePort)}: TLS handshake failed: ${oneLine(err.message)}; closing connection`);
+        const raw = (s as unknown as { _parent?: net.Socket })._parent;
+        const peer = (raw && peers.get(raw)) ?? formatPeer(s.remoteAddress, s.remotePort);
+        this.log('warn', `page-server peer ${peer}: TLS handshake failed: ${oneLine(err.message)}; closing connection`);
       });
     }
     const host = this.opts.address ?? '127.0.0.1';
@@ -323,14 +328,14 @@ class Connection {
   /** false when the connection can take no more now (refused, or waiting for 'drain'). */
   private serveGet(req: Extract<Request, { kind: 'get' }>): boolean {
     const served = this.server.lookup(req.pid);
-    const at = `request ${req.seq}: GET pid ${req.pid} vaddr ${hex(req.vaddr)} nr_pages ${req.nrPages}`;
+    const at = () => `request ${req.seq}: GET pid ${req.pid} vaddr ${hex(req.vaddr)} nr_pages ${req.nrPages}`;
     if (!served) {
-      this.refuse(new ProtocolError(this.peer, 'dst_id', `${at}: unknown pid (dst_id) — not a process of this checkpoint with memory images`));
+      this.refuse(new ProtocolError(this.peer, 'dst_id', `${at()}: unknown pid (dst_id) — not a process of this checkpoint with memory images`));
       return false;
     }
     const i = findRange(served.starts, req.vaddr);
     if (i < 0 || req.vaddr >= served.ends[i]!) {
-      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at}: vaddr is outside every lazy (PE_LAZY) range of pid ${req.pid}`));
+      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at()}: vaddr is outside every lazy (PE_LAZY) range of pid ${req.pid}`));
       return false;
     }
     // Never past the lazy range: the next page may belong to a non-lazy entry or another VMA.
@@ -339,11 +344,11 @@ class Connection {
     try {
       loc = served.images.locate(req.vaddr, pages);
     } catch (e) {
-      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at}: ${e instanceof ImageError ? e.message : oneLine((e as Error).message)}`), 'error');
+      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at()}: ${e instanceof ImageError ? e.message : oneLine((e as Error).message)}`), 'error');
       return false;
     }
     if (!loc || loc.offset + loc.pages * PAGE_SIZE > loc.buf.length) {
-      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at}: the images hold no data for this page`), 'error');
+      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at()}: the images hold no data for this page`), 'error');
       return false;
     }
     pages = Math.min(pages, loc.pages);
