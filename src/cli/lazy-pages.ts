@@ -6,6 +6,7 @@ import * as os from 'node:os';
 import { LazyPagesDaemon, FailStop } from '../engine/daemon';
 import { formatSummary } from '../engine/summary';
 import { closeQuietly, makeLogger } from './log';
+import type { RemoteOptions } from '../source/remote-client';
 
 export interface LazyPagesFlags {
   imagesDir: string;
@@ -21,6 +22,15 @@ export interface LazyPagesFlags {
   fillChunk?: string;
   recordFaults?: string;
   prefetch?: string;
+  pageServer?: boolean;
+  address?: string;
+  port?: string;
+  tls?: boolean;
+  tlsCacert?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  lanes?: string;
+  connectTimeoutMs?: string;
 }
 
 const DAEMON_ENV = 'FAULTLINE_DAEMON_CHILD';
@@ -39,19 +49,28 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
     log,
     recordFaults: flags.recordFaults,
     prefetch: flags.prefetch,
+    remote: flags.pageServer ? remoteOptions(flags) : undefined,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),
     },
   });
+  const crash = (e: unknown) => {
+    const killed = daemon.emergencyStop();
+    process.stderr.write(`faultline: internal error: ${(e as Error)?.stack ?? e}\nfaultline: error: internal error (${(e as Error)?.message}); ${killed} restored processes were killed\n`);
+    process.exit(70);
+  };
+  process.on('uncaughtException', crash);
+  process.on('unhandledRejection', crash);
   const stop = (sig: string) => daemon.failStop(`received ${sig} before the restore completed`);
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
-  // Ready means the socket listens and every worker runs: criu's status-fd promise.
-  await Promise.race([daemon.ready, daemon.done.catch(() => undefined)]);
-  if (flags.pidfile) fs.writeFileSync(flags.pidfile, `${process.pid}\n`);
+  // Ready means the socket listens, every worker runs and (remote) the page server answered:
+  // criu's status-fd promise. A daemon that fails before that never says it is ready.
+  const ready = await Promise.race([daemon.ready.then(() => true, () => false), daemon.done.then(() => false, () => false)]);
+  if (ready && flags.pidfile) fs.writeFileSync(flags.pidfile, `${process.pid}\n`);
   const statusFd = process.env[DAEMON_ENV] ? 3 : flags.statusFd !== undefined ? Number(flags.statusFd) : -1;
-  if (statusFd >= 0) {
+  if (ready && statusFd >= 0) {
     // Ready: the socket is listening (criu writes one NUL byte to --status-fd at this point).
     fs.writeSync(statusFd, Buffer.from([0]));
     closeQuietly(statusFd);
@@ -68,6 +87,26 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
     }
     throw e;
   }
+}
+
+function remoteOptions(flags: LazyPagesFlags): RemoteOptions {
+  const port = positiveInt(flags.port, '--port');
+  if (!port) throw new UsageError('--page-server needs --port (and usually --address)');
+  const lanes = positiveInt(flags.lanes ?? '1', '--lanes');
+  if (lanes !== 1 && lanes !== 2) throw new UsageError(`--lanes must be 1 (a CRIU page server) or 2 (faultline's), got '${flags.lanes}'`);
+  return {
+    address: flags.address ?? '127.0.0.1',
+    port,
+    lanes,
+    connectTimeoutMs: positiveInt(flags.connectTimeoutMs ?? '10000', '--connect-timeout-ms')!,
+    tls: flags.tls
+      ? {
+          ca: flags.tlsCacert ?? '/etc/pki/CA/cacert.pem',
+          cert: flags.tlsCert ?? '/etc/pki/criu/cert.pem',
+          key: flags.tlsKey ?? '/etc/pki/criu/private/key.pem',
+        }
+      : undefined,
+  };
 }
 
 function positiveInt(v: string | undefined, flag: string): number | undefined {

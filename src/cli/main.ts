@@ -27,6 +27,15 @@ async function main(argv: string[]): Promise<number> {
     .option('--fill-chunk <pages>', 'largest background copy')
     .option('--record-faults <file>', 'write the order in which each process first faulted its pages')
     .option('--prefetch <file>', 'fill the pages of a --record-faults trace first, in that order')
+    .option('--page-server', 'page contents come from a page server (remote lazy restore)')
+    .option('--address <addr>', 'page server address (default 127.0.0.1)')
+    .option('--port <port>', 'page server port')
+    .option('--lanes <n>', '1: one connection (a CRIU page server); 2: a second one for faults (faultline page-server)')
+    .option('--connect-timeout-ms <ms>', 'keep retrying a page server that is not up yet this long (default 10000)')
+    .option('--tls', 'mutual TLS with the page server')
+    .option('--tls-cacert <file>', 'CA certificate')
+    .option('--tls-cert <file>', 'our certificate')
+    .option('--tls-key <file>', 'our key')
     .action(async (flags: LazyPagesFlags) => {
       code = await lazyPages(flags, process.argv.slice(1));
     });

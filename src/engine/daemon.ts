@@ -17,6 +17,8 @@ import { Poller } from './poller';
 import { DEFAULT_RING_CAPACITY, RecordKind } from './ring-layout';
 import { summarize, type RestoreSummary } from './summary';
 import { ProcessTree } from './tree';
+import { ArenaProducer, createArena } from '../source/arena';
+import { PageServerClient, type RemoteOptions } from '../source/remote-client';
 
 export interface DaemonOptions {
   imagesDir: string;
@@ -29,7 +31,12 @@ export interface DaemonOptions {
   recordFaults?: string;
   /** Fill the pages listed in this trace first, in its order. */
   prefetch?: string;
+  /** Page contents come from a page server (remote lazy restore). */
+  remote?: RemoteOptions;
 }
+
+/** Per-worker arena for page-server data: 32 MiB, far above the largest request (256 pages). */
+const ARENA_PAGES = 8192;
 
 export class LazyPagesDaemon {
   private readonly pstree: PstreeEntry[];
@@ -50,12 +57,15 @@ export class LazyPagesDaemon {
   private rejectDone!: (e: Error) => void;
   /** Settles when every process is restored (or gone), or with the reason for a fail-stop. */
   readonly done: Promise<RestoreSummary>;
-  /** Resolves once every worker runs its loop: only then is the daemon ready to serve faults. */
+  /** Resolves once every worker runs its loop (and, remote, the page server answered): ready to serve. */
   readonly ready: Promise<void>;
+  private readonly allWorkersReady: Promise<void>;
   private workersReady = 0;
   private resolveReady!: () => void;
   private atReady = { fds: 0, rssKiB: 0 };
   private readonly atStart: { fds: number; rssKiB: number };
+  private readonly arenas: ArenaProducer[] = [];
+  private readonly remote: PageServerClient | null = null;
 
   /** Reads inventory and pstree and listens: the caller may announce readiness once this returns. */
   constructor(private readonly opts: DaemonOptions) {
@@ -68,7 +78,8 @@ export class LazyPagesDaemon {
       this.rejectDone = reject;
     });
     this.done.catch(() => undefined); // observed by the caller; avoid an unhandled rejection warning
-    this.ready = new Promise((resolve) => (this.resolveReady = resolve));
+    this.allWorkersReady = new Promise<void>((resolve) => (this.resolveReady = resolve));
+    this.ready = this.allWorkersReady;
     this.tree = new ProcessTree(opts.workers);
     this.poller = new Poller(opts.workers, opts.ringCapacity ?? DEFAULT_RING_CAPACITY);
     this.pool = new Piscina({
@@ -79,7 +90,12 @@ export class LazyPagesDaemon {
       concurrentTasksPerWorker: 1,
     });
     const tuning = { ...DEFAULT_TUNING, ...opts.tuning };
+    if (opts.remote) {
+      this.remote = new PageServerClient(opts.remote, (req, reply) => this.deliverPages(req.shard, req.uffd, req.tag, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
+    }
     for (let shard = 0; shard < opts.workers; shard++) {
+      const arena = opts.remote ? createArena(ARENA_PAGES) : undefined;
+      if (arena) this.arenas.push(new ArenaProducer(arena));
       const { port1, port2 } = new MessageChannel();
       port1.on('message', (m: WorkerMessage) => this.onWorkerMessage(m));
       port1.unref();
@@ -88,6 +104,7 @@ export class LazyPagesDaemon {
         shard,
         ring: this.poller.rings[shard].sab,
         epfd: this.poller.epfds[shard],
+        arena,
         port: port2,
         imagesDir: path.resolve(opts.imagesDir),
         tuning,
@@ -98,6 +115,11 @@ export class LazyPagesDaemon {
       const t = this.pool.run(task, { transferList: [port2] }) as Promise<WorkerResult>;
       t.catch((e: Error) => this.failStop(`worker ${shard} failed: ${e.message}`));
       this.tasks.push(t);
+    }
+    if (this.remote) {
+      // Remote: ready also means connected to the page server (retried for a bounded time).
+      this.ready = Promise.all([this.allWorkersReady, this.remote.connect()]).then(() => undefined);
+      this.ready.catch((e: Error) => this.failStop(e.message));
     }
     this.listener = new Listener(opts.workDir, this.pstree.length, {
       onEvent: (e, peer) => this.onHandover(e, peer),
@@ -178,7 +200,25 @@ export class LazyPagesDaemon {
       case 'fatal':
         this.failStop(m.message);
         return;
+      case 'get': {
+        const p = this.tree.get(m.uffd);
+        if (p) this.remote?.request({ shard: p.shard, uffd: m.uffd, tag: m.tag, pid: m.pid, vaddr: m.vaddr, pages: m.pages, urgent: m.urgent });
+        return;
+      }
     }
+  }
+
+  /** A page-server reply into the owning worker's arena and ring; false if the arena is full. */
+  private deliverPages(shard: number, uffd: number, tag: number, vaddr: number, pages: number, data: Buffer): boolean {
+    const first = this.arenas[shard].put(data, pages);
+    if (first < 0) return false;
+    const ring = this.poller.rings[shard];
+    const lo = vaddr % 0x1_0000_0000;
+    if (!ring.push(RecordKind.PAGES, uffd, native.monotonicNs(), tag, pages, first | 0, lo | 0, (vaddr - lo) / 0x1_0000_0000)) {
+      throw new Error(`ring of worker ${shard} is full`);
+    }
+    ring.notify();
+    return true;
   }
 
   private checkDone(): void {
@@ -190,6 +230,7 @@ export class LazyPagesDaemon {
   private async finish(): Promise<void> {
     this.poller.broadcast(RecordKind.STOP, 0);
     const results = await Promise.all(this.tasks);
+    await this.remote?.close();
     await this.teardown();
     const atEnd = resourceSnapshot();
     if (this.opts.recordFaults) writeTrace(this.opts.recordFaults, results);
@@ -215,6 +256,15 @@ export class LazyPagesDaemon {
   }
 
   /**
+   * Last resort for an internal error (an exception nobody caught): SIGKILL every process we were
+   * handed, synchronously, before this process exits and its uffds close. A queued SIGKILL keeps a
+   * task from running user code again, so none of them can read the zeros the closing uffds leave.
+   */
+  emergencyStop(): number {
+    return this.tree.killAll();
+  }
+
+  /**
    * Never let a restored process read zeros where the image has data: kill every process we can
    * name, have the workers poison what is still missing (covers processes without a pid), and only
    * then let go of the uffds.
@@ -223,6 +273,7 @@ export class LazyPagesDaemon {
     if (this.stopping) return;
     this.stopping = true;
     const killed = this.tree.killAll();
+    this.remote?.destroy();
     // Logged at info: the CLI prints the reason as its one error line.
     this.log.info({ killed }, `fail-stop: ${reason}`);
     void (async () => {

@@ -26,6 +26,8 @@ export const enum RecordKind {
   /** payload: i32 errno (0 = EOF) */
   UFFD_ERROR = 5,
   FORGET = 6,
+  /** payload: i32 tag, i32 pages, u32 first arena slot, u64 image address (lo, hi) — page-server data */
+  PAGES = 7,
 }
 
 /** struct uffd_msg (linux/userfaultfd.h): event byte, then a 24-byte union at offset 8. */

@@ -38,16 +38,22 @@ class RingView {
 export class RingProducer extends RingView {
   /** Appends one control record; false if the ring is full (the caller retries after a notify). */
   push(kind: RecordKind, fd: number, timeNs: number, ...payload: number[]): boolean {
-    const head = Atomics.load(this.i32, HEAD) >>> 0;
-    const tail = Atomics.load(this.i32, TAIL) >>> 0;
-    if (((head - tail) >>> 0) >= this.capacity) return false;
-    const at = this.slot(head);
-    this.view.setUint32(at + RING.KIND_OFFSET, kind, true);
-    this.view.setInt32(at + RING.FD_OFFSET, fd, true);
-    this.view.setFloat64(at + RING.TIME_OFFSET, timeNs, true);
-    for (let i = 0; i < payload.length; i++) this.view.setInt32(at + RING.PAYLOAD_OFFSET + 4 * i, payload[i], true);
-    Atomics.store(this.i32, HEAD, (head + 1) | 0);
-    return true;
+    // READING is the producer lock: the worker may be draining its own shard into this ring.
+    while (Atomics.compareExchange(this.i32, READING, 0, 1) !== 0);
+    try {
+      const head = Atomics.load(this.i32, HEAD) >>> 0;
+      const tail = Atomics.load(this.i32, TAIL) >>> 0;
+      if (((head - tail) >>> 0) >= this.capacity) return false;
+      const at = this.slot(head);
+      this.view.setUint32(at + RING.KIND_OFFSET, kind, true);
+      this.view.setInt32(at + RING.FD_OFFSET, fd, true);
+      this.view.setFloat64(at + RING.TIME_OFFSET, timeNs, true);
+      for (let i = 0; i < payload.length; i++) this.view.setInt32(at + RING.PAYLOAD_OFFSET + 4 * i, payload[i], true);
+      Atomics.store(this.i32, HEAD, (head + 1) | 0);
+      return true;
+    } finally {
+      Atomics.store(this.i32, READING, 0);
+    }
   }
   notify(): void {
     Atomics.notify(this.i32, HEAD);

@@ -27,6 +27,11 @@ export interface ProcessImagesOptions {
    * them. Off by default so a local restore never serves zeros for pages that had data.
    */
   allowMissingData?: boolean;
+  /**
+   * Page contents come from a page server (remote lazy restore): only mm and pagemaps are read
+   * here, pages files are neither needed nor checked (CRIU reads them the same way in that mode).
+   */
+  remoteData?: boolean;
 }
 
 export interface Range {
@@ -209,7 +214,7 @@ export class ProcessImages {
     const openPagesFile = opts.openPagesFile ?? ((f: string) => fs.readFileSync(f));
     const imgVersion = readInventory(root).imgVersion;
     const mm = readMm(root, pid, { imgVersion });
-    const top = openLayer(root, pid, imgVersion, root, openPagesFile, !!opts.allowMissingData, new Set(), 0);
+    const top = openLayer(root, pid, imgVersion, root, openPagesFile, !!opts.allowMissingData || !!opts.remoteData, new Set(), 0, !!opts.remoteData);
     const lazyVmas = mm.vmas.filter(vmaCanBeLazy).map((v) => ({ start: v.start, end: v.end }));
     const lazyRanges = computeLazyRanges(mm, top.pagemap, lazyVmas, root);
     return new ProcessImages(root, pid, mm, top, lazyVmas, lazyRanges);
@@ -265,6 +270,7 @@ function openLayer(
   allowMissingData: boolean,
   seen: Set<string>,
   depth: number,
+  remoteData = false,
 ): Layer {
   const real = fs.realpathSync(dir);
   if (seen.has(real) || depth > MAX_PARENT_DEPTH) {
@@ -278,7 +284,7 @@ function openLayer(
   const pagesSize = statSize(pagemap.pagesFile);
   let needsParent = false;
   for (const e of pagemap.entries) {
-    if (e.flags & PE_PRESENT) {
+    if (e.flags & PE_PRESENT && !remoteData) {
       const endByte = e.offset + e.nrPages * PAGE_SIZE;
       if (pagesSize < 0) {
         throw new ImageError(pagemap.pagesFile, `file not found, but ${pmName} entry ${e.index} (vaddr ${hex(e.vaddr)}) has PE_PRESENT data that should be in it`, { display: pagesName });
@@ -319,7 +325,7 @@ function openLayer(
     if (!isDir) {
       throw new ImageError(link, `symlink target ${target} (${parentDir}) is not an existing directory; ${pmName} needs it for its PE_PARENT entries`, { display: linkName });
     }
-    parent = openLayer(parentDir, pid, imgVersion, rootDir, openPagesFile, allowMissingData, seen, depth + 1);
+    parent = openLayer(parentDir, pid, imgVersion, rootDir, openPagesFile, allowMissingData, seen, depth + 1, remoteData);
     // Every PE_PARENT page must resolve, checked now rather than on the fault path.
     const scratch: PresentRun[] = [];
     for (const e of pagemap.entries) {

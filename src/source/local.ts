@@ -4,7 +4,8 @@ import { ProcessImages } from '../images';
 import { native } from '../native';
 import type { ProcessPages } from './page-source';
 
-export function openLocalProcess(imagesDir: string, pid: number): ProcessPages {
-  const images = ProcessImages.open(imagesDir, pid, { openPagesFile: (f) => native.mmapFile(f) });
+/** `remoteData`: page contents come from a page server; only mm and pagemaps are read here. */
+export function openLocalProcess(imagesDir: string, pid: number, remoteData = false): ProcessPages {
+  const images = ProcessImages.open(imagesDir, pid, { openPagesFile: (f) => native.mmapFile(f), remoteData });
   return { source: images, lazyRanges: images.lazyRanges(), lazyVmas: images.lazyVmas() };
 }

@@ -26,6 +26,11 @@ export interface ProcessCounters {
 
 export class WorkerError extends Error {}
 
+/** Remote lazy restore: asks the main thread to GET pages from the page server. */
+export interface RemoteLink {
+  request(p: LazyProcess, tag: number, imgStart: number, pages: number, urgent: boolean): void;
+}
+
 /** Serialises ioctls into a process's mm with the main thread's reading of its events (RingConsumer). */
 export interface CopyGate {
   beginCopy(): boolean;
@@ -51,6 +56,13 @@ export class LazyProcess {
   /** --prefetch: image addresses of pages to fill first, in this order */
   private prefetch: number[] = [];
   private prefetchAt = 0;
+  /** Remote mode: ranges requested from the page server and not yet copied (CRIU's `reqs`). */
+  readonly inflight = new MemoryMap();
+  private readonly requests = new Map<number, { imgStart: number; pages: number; urgent: boolean }>();
+  private fillsInFlight = 0;
+  private nextTag = 1;
+  /** Set for remote restores; `source` is then unused. */
+  remote: RemoteLink | null = null;
 
   constructor(
     readonly uffd: number,
@@ -80,13 +92,20 @@ export class LazyProcess {
     return new LazyProcess(uffd, pid, source, map, vmas.map((v) => ({ ...v })), tuning, gate);
   }
 
-  /** A forked child starts with everything its parent still misses (UFFD_EVENT_FORK). */
+  /**
+   * A forked child starts with everything its parent still misses (UFFD_EVENT_FORK), including
+   * what is in flight from the page server: that data will be copied into the parent only.
+   */
   forkChild(uffd: number): LazyProcess {
-    return new LazyProcess(uffd, this.pid, this.source, this.map.clone(), this.vmas.map((v) => ({ ...v })), this.tuning, this.gate);
+    const map = this.map.clone();
+    for (const r of this.inflight) map.insert(r);
+    const child = new LazyProcess(uffd, this.pid, this.source, map, this.vmas.map((v) => ({ ...v })), this.tuning, this.gate);
+    child.remote = this.remote;
+    return child;
   }
 
   get complete(): boolean {
-    return this.map.pages === 0;
+    return this.map.pages === 0 && this.inflight.pages === 0;
   }
 
   /** Serves a page fault: the page and its lazy neighbours in one copy, or zeros for a hole. */
@@ -100,6 +119,8 @@ export class LazyProcess {
     if (!retry) this.counters.faults++;
     this.fillChunk = this.tuning.fillChunkMin;
     const range = this.map.find(page);
+    // Already requested from the page server: its UFFDIO_COPY will wake this thread.
+    if (!range && this.inflight.find(page)) return 'ok';
     if (!range) {
       const z = this.zeroFill(page);
       this.releasedAtNs = native.monotonicNs();
@@ -114,6 +135,14 @@ export class LazyProcess {
     const w = this.map.window(page, this.faultAround, sequential ? 0 : this.faultAround >> 2)!;
     this.lastFaultEnd = w.end;
     const [piece] = this.map.take(w.start, w.end);
+    if (this.remote) {
+      // The faulting page in a request of its own, so its reply is small and comes first.
+      const at = page - piece.start;
+      this.ask({ start: page, end: page + PAGE, imgStart: piece.imgStart + at }, true);
+      if (piece.end > page + PAGE) this.ask({ start: page + PAGE, end: piece.end, imgStart: piece.imgStart + at + PAGE }, true);
+      if (page > piece.start) this.ask({ start: piece.start, end: page, imgStart: piece.imgStart }, true);
+      return 'ok';
+    }
     // The faulting page alone first: its copy wakes the thread, which then runs while the
     // neighbours follow (a 16-page copy costs the waiting thread ≈ 45 µs here, one page ≈ 5 µs).
     const at = page - piece.start;
@@ -148,9 +177,11 @@ export class LazyProcess {
   }
 
   /** Copies the next background chunk; 'empty' when nothing is left. */
-  fillNext(): CopyOutcome | 'empty' {
+  fillNext(): CopyOutcome | 'empty' | 'busy' {
+    // Remote: one background request per process on its way at a time, as CRIU.
+    if (this.remote && this.fillsInFlight > 0) return 'busy';
     const pre = this.nextPrefetch();
-    if (pre) return this.copy(pre, 'fill');
+    if (pre) return this.remote ? this.ask(pre, false) : this.copy(pre, 'fill');
     let r = this.map.nextAtOrAfter(this.fillCursor);
     if (!r) {
       // Wrap around: ranges put back after EAGAIN, or moved by mremap, can lie below the cursor.
@@ -163,7 +194,85 @@ export class LazyProcess {
     this.fillCursor = end;
     this.fillChunk = Math.min(this.fillChunk * 2, this.tuning.fillChunkMax);
     const [piece] = this.map.take(start, end);
-    return this.copy(piece, 'fill');
+    return this.remote ? this.ask(piece, false) : this.copy(piece, 'fill');
+  }
+
+  private ask(piece: LazyRange, urgent: boolean): CopyOutcome {
+    const tag = this.nextTag++;
+    const pages = (piece.end - piece.start) / PAGE;
+    this.inflight.insert(piece);
+    this.requests.set(tag, { imgStart: piece.imgStart, pages, urgent });
+    if (!urgent) this.fillsInFlight++;
+    this.remote!.request(this, tag, piece.imgStart, pages, urgent);
+    return 'ok';
+  }
+
+  /**
+   * A page-server reply: copy what is still wanted (the request may have moved with mremap or
+   * shrunk with munmap meanwhile) from the arena; what the server did not send goes back to the
+   * remaining ranges, to be asked again.
+   */
+  received(tag: number, imgStart: number, got: number, data: Buffer, offset: number): CopyOutcome {
+    const req = this.requests.get(tag);
+    if (!req) throw new WorkerError(`pid ${this.pid}: page-server reply for a request never made (tag ${tag})`);
+    this.requests.delete(tag);
+    if (!req.urgent) this.fillsInFlight--;
+    const end = imgStart + got * PAGE;
+    const reqEnd = req.imgStart + req.pages * PAGE;
+    let outcome: CopyOutcome = 'ok';
+    for (const r of [...this.inflight]) {
+      const rImgEnd = r.imgStart + (r.end - r.start);
+      if (rImgEnd <= req.imgStart || r.imgStart >= reqEnd) continue;
+      // The part of this in-flight range the reply carries, and the part it does not.
+      const lo = Math.max(r.imgStart, req.imgStart);
+      const hi = Math.min(rImgEnd, reqEnd);
+      const dst = r.start + (lo - r.imgStart);
+      const [piece] = this.inflight.take(dst, dst + (hi - lo));
+      const have = Math.min(hi, end) - lo;
+      if (have < hi - lo) this.map.insert({ start: dst + Math.max(0, have), end: piece.end, imgStart: lo + Math.max(0, have) });
+      if (have <= 0 || outcome === 'gone') continue;
+      const o = this.copyFrom({ start: dst, end: dst + have, imgStart: lo }, data, offset + (lo - imgStart), req.urgent ? 'fault' : 'fill');
+      if (o === 'gone') outcome = 'gone';
+    }
+    return outcome;
+  }
+
+  /** UFFDIO_COPY from a buffer (page-server data); on EAGAIN/ENOENT the range is asked for again later. */
+  private copyFrom(piece: LazyRange, buf: Buffer, off: number, cause: 'fault' | 'fill'): CopyOutcome {
+    const len = piece.end - piece.start;
+    if (!this.gate.beginCopy()) {
+      this.map.insert(piece);
+      return 'again';
+    }
+    try {
+      native.uffdCopy(this.uffd, piece.start, buf, off, len, 0);
+      this.gate.endCopy();
+      this.counted(cause, len / PAGE);
+      this.counters.copies++;
+      return 'ok';
+    } catch (e) {
+      this.gate.endCopy();
+      if (!isErrno(e)) throw e;
+      const done = e.done ?? 0;
+      this.counted(cause, done / PAGE);
+      switch (e.code) {
+        case 'EEXIST':
+          this.counters.existingPages++;
+          if (done + PAGE < len) return this.copyFrom({ start: piece.start + done + PAGE, end: piece.end, imgStart: piece.imgStart + done + PAGE }, buf, off + done + PAGE, cause);
+          return 'ok';
+        case 'EAGAIN':
+        case 'ENOENT':
+          if (e.code === 'ENOENT') this.noVma(piece.start + done);
+          this.map.insert({ start: piece.start + done, end: piece.end, imgStart: piece.imgStart + done });
+          return 'again';
+        case 'ESRCH':
+        case 'ENOSPC':
+          this.gone = true;
+          return 'gone';
+        default:
+          throw new WorkerError(`pid ${this.pid}: UFFDIO_COPY of ${len / PAGE} pages to ${hex(piece.start)}: ${e.code}`);
+      }
+    }
   }
 
   /**
@@ -246,6 +355,9 @@ export class LazyProcess {
     if (vma) end = Math.min(end, vma.end);
     else end = page + PAGE;
     if (next) end = Math.min(end, next.start);
+    // Pages on their way from the page server are missing too, but not holes.
+    const coming = this.inflight.nextAtOrAfter(page);
+    if (coming) end = Math.min(end, coming.start);
     if (!this.gate.beginCopy()) return 'again';
     try {
       const done = native.uffdZeropage(this.uffd, page, end - page, 0);
@@ -304,17 +416,20 @@ export class LazyProcess {
       throw e;
     }
     this.map.drop(start, end);
+    this.inflight.drop(start, end);
     this.vmas = cutOut(this.vmas, start, end);
     return 'ok';
   }
 
   unmapped(start: number, end: number): void {
     this.map.drop(start, end);
+    this.inflight.drop(start, end);
     this.vmas = cutOut(this.vmas, start, end);
   }
 
   remapped(from: number, to: number, len: number): void {
     this.map.remap(from, to, len);
+    this.inflight.remap(from, to, len);
     const moved = this.vmas
       .filter((v) => v.end > from && v.start < from + len)
       .map((v) => ({ start: Math.max(v.start, from) - from + to, end: Math.min(v.end, from + len) - from + to }));
@@ -324,7 +439,7 @@ export class LazyProcess {
   /** Fail-stop: make every still-missing page fault fatally (SIGBUS) rather than read zeros. */
   poisonRemaining(): number {
     let pages = 0;
-    for (const r of this.map) {
+    for (const r of [...this.map, ...this.inflight]) {
       try {
         pages += native.uffdPoison(this.uffd, r.start, r.end - r.start) / PAGE;
       } catch {

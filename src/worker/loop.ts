@@ -6,7 +6,8 @@ import { RingConsumer, type RingRecord } from '../engine/ring';
 import { RecordKind, UFFD_MSG } from '../engine/ring-layout';
 import { openLocalProcess } from '../source/local';
 import { native } from '../native';
-import { LazyProcess, type CopyOutcome, type ProcessCounters } from './lazy-process';
+import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
+import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
 import type { FaultTrace, WorkerMessage, WorkerResult, WorkerTask } from './messages';
 
@@ -38,6 +39,10 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const latency = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   const traces: FaultTrace[] = [];
+  const arena = task.arena ? new ArenaConsumer(task.arena) : undefined;
+  const remote: RemoteLink | undefined = task.arena
+    ? { request: (p, tag, vaddr, pages, urgent) => post({ type: 'get', uffd: p.uffd, pid: p.pid, tag, vaddr, pages, urgent }) }
+    : undefined;
   const prefetch = new Map<number, number[]>();
   if (task.prefetchFile) {
     for (const line of fs.readFileSync(task.prefetchFile, 'utf8').split('\n')) if (line.trim()) {
@@ -109,8 +114,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
       }
       case RecordKind.PROCESS: {
         const pid = ring.i32At(r.at);
-        const pages = openLocalProcess(task.imagesDir, pid);
+        const pages = openLocalProcess(task.imagesDir, pid, !!task.arena);
         const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring);
+        if (remote) p.remote = remote;
         if (task.recordFaults) p.trace = [];
         const pre = prefetch.get(pid);
         if (pre) p.setPrefetch(pre);
@@ -118,6 +124,17 @@ export default function runShard(task: WorkerTask): WorkerResult {
         if (restoreFinished) filling.push(p);
         post({ type: 'loaded', uffd: r.fd, pid, lazyPages: p.map.pages });
         settle(p, 'ok');
+        return;
+      }
+      case RecordKind.PAGES: {
+        const tag = ring.i32At(r.at);
+        const got = ring.i32At(r.at + 4);
+        const first = ring.i32At(r.at + 8) >>> 0;
+        const imgStart = ring.u64(r.at + 12);
+        const p = processes.get(r.fd);
+        // A process released meanwhile (exited): its data is dropped, as CRIU does.
+        if (p) settle(p, p.received(tag, imgStart, got, arena!.data, arena!.offset(first)));
+        arena!.free(first, got);
         return;
       }
       case RecordKind.UFFD_ERROR: {
@@ -154,11 +171,18 @@ export default function runShard(task: WorkerTask): WorkerResult {
         // Already running: pick up new faults ourselves instead of waiting for the main thread to
         // be woken and to wake us (two cross-vCPU wakes on this VM, ≈ 50 µs each).
         if (native.drain(task.epfd, [ring.bytes], task.shard)) continue;
-        fillIndex = fillIndex % filling.length;
-        const p = filling[fillIndex++];
-        const outcome = p.fillNext();
-        if (outcome === 'again') ring.wait(AGAIN_WAIT_MS);
-        else settle(p, outcome === 'empty' ? 'ok' : outcome);
+        // One chunk for the next process that can take one; remote processes with a request
+        // already on its way are 'busy' and skipped (their reply arrives through the ring).
+        let outcome: ReturnType<LazyProcess['fillNext']> = 'busy';
+        let p: LazyProcess | undefined;
+        for (let tries = 0; tries < filling.length && outcome === 'busy'; tries++) {
+          fillIndex = fillIndex % filling.length;
+          p = filling[fillIndex++];
+          outcome = p.fillNext();
+        }
+        if (outcome === 'busy') ring.wait(IDLE_WAIT_MS);
+        else if (outcome === 'again') ring.wait(AGAIN_WAIT_MS);
+        else settle(p!, outcome === 'empty' ? 'ok' : outcome);
         continue;
       }
       ring.wait(IDLE_WAIT_MS);
@@ -191,9 +215,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
 function warmUp(task: WorkerTask): void {
   if (task.warmUpPid === undefined) return;
   try {
-    const p = openLocalProcess(task.imagesDir, task.warmUpPid);
+    const p = openLocalProcess(task.imagesDir, task.warmUpPid, !!task.arena);
     const r = p.lazyRanges[0];
-    if (r) p.source.locate(r.start, 1);
+    if (r && !task.arena) p.source.locate(r.start, 1);
   } catch {
     // reported properly when this process is handed over
   }

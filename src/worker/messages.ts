@@ -10,11 +10,14 @@ export type WorkerMessage =
   | { type: 'complete'; uffd: number; pid: number; counters: ProcessCounters }
   | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
   | { type: 'forked'; uffd: number; parentUffd: number; pid: number }
-  | { type: 'fatal'; message: string; pid?: number };
+  | { type: 'fatal'; message: string; pid?: number }
+  | { type: 'get'; uffd: number; pid: number; tag: number; vaddr: number; pages: number; urgent: boolean };
 
 export interface WorkerTask {
   shard: number;
   ring: SharedArrayBuffer;
+  /** Remote restore: page-server data arrives in this arena (PAGES records). */
+  arena?: SharedArrayBuffer;
   /** This shard's epoll set, drained by the worker itself between background chunks. */
   epfd: number;
   port: MessagePort;

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Two test hosts on this machine for remote lazy restore: network namespaces fl-src (the page
+# server's side) and fl-dst (the restoring side), joined by a veth pair. Traffic stays between their
+# own addresses, 10.77.0.1 (src) and 10.77.0.2 (dst); nothing is routed anywhere else.
+#   scripts/netns.sh up [RATE]   create (idempotent); RATE (e.g. 200mbit) caps both directions with tbf
+#   scripts/netns.sh down        remove
+#   scripts/netns.sh check       exit 0 if namespaces can be made here, else say why (exit 2)
+set -u
+SRC=fl-src DST=fl-dst
+SRC_IP=10.77.0.1 DST_IP=10.77.0.2
+
+need() {
+  if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y iproute2 >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y iproute2 >/dev/null 2>&1; }
+    fi
+  fi
+  command -v ip >/dev/null 2>&1 || { echo "netns: 'ip' (Debian's iproute2) is missing and could not be installed" >&2; exit 2; }
+  [ "$(id -u)" -eq 0 ] || { echo "netns: network namespaces need root (or CAP_NET_ADMIN)" >&2; exit 2; }
+}
+
+case "${1:-}" in
+  check)
+    need
+    ip netns add fl-probe 2>/tmp/fl-netns-probe.err || { echo "netns: this machine does not allow network namespaces: $(cat /tmp/fl-netns-probe.err)" >&2; exit 2; }
+    ip netns del fl-probe
+    ;;
+  up)
+    need
+    rate="${2:-}"
+    if ! ip netns list | grep -qw "$SRC"; then
+      ip netns add "$SRC" && ip netns add "$DST" || exit 2
+      ip link add fl-veth-src type veth peer name fl-veth-dst || exit 2
+      ip link set fl-veth-src netns "$SRC"
+      ip link set fl-veth-dst netns "$DST"
+      ip -n "$SRC" addr add "$SRC_IP/24" dev fl-veth-src
+      ip -n "$DST" addr add "$DST_IP/24" dev fl-veth-dst
+      for ns in "$SRC" "$DST"; do ip -n "$ns" link set lo up; done
+      ip -n "$SRC" link set fl-veth-src up
+      ip -n "$DST" link set fl-veth-dst up
+    fi
+    for pair in "$SRC fl-veth-src" "$DST fl-veth-dst"; do
+      set -- $pair
+      tc -n "$1" qdisc del dev "$2" root 2>/dev/null || true
+      # This kernel has no netem: bandwidth is capped with tbf, delay comes from scripts/delay-relay.mjs.
+      [ -n "$rate" ] && tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst 256kb latency 50ms
+    done
+    ip -n "$DST" route get "$SRC_IP" >/dev/null 2>&1 || { echo "netns: $DST has no route to $SRC_IP" >&2; exit 2; }
+    ;;
+  down)
+    ip netns del "$SRC" 2>/dev/null
+    ip netns del "$DST" 2>/dev/null
+    true
+    ;;
+  *)
+    echo "usage: $0 up [RATE] | down | check" >&2
+    exit 64
+    ;;
+esac

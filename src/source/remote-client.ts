@@ -1,0 +1,233 @@
+// The restoring side of remote lazy restore, on the main thread: connections to the page server,
+// GET requests from the workers, replies matched in order and handed to the owning worker through
+// its arena and ring (socket → main → ring → worker → UFFDIO_COPY). Faults never wait behind bulk
+// fill: with two lanes (a faultline server) faults have their own connection; with one (a CRIU
+// server serves exactly one) fault requests go ahead of fill requests not yet sent, and at most
+// one fill request is on the wire at a time.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import type { Logger } from 'pino';
+import { ReplyParser, encodeClose, encodeGet, formatPeer, type GetReply } from '../server/protocol';
+
+export interface RemoteOptions {
+  address: string;
+  port: number;
+  /** 2: a second connection for faults (faultline's page server); 1: CRIU's single connection. */
+  lanes: 1 | 2;
+  tls?: { cert: string; key: string; ca: string };
+  /** A server that is not up yet is retried this long. */
+  connectTimeoutMs: number;
+}
+
+export interface PageRequest {
+  shard: number;
+  uffd: number;
+  tag: number;
+  pid: number;
+  /** dump-time address */
+  vaddr: number;
+  pages: number;
+  urgent: boolean;
+}
+
+/** Fill requests allowed on the wire per lane: enough to keep a link busy, few enough that a fault sharing the lane waits little. */
+const FILL_IN_FLIGHT = { 1: 1, 2: 4 } as const;
+
+interface Lane {
+  name: string;
+  socket: net.Socket;
+  parser: ReplyParser;
+  sent: PageRequest[];
+  fillsOnWire: number;
+}
+
+export class PageServerClient {
+  readonly peer: string;
+  private lanes: Lane[] = [];
+  private readonly urgentQueue: PageRequest[] = [];
+  private readonly fillQueue: PageRequest[] = [];
+  private closing = false;
+  private failed = false;
+  requests = 0;
+  pagesReceived = 0;
+
+  constructor(
+    private readonly opts: RemoteOptions,
+    /** Hands a reply to its worker; false if its arena is full (the client then pauses and retries). */
+    private readonly deliver: (req: PageRequest, reply: GetReply) => boolean,
+    private readonly onFatal: (reason: string) => void,
+    private readonly log: Logger,
+  ) {
+    this.peer = formatPeer(opts.address, opts.port);
+  }
+
+  async connect(): Promise<void> {
+    for (let i = 0; i < this.opts.lanes; i++) this.lanes.push(await this.open(i === 0 ? 'urgent' : 'fill'));
+  }
+
+  private async open(name: string): Promise<Lane> {
+    const deadline = Date.now() + this.opts.connectTimeoutMs;
+    let warned = false;
+    for (;;) {
+      try {
+        const socket = await this.dial();
+        return this.attach(name, socket);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        const retryable = code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ETIMEDOUT';
+        if (!retryable || Date.now() > deadline) {
+          throw new Error(`page server ${this.peer}: ${(e as Error).message}${retryable ? ` (still not up after ${this.opts.connectTimeoutMs} ms)` : ''}`);
+        }
+        if (!warned) this.log.warn(`page server ${this.peer} is not up yet (${code}): retrying for ${this.opts.connectTimeoutMs} ms`);
+        warned = true;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  private dial(): Promise<net.Socket> {
+    return new Promise((resolve, reject) => {
+      const t = this.opts.tls;
+      const s = t
+        ? tls.connect({
+            host: this.opts.address,
+            port: this.opts.port,
+            cert: fs.readFileSync(t.cert),
+            key: fs.readFileSync(t.key),
+            ca: fs.readFileSync(t.ca),
+            // The server's certificate is checked against the CA; its name need not be our --address.
+            checkServerIdentity: () => undefined,
+          })
+        : net.connect({ host: this.opts.address, port: this.opts.port });
+      const ok = t ? 'secureConnect' : 'connect';
+      s.once(ok, () => {
+        s.removeListener('error', reject);
+        resolve(s);
+      });
+      s.once('error', reject);
+    });
+  }
+
+  private attach(name: string, socket: net.Socket): Lane {
+    socket.setNoDelay(true);
+    const lane: Lane = { name, socket, parser: new ReplyParser(this.peer), sent: [], fillsOnWire: 0 };
+    socket.on('data', (chunk: Buffer) => this.onData(lane, chunk));
+    socket.on('error', (e) => this.fail(`page server ${this.peer} (${name} connection): ${e.message}`));
+    socket.on('close', () => {
+      if (this.closing) return;
+      try {
+        lane.parser.end();
+        this.fail(`page server ${this.peer} closed the ${name} connection before the restore completed`);
+      } catch (e) {
+        this.fail((e as Error).message);
+      }
+    });
+    return lane;
+  }
+
+  request(req: PageRequest): void {
+    if (this.failed || this.closing) return;
+    this.requests++;
+    (req.urgent ? this.urgentQueue : this.fillQueue).push(req);
+    this.pump();
+  }
+
+  private pump(): void {
+    const urgentLane = this.lanes[0];
+    const fillLane = this.lanes[this.lanes.length - 1];
+    while (this.urgentQueue.length) this.send(urgentLane, this.urgentQueue.shift()!);
+    while (this.fillQueue.length && fillLane.fillsOnWire < FILL_IN_FLIGHT[this.opts.lanes]) this.send(fillLane, this.fillQueue.shift()!);
+  }
+
+  private send(lane: Lane, req: PageRequest): void {
+    lane.sent.push(req);
+    if (!req.urgent) lane.fillsOnWire++;
+    lane.parser.expectGet(req.pid, req.vaddr, req.pages);
+    lane.socket.write(encodeGet(req.pid, req.vaddr, req.pages));
+  }
+
+  private pendingReplies: { lane: Lane; req: PageRequest; reply: GetReply }[] = [];
+
+  private onData(lane: Lane, chunk: Buffer): void {
+    lane.parser.push(chunk);
+    try {
+      for (let r = lane.parser.next(); r; r = lane.parser.next()) {
+        if (r.kind !== 'pages') continue;
+        const req = lane.sent.shift()!;
+        if (!req.urgent) lane.fillsOnWire--;
+        this.pagesReceived += r.nrPages;
+        // The reply's data may be a view into the parser's chunks: copy if it has to wait.
+        if (this.pendingReplies.length || !this.deliver(req, r)) this.pendingReplies.push({ lane, req, reply: { ...r, data: Buffer.from(r.data) } });
+      }
+    } catch (e) {
+      this.fail((e as Error).message);
+      return;
+    }
+    if (this.pendingReplies.length) {
+      lane.socket.pause();
+      this.retryPending();
+    }
+    this.pump();
+  }
+
+  /** A worker's arena was full: try again shortly, in order, then resume reading. */
+  private retryPending(): void {
+    setTimeout(() => {
+      while (this.pendingReplies.length && this.deliver(this.pendingReplies[0].req, this.pendingReplies[0].reply)) this.pendingReplies.shift();
+      if (this.pendingReplies.length) return this.retryPending();
+      for (const l of this.lanes) l.socket.resume();
+    }, 1).unref();
+  }
+
+  private fail(reason: string): void {
+    if (this.failed || this.closing) return;
+    this.failed = true;
+    for (const l of this.lanes) l.socket.destroy();
+    this.onFatal(reason);
+  }
+
+  /** PS_IOV_CLOSE on every connection, wait for each 4-byte status, then hang up (criu-lazy-pages.md §4.2). */
+  async close(): Promise<void> {
+    if (this.failed) return;
+    this.closing = true;
+    await Promise.all(
+      this.lanes.map(
+        (lane) =>
+          new Promise<void>((resolve) => {
+            const timer = setTimeout(() => {
+              this.log.warn(`page server ${this.peer}: no answer to CLOSE on the ${lane.name} connection`);
+              lane.socket.destroy();
+              resolve();
+            }, 5000);
+            lane.parser.expectClose();
+            lane.socket.removeAllListeners('data');
+            lane.socket.on('data', (chunk: Buffer) => {
+              lane.parser.push(chunk);
+              try {
+                const r = lane.parser.next();
+                if (r?.kind === 'close') {
+                  if (r.status !== 0) this.log.warn(`page server ${this.peer}: CLOSE answered status ${r.status}`);
+                  clearTimeout(timer);
+                  lane.socket.end();
+                  resolve();
+                }
+              } catch (e) {
+                this.log.warn((e as Error).message);
+                clearTimeout(timer);
+                lane.socket.destroy();
+                resolve();
+              }
+            });
+            lane.socket.on('error', () => undefined);
+            lane.socket.write(encodeClose());
+          }),
+      ),
+    );
+  }
+
+  destroy(): void {
+    this.closing = true;
+    for (const l of this.lanes) l.socket.destroy();
+  }
+}
