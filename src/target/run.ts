@@ -74,6 +74,8 @@ export interface RestoreResult {
 export interface RestoreRunOptions {
   imagesDir: string;
   daemon?: DaemonKind;
+  /** Runs the daemon through this command, e.g. ['ip', 'netns', 'exec', 'fl-dst'] (remote tests). */
+  daemonWrap?: string[];
   /** Environment for the daemon process (e.g. FAULTLINE_FAULT_DELAY_US for the gate's self-test). */
   daemonEnv?: NodeJS.ProcessEnv;
   /** Sample each restored process's resident pages every this many ms (restore timeline). */
@@ -128,11 +130,13 @@ export async function startDaemon(
   extra: string[] = [],
   kind: DaemonKind = 'faultline',
   env?: NodeJS.ProcessEnv,
+  wrap: string[] = [],
 ): Promise<{ child: ChildProcess; exit: Promise<Exit> }> {
-  const [cmd, args] =
+  const [bare, bareArgs] =
     kind === 'faultline'
       ? [process.execPath, [CLI, 'lazy-pages', '-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra]]
       : [BASELINE, ['--plan', path.join(workDir, 'target.plan'), '--json', '--status-fd', '3', ...extra]];
+  const [cmd, args] = wrap.length ? [wrap[0], [...wrap.slice(1), bare, ...bareArgs]] : [bare, bareArgs];
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const exit = collect(child);
   const ready = await new Promise<boolean>((resolve) => {
@@ -146,6 +150,39 @@ export async function startDaemon(
     throw new Error(`${kind === 'faultline' ? 'faultline lazy-pages' : 'faultline-baseline'} did not start (exit ${e.code}): ${e.stderr.trim()}`);
   }
   return { child, exit };
+}
+
+export interface PageServerProcess {
+  child: ChildProcess;
+  port: number;
+  exit: Promise<Exit>;
+  stop(): Promise<Exit>;
+}
+
+/** Starts `faultline page-server` (optionally inside a network namespace) and waits for its port. */
+export async function startPageServer(imagesDir: string, opts: { address?: string; port?: number; wrap?: string[]; extra?: string[] } = {}): Promise<PageServerProcess> {
+  const args = [CLI, 'page-server', '-D', imagesDir, '--address', opts.address ?? '127.0.0.1', '--port', String(opts.port ?? 0), ...(opts.extra ?? [])];
+  const wrap = opts.wrap ?? [];
+  const child = wrap.length ? spawn(wrap[0], [...wrap.slice(1), process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exit = collect(child);
+  const port = await new Promise<number>((resolve, reject) => {
+    let seen = '';
+    child.stderr!.on('data', (d: Buffer | string) => {
+      seen += String(d);
+      const m = /listening on .*:(\d+)/.exec(seen);
+      if (m) resolve(Number(m[1]));
+    });
+    void exit.then((e) => reject(new Error(`faultline page-server exited (${e.code}) before listening: ${e.stderr.trim()}`)));
+  });
+  return {
+    child,
+    port,
+    exit,
+    stop: () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exit;
+    },
+  };
 }
 
 export function parseTargetOutput(stdout: string): { processes: TargetProcessReport[]; summary?: TargetSummary } {
@@ -180,7 +217,7 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   const planPath = path.join(opts.workDir, 'target.plan');
   writeTargetPlan(opts.planImagesDir ?? opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
   if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
-  const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv);
+  const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv, opts.daemonWrap);
   if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
   const target = spawn(TARGET, targetArgs(planPath, opts.target ?? {}), { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
