@@ -18,15 +18,29 @@ const [lhost, lport] = split(arg('--listen', '127.0.0.1:0'));
 const [thost, tport] = split(arg('--to', ''));
 const delay = Number(arg('--delay-ms', '2'));
 
-/** Forwards from -> to, each chunk delivered `delay` ms after it arrived, never reordered. */
+/**
+ * Forwards from -> to, each chunk delivered `delay` ms after it arrived. One FIFO and one timer per
+ * direction: timers of different durations may fire out of order, a byte stream must not.
+ */
 function pipeDelayed(from, to) {
-  let last = 0;
+  const queue = [];
+  let timer = null;
+  let ended = false;
+  const flush = () => {
+    timer = null;
+    const now = Date.now();
+    while (queue.length && queue[0].due <= now) if (to.writable) to.write(queue.shift().chunk);
+    if (queue.length) timer = setTimeout(flush, queue[0].due - now);
+    else if (ended) to.end();
+  };
   from.on('data', (chunk) => {
-    const due = Math.max(Date.now() + delay, last);
-    last = due;
-    setTimeout(() => to.writable && to.write(chunk), due - Date.now());
+    queue.push({ due: Date.now() + delay, chunk });
+    if (!timer) timer = setTimeout(flush, delay);
   });
-  from.on('end', () => setTimeout(() => to.end(), Math.max(0, last - Date.now()) + 1));
+  from.on('end', () => {
+    ended = true;
+    if (!timer) flush();
+  });
   from.on('error', () => to.destroy());
 }
 
