@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as hdr from 'hdr-histogram-js';
 import { generateImageSet } from '../src/images';
 import { spawnSync } from 'node:child_process';
-import { TARGET, runRestore, type DaemonKind, type RestoreResult, type TimelineSample } from '../src/target/run';
+import { TARGET, runRestore, type DaemonKind, type RestoreResult, type RestoreRunOptions, type TimelineSample } from '../src/target/run';
 import type { Scenario } from './scenarios';
 
 export const DAEMONS: DaemonKind[] = ['baseline', 'faultline'];
@@ -35,6 +35,8 @@ export interface RunMetrics {
   touchUs: Percentiles;
   /** the touches that faulted (≥ FAULT_THRESHOLD_NS), µs: the per-fault service latency seen by the thread */
   faultUs: Percentiles;
+  /** total time the restored threads spent stalled in faults (sum of faulting touches), ms */
+  stalledMs: number;
 }
 
 export interface Percentiles {
@@ -79,9 +81,10 @@ function percentiles(h: hdr.Histogram): Percentiles {
 const CDF_POINTS = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 99.9, 99.99, 100];
 
 /** Reads and removes the target's latency files; falls back to the per-process summaries. */
-function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faults: hdr.Histogram } {
+function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faults: hdr.Histogram; stalledNs: number } {
   const all = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const faults = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  let stalledNs = 0;
   const dir = path.dirname(prefix);
   const latFiles = fs.readdirSync(dir).filter((f) => f.startsWith(path.basename(prefix) + '.') && f.endsWith('.lat'));
   for (const f of latFiles) {
@@ -89,17 +92,20 @@ function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faul
     for (let i = 0; i + 8 <= b.length; i += 8) {
       const ns = Math.max(1, Number(b.readBigUInt64LE(i)));
       all.recordValue(ns);
-      if (ns >= FAULT_THRESHOLD_NS) faults.recordValue(ns);
+      if (ns >= FAULT_THRESHOLD_NS) {
+        faults.recordValue(ns);
+        stalledNs += ns;
+      }
     }
     fs.rmSync(path.join(dir, f));
   }
   if (!latFiles.length) {
     for (const p of r.target.processes) if (p.latencyNs.count) all.recordValueWithCount(Math.max(1, p.latencyNs.p50), p.latencyNs.count);
   }
-  return { all, faults };
+  return { all, faults, stalledNs };
 }
 
-export function metricsOf(r: RestoreResult, lat: { all: hdr.Histogram; faults: hdr.Histogram }): RunMetrics {
+export function metricsOf(r: RestoreResult, lat: { all: hdr.Histogram; faults: hdr.Histogram; stalledNs: number }): RunMetrics {
   const s = r.daemon.summary;
   const t = r.target.summary;
   const ok = r.daemon.code === 0 && r.target.code === 0 && !!s && !!t && t.mismatches === 0;
@@ -120,6 +126,7 @@ export function metricsOf(r: RestoreResult, lat: { all: hdr.Histogram; faults: h
     touches: lat.all.totalCount,
     touchUs: percentiles(lat.all),
     faultUs: percentiles(lat.faults),
+    stalledMs: Math.round(lat.stalledNs / 1e4) / 100,
   };
 }
 
@@ -129,6 +136,8 @@ export interface HarnessOptions {
   log: (line: string) => void;
   faultlineEnv?: NodeJS.ProcessEnv;
   faultlineArgs?: string[];
+  /** Per-side overrides of the restore (the remote scenario compares two faultline client policies). */
+  variants?: Partial<Record<DaemonKind, Partial<RestoreRunOptions>>>;
 }
 
 export async function runScenario(s: Scenario, o: HarnessOptions): Promise<ScenarioResult> {
@@ -151,6 +160,7 @@ export async function runScenario(s: Scenario, o: HarnessOptions): Promise<Scena
         target: { ...s.target, ...(TARGET_WRITES_LATENCIES ? { latencyFile: prefix } : {}) },
         sampleEveryMs: 10,
         timeoutMs: 300_000,
+        ...o.variants?.[daemon],
       });
       const lat = latencies(prefix, r);
       const m = metricsOf(r, lat);

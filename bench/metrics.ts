@@ -14,6 +14,7 @@ export const METRICS: MetricDef[] = [
   { key: 'faultP50', label: 'fault latency p50', unit: 'µs', better: 'lower', get: (m) => m.faultUs.p50 },
   { key: 'faultP99', label: 'fault latency p99', unit: 'µs', better: 'lower', get: (m) => m.faultUs.p99 },
   { key: 'touchP99', label: 'first-touch p99', unit: 'µs', better: 'lower', get: (m) => m.touchUs.p99 },
+  { key: 'stalledMs', label: 'threads stalled in faults', unit: 'ms', better: 'lower', get: (m) => m.stalledMs },
   { key: 'faults', label: 'faults taken', unit: '', better: 'lower', get: (m) => m.faults },
   { key: 'timeToRestored', label: 'time to fully restored', unit: 'ms', better: 'lower', get: (m) => m.timeToRestoredMs },
   { key: 'drainGBps', label: 'drain', unit: 'GB/s', better: 'higher', get: (m) => m.drainGBps },

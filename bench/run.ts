@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { compare } from './metrics';
 import { writeReport, type BenchReport } from './report';
 import { scenarios } from './scenarios';
+import { REMOTE, runRemoteScenario } from './remote';
 import { checkUffdAvailable } from '../src/cli/preflight';
 
 export async function bench(argv: string[]): Promise<number> {
@@ -50,6 +51,11 @@ export async function bench(argv: string[]): Promise<number> {
       const rp = await runScenario(replay, { reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
       report.scenarios.push({ ...rp, comparison: compare(rp) });
     }
+  }
+  if (!o.quick && (!only || only.includes(REMOTE.name))) {
+    process.stdout.write(`${REMOTE.name}: ${REMOTE.what}\n`);
+    const r = await runRemoteScenario({ reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
+    if (r) report.scenarios.push({ ...r, comparison: compare(r) });
   }
   const { json, html } = writeReport(report, o.out);
   process.stdout.write('\n' + formatTable(report) + `\nresults: ${json}\nreport:  ${html}\n`);

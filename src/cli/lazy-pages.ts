@@ -31,6 +31,7 @@ export interface LazyPagesFlags {
   tlsKey?: string;
   lanes?: string;
   connectTimeoutMs?: string;
+  requestOrder?: string;
 }
 
 const DAEMON_ENV = 'FAULTLINE_DAEMON_CHILD';
@@ -99,6 +100,7 @@ function remoteOptions(flags: LazyPagesFlags): RemoteOptions {
     port,
     lanes,
     connectTimeoutMs: positiveInt(flags.connectTimeoutMs ?? '10000', '--connect-timeout-ms')!,
+    requestOrder: requestOrder(flags.requestOrder),
     tls: flags.tls
       ? {
           ca: flags.tlsCacert ?? '/etc/pki/CA/cacert.pem',
@@ -107,6 +109,11 @@ function remoteOptions(flags: LazyPagesFlags): RemoteOptions {
         }
       : undefined,
   };
+}
+
+function requestOrder(v: string | undefined): 'priority' | 'fifo' {
+  if (v === undefined || v === 'priority' || v === 'fifo') return v ?? 'priority';
+  throw new UsageError(`--request-order must be 'priority' or 'fifo', got '${v}'`);
 }
 
 function positiveInt(v: string | undefined, flag: string): number | undefined {

@@ -31,6 +31,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--address <addr>', 'page server address (default 127.0.0.1)')
     .option('--port <port>', 'page server port')
     .option('--lanes <n>', '1: one connection (a CRIU page server); 2: a second one for faults (faultline page-server)')
+    .option('--request-order <order>', "priority (faults first; default) or fifo (CRIU's client order, for comparison)")
     .option('--connect-timeout-ms <ms>', 'keep retrying a page server that is not up yet this long (default 10000)')
     .option('--tls', 'mutual TLS with the page server')
     .option('--tls-cacert <file>', 'CA certificate')

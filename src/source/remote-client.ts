@@ -18,6 +18,8 @@ export interface RemoteOptions {
   tls?: { cert: string; key: string; ca: string };
   /** A server that is not up yet is retried this long. */
   connectTimeoutMs: number;
+  /** 'fifo': every request sent at once in arrival order on one connection, CRIU's client policy (for comparison). */
+  requestOrder?: 'priority' | 'fifo';
 }
 
 export interface PageRequest {
@@ -129,6 +131,7 @@ export class PageServerClient {
   request(req: PageRequest): void {
     if (this.failed || this.closing) return;
     this.requests++;
+    if (this.opts.requestOrder === 'fifo') return this.send(this.lanes[0], req);
     (req.urgent ? this.urgentQueue : this.fillQueue).push(req);
     this.pump();
   }

@@ -285,10 +285,11 @@ export class LazyProcess {
       const first = this.prefetch[this.prefetchAt++];
       const r = this.map.find(first);
       if (!r || r.imgStart + (first - r.start) !== first) continue;
-      let end = first + PAGE;
-      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] === end && end < r.end && (end - first) / PAGE < this.tuning.fillChunkMax) {
-        end += PAGE;
-        this.prefetchAt++;
+      // Each traced fault stands for the window a fault there copies (the recorded page is the
+      // first of it): prefetching single pages would split those windows into more faults.
+      let end = Math.min(r.end, first + this.tuning.faultAroundMin * PAGE);
+      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] >= first && this.prefetch[this.prefetchAt] <= end && end < r.end && (end - first) / PAGE < this.tuning.fillChunkMax) {
+        end = Math.min(r.end, Math.max(end, this.prefetch[this.prefetchAt++] + this.tuning.faultAroundMin * PAGE));
       }
       return this.map.take(first, end)[0];
     }
