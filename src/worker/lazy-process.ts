@@ -237,7 +237,12 @@ export class LazyProcess {
     return outcome;
   }
 
-  /** UFFDIO_COPY from a buffer (page-server data); on EAGAIN/ENOENT the range is asked for again later. */
+  /**
+   * UFFDIO_COPY of one piece from a buffer (an image mmap or page-server data). EEXIST: those pages
+   * are there already, go on after them. EAGAIN (the mm is changing: an event is pending) and
+   * ENOENT (the VMA went away, its event still behind us in the ring): the rest goes back to the
+   * missing ranges for a retry after the events.
+   */
   private copyFrom(piece: LazyRange, buf: Buffer, off: number, cause: 'fault' | 'fill'): CopyOutcome {
     const len = piece.end - piece.start;
     if (!this.gate.beginCopy()) {
@@ -249,6 +254,7 @@ export class LazyProcess {
       this.gate.endCopy();
       this.counted(cause, len / PAGE);
       this.counters.copies++;
+      this.enoents = 0;
       return 'ok';
     } catch (e) {
       this.gate.endCopy();
@@ -296,6 +302,7 @@ export class LazyProcess {
     return undefined;
   }
 
+  /** Copies a piece from the local images, one contiguous run of the pages files at a time. */
   private copy(piece: LazyRange, cause: 'fault' | 'fill'): CopyOutcome {
     let dst = piece.start;
     let img = piece.imgStart;
@@ -303,40 +310,12 @@ export class LazyProcess {
       const data = this.source.locate(img, (piece.end - dst) / PAGE);
       if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
       const len = data.pages * PAGE;
-      if (!this.gate.beginCopy()) {
-        this.map.insert({ start: dst, end: piece.end, imgStart: img });
-        return 'again';
+      const outcome = this.copyFrom({ start: dst, end: dst + len, imgStart: img }, data.buf, data.offset, cause);
+      if (outcome !== 'ok') {
+        // copyFrom kept its own remainder; the runs after it wait too.
+        if (outcome === 'again' && dst + len < piece.end) this.map.insert({ start: dst + len, end: piece.end, imgStart: img + len });
+        return outcome;
       }
-      try {
-        native.uffdCopy(this.uffd, dst, data.buf, data.offset, len, 0);
-        this.gate.endCopy();
-        this.counted(cause, data.pages);
-      } catch (e) {
-        this.gate.endCopy();
-        if (!isErrno(e)) throw e;
-        const done = e.done ?? 0;
-        this.counted(cause, done / PAGE);
-        switch (e.code) {
-          case 'EEXIST': // the page is there already: done; go on after it
-            this.counters.existingPages++;
-            dst += done + PAGE;
-            img += done + PAGE;
-            continue;
-          case 'ENOENT': // the VMA went away and its UNMAP/REMOVE event is still behind us in the ring
-          case 'EAGAIN': // the mm is changing (an event is pending): keep the rest for a retry
-            if (e.code === 'ENOENT') this.noVma(dst);
-            this.map.insert({ start: dst + done, end: piece.end, imgStart: img + done });
-            return 'again';
-          case 'ESRCH':
-          case 'ENOSPC':
-            this.gone = true;
-            return 'gone';
-          default:
-            throw new WorkerError(`pid ${this.pid}: UFFDIO_COPY of ${len / PAGE} pages to ${hex(dst)}: ${e.code}`);
-        }
-      }
-      this.counters.copies++;
-      this.enoents = 0;
       dst += len;
       img += len;
     }

@@ -23,7 +23,7 @@ const AGAIN_WAIT_MS = 1;
  * idle" starved it (random-1g: 4× the baseline's time, every page fetched by its own fault); "one
  * chunk per loop" made sequential faults wait behind chunks (0.66× → 1.64× the baseline's time).
  */
-const FILL_EVERY_NS = 300_000;
+const FILL_EVERY_NS = 1_000_000;
 
 interface PendingFault {
   p: LazyProcess;
@@ -76,9 +76,6 @@ export default function runShard(task: WorkerTask): WorkerResult {
 
   const serveFault = (p: LazyProcess, address: number, timeNs: number, retried = false) => {
     if (FAULT_DELAY_NS > 0 && !retried) for (const until = native.monotonicNs() + FAULT_DELAY_NS; native.monotonicNs() < until; );
-    // Any fault in the shard shrinks everyone's next background chunk: this fault's process may be
-    // waiting behind another process's chunk next time.
-    if (!retried) for (const q of filling) q.resetFillChunk();
     const outcome = p.fault(address, retried);
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
