@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include "../plan/plan.h"
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -81,35 +82,13 @@ static uint64_t now_ns(void)
  * Plan (same format as native/target/restore-target.c)
  */
 
-struct pfile {
-	char *path;
-	const uint8_t *base;
-	size_t size;
-};
-
-struct pvma {
-	uint64_t start, end;
-};
-
-struct prun {
-	uint64_t vaddr, npages, off;
-	int lazy, file, line;
-};
-
-struct pproc {
-	int pid, ppid, nvma, nrun, vmas_seen, runs_seen, line;
-	struct pvma *vmas;
-	struct prun *runs;
-	bool handed;
-};
-
 static const char *plan_path;
 static char *sock_path;
-static struct pfile *files;
+static struct plan_file *files;
 static int nfiles;
-static struct pproc *pprocs;
+static struct plan_proc *pprocs;
 static int npprocs;
-static int lineno;
+static bool *handed; /* per plan proc: its hand-over arrived */
 
 static void plan_error(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void plan_error(int line, const char *fmt, ...)
@@ -124,150 +103,24 @@ static void plan_error(int line, const char *fmt, ...)
 	die("plan %s: %s", plan_path, msg);
 }
 
-static uint64_t tok_u64(char **save, int base, const char *what)
+static void plan_fail(int line, const char *msg) __attribute__((noreturn));
+static void plan_fail(int line, const char *msg)
 {
-	char *tok = strtok_r(NULL, " \t", save), *end;
-	unsigned long long v;
-	if (!tok)
-		plan_error(lineno, "missing %s", what);
-	errno = 0;
-	v = strtoull(tok, &end, base);
-	if (errno || end == tok || *end || *tok == '-' || *tok == '+')
-		plan_error(lineno, "bad %s '%s'", what, tok);
-	return v;
-}
-
-static int tok_int(char **save, const char *what, long lo, long hi)
-{
-	uint64_t v = tok_u64(save, 10, what);
-	if ((long long)v < lo || v > (uint64_t)hi)
-		plan_error(lineno, "%s %" PRIu64 " out of range", what, v);
-	return (int)v;
-}
-
-static char *rest_path(char *s, const char *what)
-{
-	while (*s == ' ' || *s == '\t')
-		s++;
-	if (*s != '/')
-		plan_error(lineno, "%s '%s' missing or not absolute", what, s);
-	return strdup(s);
-}
-
-static bool keyword(const char *s, const char *kw)
-{
-	size_t n = strlen(kw);
-	return !strncmp(s, kw, n) && (s[n] == ' ' || s[n] == '\t' || !s[n]);
+	plan_error(line, "%s", msg);
 }
 
 static void read_plan(void)
 {
-	FILE *f = fopen(plan_path, "r");
-	char *line = NULL, *save, *kw, *extra;
-	size_t cap = 0;
-	ssize_t len;
-	bool header = false;
-
-	if (!f)
-		die("plan %s: %s", plan_path, strerror(errno));
-	while ((len = getline(&line, &cap, f)) >= 0) {
-		struct pproc *p = npprocs ? &pprocs[npprocs - 1] : NULL;
-		lineno++;
-		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			line[--len] = 0;
-		for (kw = line; *kw == ' ' || *kw == '\t'; kw++)
-			;
-		if (!*kw || *kw == '#')
-			continue;
-		if (!header) {
-			if (strcmp(kw, "faultline-plan 1"))
-				plan_error(lineno, "expected 'faultline-plan 1', got '%s'", kw);
-			header = true;
-			continue;
-		}
-		if (keyword(kw, "socket")) {
-			if (sock_path)
-				plan_error(lineno, "second 'socket' line");
-			sock_path = rest_path(kw + 6, "socket path");
-			continue;
-		}
-		if (keyword(kw, "file")) {
-			char *s = kw + 4, *end;
-			long idx = strtol(s, &end, 10);
-			if (end == s || (*end != ' ' && *end != '\t') || idx != nfiles)
-				plan_error(lineno, "bad or out-of-order file index");
-			files = xrealloc(files, sizeof(*files) * (nfiles + 1));
-			files[nfiles++] = (struct pfile){ .path = rest_path(end, "pages file path") };
-			continue;
-		}
-		kw = strtok_r(kw, " \t", &save);
-		if (!strcmp(kw, "proc")) {
-			if (p && (p->vmas_seen < p->nvma || p->runs_seen < p->nrun))
-				plan_error(lineno, "proc %d (line %d) has too few vma/run lines", p->pid, p->line);
-			pprocs = xrealloc(pprocs, sizeof(*pprocs) * (npprocs + 1));
-			p = &pprocs[npprocs];
-			memset(p, 0, sizeof(*p));
-			p->line = lineno;
-			p->pid = tok_int(&save, "pid", 1, INT_MAX);
-			p->ppid = tok_int(&save, "ppid", 0, INT_MAX);
-			p->nvma = tok_int(&save, "nvma", 0, INT_MAX / 64);
-			p->nrun = tok_int(&save, "nrun", 0, INT_MAX / 64);
-			for (int i = 0; i < npprocs; i++)
-				if (pprocs[i].pid == p->pid)
-					plan_error(lineno, "pid %d declared twice", p->pid);
-			p->vmas = xrealloc(NULL, sizeof(*p->vmas) * p->nvma);
-			p->runs = xrealloc(NULL, sizeof(*p->runs) * p->nrun);
-			npprocs++;
-		} else if (!strcmp(kw, "vma")) {
-			struct pvma *v;
-			if (!p || p->vmas_seen == p->nvma)
-				plan_error(lineno, "unexpected 'vma' line");
-			v = &p->vmas[p->vmas_seen++];
-			v->start = tok_u64(&save, 16, "vma start");
-			v->end = tok_u64(&save, 16, "vma end");
-			if (v->start % PAGE || v->end % PAGE || v->end <= v->start)
-				plan_error(lineno, "bad vma %" PRIx64 "-%" PRIx64, v->start, v->end);
-		} else if (!strcmp(kw, "run")) {
-			struct prun *r;
-			if (!p || p->runs_seen == p->nrun)
-				plan_error(lineno, "unexpected 'run' line");
-			r = &p->runs[p->runs_seen++];
-			r->line = lineno;
-			r->vaddr = tok_u64(&save, 16, "run address");
-			r->npages = tok_u64(&save, 10, "run page count");
-			r->lazy = tok_int(&save, "lazy flag", 0, 1);
-			r->file = tok_int(&save, "file index", 0, INT_MAX);
-			r->off = tok_u64(&save, 10, "byte offset");
-			if (r->vaddr % PAGE || !r->npages)
-				plan_error(lineno, "bad run");
-		} else {
-			plan_error(lineno, "unknown line '%s'", kw);
-		}
-		if ((extra = strtok_r(NULL, " \t", &save)))
-			plan_error(lineno, "unexpected '%s' at end of line", extra);
-	}
-	free(line);
-	fclose(f);
-	if (!header || !sock_path || !npprocs)
-		plan_error(0, "needs a 'faultline-plan 1' header, a 'socket' line and 'proc' lines");
-	if (pprocs[npprocs - 1].vmas_seen < pprocs[npprocs - 1].nvma ||
-	    pprocs[npprocs - 1].runs_seen < pprocs[npprocs - 1].nrun)
-		plan_error(pprocs[npprocs - 1].line, "proc has too few vma/run lines");
-
-	for (int i = 0; i < nfiles; i++) {
-		struct stat st;
-		int fd = open(files[i].path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0)
-			die("pages file %s: %s", files[i].path, strerror(errno));
-		files[i].size = st.st_size;
-		if (st.st_size) {
-			void *m = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-			if (m == MAP_FAILED)
-				die("mmap %s: %s", files[i].path, strerror(errno));
-			files[i].base = m;
-		}
-		close(fd);
-	}
+	struct plan pl;
+	plan_read(plan_path, &pl, plan_fail);
+	plan_map_files(&pl, plan_fail);
+	sock_path = pl.socket;
+	files = pl.files;
+	nfiles = pl.nfiles;
+	pprocs = pl.procs;
+	npprocs = pl.nprocs;
+	handed = xrealloc(NULL, sizeof(*handed) * npprocs);
+	memset(handed, 0, sizeof(*handed) * npprocs);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -486,28 +339,24 @@ static struct lproc *add_proc(int pid, int uffd)
 }
 
 /* One range per lazy run ∩ vma: UFFDIO_COPY may not cross a VMA (CRIU cuts at vma.end too). */
-static void build_ranges(struct lproc *lp, struct pproc *pp)
+static void build_ranges(struct lproc *lp, struct plan_proc *pp)
 {
-	struct prun **runs = xrealloc(NULL, sizeof(*runs) * pp->nrun);
+	struct plan_run **runs = xrealloc(NULL, sizeof(*runs) * pp->nrun);
 	int nr = 0;
 	for (int i = 0; i < pp->nrun; i++)
 		if (pp->runs[i].lazy)
 			runs[nr++] = &pp->runs[i];
 	for (int i = 1; i < nr; i++) /* insertion sort: runs are usually already in order */
 		for (int j = i; j > 0 && runs[j - 1]->vaddr > runs[j]->vaddr; j--) {
-			struct prun *t = runs[j];
+			struct plan_run *t = runs[j];
 			runs[j] = runs[j - 1];
 			runs[j - 1] = t;
 		}
 	for (int i = 0; i < nr; i++) {
-		struct prun *r = runs[i];
+		struct plan_run *r = runs[i];
 		uint64_t a = r->vaddr, end = r->vaddr + r->npages * PAGE;
-		if (r->file >= nfiles)
-			plan_error(r->line, "file index %d not declared", r->file);
-		if (r->off > files[r->file].size || files[r->file].size - r->off < r->npages * PAGE)
-			plan_error(r->line, "run reads past the end of %s", files[r->file].path);
 		while (a < end) {
-			struct pvma *v = NULL;
+			struct plan_vma *v = NULL;
 			for (int k = 0; k < pp->nvma && !v; k++)
 				if (a >= pp->vmas[k].start && a < pp->vmas[k].end)
 					v = &pp->vmas[k];
@@ -793,7 +642,7 @@ static void read_handovers(void)
 	for (int t = 0; t < npprocs; t++) {
 		int32_t pid;
 		uint8_t byte;
-		struct pproc *pp = NULL;
+		struct plan_proc *pp = NULL;
 
 		sock_read_exact(&pid, sizeof(pid), "a pid");
 		if (!st.first_handover)
@@ -803,9 +652,9 @@ static void read_handovers(void)
 				pp = &pprocs[i];
 		if (!pp || pid == 0)
 			die("restore socket: hand-over of pid %d, which is not in the plan", pid);
-		if (pp->handed)
+		if (handed[pp - pprocs])
 			die("restore socket: pid %d handed over twice", pp->pid);
-		pp->handed = true;
+		handed[pp - pprocs] = true;
 		if (pid < 0) {
 			if (got_fd >= 0)
 				die("restore socket: zombie %d came with a file descriptor", -pid);

@@ -26,6 +26,7 @@
  *   run <vaddr-hex> <npages> <lazy 0|1> <file-idx> <byte-offset>
  */
 #define _GNU_SOURCE
+#include "../plan/plan.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -85,29 +86,16 @@ enum {
 	EXIT_UFFD = 6, /* the kernel refused the userfaultfd setup */
 };
 
-struct pfile {
-	char *path;
-	const uint8_t *base;
-	size_t size;
-	int line;
-};
-
 struct vma {
 	uint64_t start, end;
 	size_t first; /* index of its first page in the process's page numbering */
 	int line;
 };
 
-struct run {
-	uint64_t vaddr, npages, off;
-	int lazy, file, line;
-};
-
 struct proc {
 	int pid, ppid, nvma, nrun, line;
-	int vmas_seen, runs_seen;
 	struct vma *vmas;
-	struct run *runs;
+	struct plan_run *runs; /* as read from the plan */
 	size_t npages;
 	const uint8_t **expect; /* per page: its bytes in a pages file, NULL for a hole */
 	bool zombie;
@@ -154,7 +142,7 @@ static struct {
 };
 
 static char *sock_path;
-static struct pfile *files;
+static struct plan_file *files;
 static int nfiles;
 static struct proc *procs;
 static int nprocs;
@@ -214,8 +202,6 @@ static void futex_set_wake(uint32_t *word)
  * Plan
  */
 
-static int plan_lineno;
-
 static void plan_error(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void plan_error(int line, const char *fmt, ...)
 {
@@ -229,199 +215,39 @@ static void plan_error(int line, const char *fmt, ...)
 	die(EXIT_USAGE, "plan %s: %s", opt.plan, msg);
 }
 
-static uint64_t parse_u64(const char *tok, int base, const char *what)
+static void plan_fail(int line, const char *msg) __attribute__((noreturn));
+static void plan_fail(int line, const char *msg)
 {
-	char *end;
-	unsigned long long v;
-	if (!tok)
-		plan_error(plan_lineno, "missing %s", what);
-	if (*tok == '-' || *tok == '+')
-		plan_error(plan_lineno, "bad %s '%s'", what, tok);
-	errno = 0;
-	v = strtoull(tok, &end, base);
-	if (errno || end == tok || *end)
-		plan_error(plan_lineno, "bad %s '%s'", what, tok);
-	return v;
+	plan_error(line, "%s", msg);
 }
 
-static int parse_int(const char *tok, const char *what, long lo, long hi)
-{
-	char *end;
-	long v;
-	if (!tok)
-		plan_error(plan_lineno, "missing %s", what);
-	errno = 0;
-	v = strtol(tok, &end, 10);
-	if (errno || end == tok || *end || v < lo || v > hi)
-		plan_error(plan_lineno, "bad %s '%s'", what, tok);
-	return (int)v;
-}
-
-static void no_more(char **save)
-{
-	char *extra = strtok_r(NULL, " \t", save);
-	if (extra)
-		plan_error(plan_lineno, "unexpected '%s' at end of line", extra);
-}
-
-/* The rest of the line after the keyword (and index): paths may contain spaces. */
-static char *rest_path(char *s, const char *what)
-{
-	while (*s == ' ' || *s == '\t')
-		s++;
-	if (!*s)
-		plan_error(plan_lineno, "missing %s", what);
-	if (*s != '/')
-		plan_error(plan_lineno, "%s '%s' is not absolute", what, s);
-	return strdup(s);
-}
-
-static struct proc *current_proc(const char *kind)
-{
-	struct proc *p = nprocs ? &procs[nprocs - 1] : NULL;
-	if (!p)
-		plan_error(plan_lineno, "'%s' line before any 'proc' line", kind);
-	return p;
-}
-
+/* The plan's own checks (format, files, runs inside their files) are in native/plan/plan.c. */
 static void read_plan(void)
 {
-	FILE *f = fopen(opt.plan, "r");
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	bool header = false;
-
-	if (!f)
-		die(EXIT_USAGE, "plan %s: %s", opt.plan, strerror(errno));
-	while ((len = getline(&line, &cap, f)) >= 0) {
-		char *save, *kw;
-		plan_lineno++;
-		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			line[--len] = 0;
-		kw = line;
-		while (*kw == ' ' || *kw == '\t')
-			kw++;
-		if (!*kw || *kw == '#')
-			continue;
-		if (!header) {
-			if (strcmp(kw, "faultline-plan 1"))
-				plan_error(plan_lineno, "expected 'faultline-plan 1', got '%s'", kw);
-			header = true;
-			continue;
-		}
-		if (!strncmp(kw, "socket", 6) && (kw[6] == ' ' || kw[6] == '\t' || !kw[6])) {
-			if (sock_path)
-				plan_error(plan_lineno, "second 'socket' line");
-			sock_path = rest_path(kw + 6, "socket path");
-			continue;
-		}
-		if (!strncmp(kw, "file", 4) && (kw[4] == ' ' || kw[4] == '\t' || !kw[4])) {
-			char *p = kw + 4, *end;
-			long idx;
-			while (*p == ' ' || *p == '\t')
-				p++;
-			idx = strtol(p, &end, 10);
-			if (end == p || (*end != ' ' && *end != '\t'))
-				plan_error(plan_lineno, "bad file index");
-			if (idx != nfiles)
-				plan_error(plan_lineno, "file index %ld out of order (expected %d)", idx, nfiles);
-			files = realloc(files, sizeof(*files) * (nfiles + 1));
-			files[nfiles] = (struct pfile){ .path = rest_path(end, "pages file path"), .line = plan_lineno };
-			nfiles++;
-			continue;
-		}
-		kw = strtok_r(kw, " \t", &save);
-		if (!strcmp(kw, "proc")) {
-			struct proc *p = nprocs ? &procs[nprocs - 1] : NULL;
-			if (p && (p->vmas_seen < p->nvma || p->runs_seen < p->nrun))
-				plan_error(plan_lineno, "proc %d (line %d) declared %d vma / %d run lines, got %d / %d",
-					   p->pid, p->line, p->nvma, p->nrun, p->vmas_seen, p->runs_seen);
-			procs = realloc(procs, sizeof(*procs) * (nprocs + 1));
-			p = &procs[nprocs];
-			memset(p, 0, sizeof(*p));
-			p->line = plan_lineno;
-			p->pid = parse_int(strtok_r(NULL, " \t", &save), "pid", 1, INT_MAX);
-			p->ppid = parse_int(strtok_r(NULL, " \t", &save), "ppid", 0, INT_MAX);
-			p->nvma = parse_int(strtok_r(NULL, " \t", &save), "nvma", 0, INT_MAX / 2);
-			p->nrun = parse_int(strtok_r(NULL, " \t", &save), "nrun", 0, INT_MAX / 2);
-			no_more(&save);
-			for (int i = 0; i < nprocs; i++)
-				if (procs[i].pid == p->pid)
-					plan_error(plan_lineno, "pid %d already declared on line %d", p->pid, procs[i].line);
-			p->vmas = calloc(p->nvma ? p->nvma : 1, sizeof(*p->vmas));
-			p->runs = calloc(p->nrun ? p->nrun : 1, sizeof(*p->runs));
-			nprocs++;
-		} else if (!strcmp(kw, "vma")) {
-			struct proc *p = current_proc("vma");
-			struct vma *v;
-			if (p->vmas_seen == p->nvma)
-				plan_error(plan_lineno, "proc %d (line %d) declared only %d vma lines", p->pid, p->line, p->nvma);
-			v = &p->vmas[p->vmas_seen++];
-			v->line = plan_lineno;
-			v->start = parse_u64(strtok_r(NULL, " \t", &save), 16, "vma start");
-			v->end = parse_u64(strtok_r(NULL, " \t", &save), 16, "vma end");
-			no_more(&save);
-			if (v->start % PAGE || v->end % PAGE)
-				plan_error(plan_lineno, "vma %" PRIx64 "-%" PRIx64 " is not page aligned", v->start, v->end);
-			if (v->end <= v->start)
-				plan_error(plan_lineno, "vma %" PRIx64 "-%" PRIx64 " is empty", v->start, v->end);
-		} else if (!strcmp(kw, "run")) {
-			struct proc *p = current_proc("run");
-			struct run *r;
-			if (p->runs_seen == p->nrun)
-				plan_error(plan_lineno, "proc %d (line %d) declared only %d run lines", p->pid, p->line, p->nrun);
-			r = &p->runs[p->runs_seen++];
-			r->line = plan_lineno;
-			r->vaddr = parse_u64(strtok_r(NULL, " \t", &save), 16, "run address");
-			r->npages = parse_u64(strtok_r(NULL, " \t", &save), 10, "run page count");
-			r->lazy = parse_int(strtok_r(NULL, " \t", &save), "lazy flag", 0, 1);
-			r->file = parse_int(strtok_r(NULL, " \t", &save), "file index", 0, INT_MAX);
-			r->off = parse_u64(strtok_r(NULL, " \t", &save), 10, "byte offset");
-			no_more(&save);
-			if (r->vaddr % PAGE)
-				plan_error(plan_lineno, "run address %" PRIx64 " is not page aligned", r->vaddr);
-			if (r->npages == 0)
-				plan_error(plan_lineno, "run has 0 pages");
-		} else {
-			plan_error(plan_lineno, "unknown line '%s'", kw);
-		}
-	}
-	if (ferror(f))
-		die(EXIT_USAGE, "plan %s: %s", opt.plan, strerror(errno));
-	free(line);
-	fclose(f);
-	plan_lineno = 0;
-	if (!header)
-		plan_error(0, "empty plan (no 'faultline-plan 1' line)");
-	if (!sock_path)
-		plan_error(0, "no 'socket' line");
-	if (!nprocs)
-		plan_error(0, "no 'proc' line");
-	{
-		struct proc *p = &procs[nprocs - 1];
-		if (p->vmas_seen < p->nvma || p->runs_seen < p->nrun)
-			plan_error(p->line, "proc %d declared %d vma / %d run lines, got %d / %d at end of plan",
-				   p->pid, p->nvma, p->nrun, p->vmas_seen, p->runs_seen);
-	}
-}
-
-static void map_files(void)
-{
-	for (int i = 0; i < nfiles; i++) {
-		struct pfile *pf = &files[i];
-		struct stat st;
-		int fd = open(pf->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0)
-			plan_error(pf->line, "pages file %s: %s", pf->path, strerror(errno));
-		pf->size = st.st_size;
-		if (pf->size) {
-			void *m = mmap(NULL, pf->size, PROT_READ, MAP_PRIVATE, fd, 0);
-			if (m == MAP_FAILED)
-				plan_error(pf->line, "mmap %s: %s", pf->path, strerror(errno));
-			pf->base = m;
-		}
-		close(fd);
+	struct plan pl;
+	plan_read(opt.plan, &pl, plan_fail);
+	plan_map_files(&pl, plan_fail);
+	sock_path = pl.socket;
+	files = pl.files;
+	nfiles = pl.nfiles;
+	nprocs = pl.nprocs;
+	procs = calloc(nprocs, sizeof(*procs));
+	if (!procs)
+		die(EXIT_USAGE, "out of memory reading the plan");
+	for (int i = 0; i < nprocs; i++) {
+		const struct plan_proc *pp = &pl.procs[i];
+		struct proc *p = &procs[i];
+		p->pid = pp->pid;
+		p->ppid = pp->ppid;
+		p->nvma = pp->nvma;
+		p->nrun = pp->nrun;
+		p->line = pp->line;
+		p->runs = pp->runs;
+		p->vmas = calloc(pp->nvma ? pp->nvma : 1, sizeof(*p->vmas));
+		if (!p->vmas)
+			die(EXIT_USAGE, "out of memory reading the plan");
+		for (int j = 0; j < pp->nvma; j++)
+			p->vmas[j] = (struct vma){ .start = pp->vmas[j].start, .end = pp->vmas[j].end, .line = pp->vmas[j].line };
 	}
 }
 
@@ -462,13 +288,8 @@ static void index_plan(void)
 		if (!p->expect)
 			die(EXIT_USAGE, "out of memory indexing pid %d", p->pid);
 		for (int j = 0; j < p->nrun; j++) {
-			struct run *r = &p->runs[j];
-			struct pfile *pf;
-			if (r->file >= nfiles)
-				plan_error(r->line, "file index %d not declared", r->file);
-			pf = &files[r->file];
-			if (r->npages > pf->size / PAGE || r->off > pf->size - r->npages * PAGE)
-				plan_error(r->line, "run reads past the end of %s (%zu bytes)", pf->path, pf->size);
+			const struct plan_run *r = &p->runs[j];
+			const struct plan_file *pf = &files[r->file];
 			for (uint64_t k = 0; k < r->npages; k++) {
 				uint64_t a = r->vaddr + k * PAGE;
 				struct vma *v = find_vma(p, a);
@@ -1164,7 +985,7 @@ static void map_vmas(struct proc *p)
 			    v->end);
 	}
 	for (int i = 0; i < p->nrun; i++) {
-		struct run *r = &p->runs[i];
+		struct plan_run *r = &p->runs[i];
 		if (!r->lazy)
 			memcpy((void *)(uintptr_t)r->vaddr, files[r->file].base + r->off, r->npages * PAGE);
 	}
@@ -2327,7 +2148,6 @@ int main(int argc, char **argv)
 	main_pid = getpid();
 	parse_options(argc, argv);
 	read_plan();
-	map_files();
 	index_plan();
 	for (int i = 0; i < npid_scripts; i++) {
 		bool found = false;
