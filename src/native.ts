@@ -27,7 +27,6 @@ export interface NativeCore {
   uffdCopy(fd: number, dst: number, src: Buffer, srcOffset: number, len: number, mode: number): number;
   uffdZeropage(fd: number, start: number, len: number, mode: number): number;
   uffdPoison(fd: number, start: number, len: number): number;
-  uffdReadMsgs(fd: number): Buffer;
   uffdConstants: Record<string, number>;
 
   epollCreate(): number;
@@ -45,7 +44,6 @@ export interface NativeCore {
   unixSend(fd: number, data: Buffer, fds: number[]): number;
   closeFd(fd: number): void;
   shutdownFd(fd: number): void;
-  dupFd(fd: number): number;
   pidfdOpen(pid: number): number;
   pidfdSendSignal(pidfd: number, signal: number): void;
 

@@ -186,13 +186,6 @@ static Napi::Value PidfdSendSignal(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
-// dupFd(fd) -> a duplicate (close-on-exec).
-static Napi::Value Dup(const Napi::CallbackInfo &info) {
-  int fd = fcntl(ArgInt(info, 0), F_DUPFD_CLOEXEC, 0);
-  if (fd < 0) return ThrowErrno(info.Env(), "dup", errno);
-  return Napi::Number::New(info.Env(), fd);
-}
-
 void InitScm(Napi::Env env, Napi::Object exports) {
   exports.Set("unixListen", Napi::Function::New(env, Listen));
   exports.Set("unixAccept", Napi::Function::New(env, Accept));
@@ -201,7 +194,6 @@ void InitScm(Napi::Env env, Napi::Object exports) {
   exports.Set("unixSend", Napi::Function::New(env, Send));
   exports.Set("closeFd", Napi::Function::New(env, Close));
   exports.Set("shutdownFd", Napi::Function::New(env, Shutdown));
-  exports.Set("dupFd", Napi::Function::New(env, Dup));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
   exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal));
 }

@@ -122,19 +122,6 @@ static Napi::Value Poison(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, (double)p.updated);
 }
 
-// readMsgs(fd) -> Buffer of whole 32-byte uffd_msg records (empty when none are pending). Used by
-// tests and tools; the engine reads through drain() instead.
-static Napi::Value ReadMsgs(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  struct uffd_msg msgs[64];
-  ssize_t n = read(ArgInt(info, 0), msgs, sizeof msgs);
-  if (n < 0) {
-    if (errno == EAGAIN) return Napi::Buffer<uint8_t>::Copy(env, (uint8_t *)msgs, 0);
-    return ThrowErrno(env, "read(uffd)", errno);
-  }
-  return Napi::Buffer<uint8_t>::Copy(env, (uint8_t *)msgs, (size_t)n);
-}
-
 void InitUffd(Napi::Env env, Napi::Object exports) {
   exports.Set("uffdCreate", Napi::Function::New(env, Create));
   exports.Set("uffdApi", Napi::Function::New(env, Api));
@@ -144,7 +131,6 @@ void InitUffd(Napi::Env env, Napi::Object exports) {
   exports.Set("uffdCopy", Napi::Function::New(env, Copy));
   exports.Set("uffdZeropage", Napi::Function::New(env, Zeropage));
   exports.Set("uffdPoison", Napi::Function::New(env, Poison));
-  exports.Set("uffdReadMsgs", Napi::Function::New(env, ReadMsgs));
   Napi::Object c = Napi::Object::New(env);
   c.Set("UFFD_USER_MODE_ONLY", UFFD_USER_MODE_ONLY);
   c.Set("O_CLOEXEC", O_CLOEXEC);

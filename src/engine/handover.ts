@@ -24,10 +24,6 @@ export class HandoverParser {
     private readonly peer: string,
   ) {}
 
-  get restoreFinished(): boolean {
-    return this.finished;
-  }
-
   /** Feeds one recvmsg result. Returns the events it completed; throws ProtocolError on garbage. */
   feed(data: Buffer, fds: number[], senderPid: number): HandoverEvent[] {
     if (this.eof) throw this.error('data after EOF');

@@ -25,7 +25,7 @@ export class Listener {
   private accepted = false;
   private closed = false;
   /** Set by a fail-stop: read on only to kill late senders, until EOF. */
-  private draining: { heldFds: number[]; done: () => void } | null = null;
+  private draining: (() => void) | null = null;
   private readonly heldFds: number[] = [];
 
   constructor(
@@ -92,12 +92,9 @@ export class Listener {
     if (!this.conn) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(() => this.finishDrain(), DRAIN_AFTER_FAILSTOP_MS);
-      this.draining = {
-        heldFds: this.heldFds,
-        done: () => {
-          clearTimeout(timer);
-          resolve();
-        },
+      this.draining = () => {
+        clearTimeout(timer);
+        resolve();
       };
       this.drainLate(this.conn!.fd);
     });
@@ -119,9 +116,9 @@ export class Listener {
   }
 
   private finishDrain(): void {
-    const d = this.draining;
+    const done = this.draining;
     this.closeConnection();
-    d?.done();
+    done?.();
   }
 
   private closeConnection(): void {

@@ -70,7 +70,7 @@ function ownUsage(): { cpuMs: number; maxRssKiB: number } {
 
 export function formatSummary(s: RestoreSummary): string {
   const mib = (pages: number) => (pages * 4096 / 1048576).toFixed(1) + ' MiB';
-  const rate = s.fillAfterFinishedMs > 0 ? ((s.pagesByFault + s.pagesByFill) * 4096 / 1e6 / (s.timeToRestoredMs / 1000)).toFixed(0) : '-';
+  const rate = s.timeToRestoredMs > 0 ? ((s.pagesByFault + s.pagesByFill) * 4096 / 1e6 / (s.timeToRestoredMs / 1000)).toFixed(0) : '-';
   return [
     `faultline: restore ${s.ok ? 'complete' : 'FAILED'}`,
     `  processes        ${s.processes} restored, ${s.zombies} zombies, ${s.exitedEarly} exited before completion`,
