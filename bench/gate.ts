@@ -25,6 +25,9 @@ export interface GateFile {
   checks: GateCheck[];
 }
 
+/** Runs of a failing scenario before its failure counts. */
+const CONFIRM_RUNS = 2;
+
 export const GATE_FILE = path.resolve(__dirname, '../../bench/gate.json');
 
 export function judge(check: GateCheck, c: Comparison): string | null {
@@ -53,17 +56,27 @@ export async function gate(argv: string[]): Promise<number> {
   const failures: string[] = [];
   const started = Date.now();
   for (const s of list) {
-    const r = await runScenario(s, { reps, workRoot: defaultWorkRoot(), log: () => undefined });
-    const cmp = compare(r);
-    for (const check of file.checks.filter((c) => c.scenario === s.name)) {
-      const c = cmp.find((x) => x.key === check.metric);
-      if (!c) throw new Error(`gate.json: unknown metric '${check.metric}'`);
-      const verdict = judge(check, c);
-      process.stdout.write(
-        `gate: ${`${s.name}.${check.metric}`.padEnd(32)} ratio ${c.ratio.toFixed(2)}× (faultline ${c.faultline}, baseline ${c.baseline} ${c.unit}; expected ${check.expected}× ±${check.tolerance * 100}%) ${verdict ? 'FAIL' : 'ok'}\n`,
-      );
-      if (verdict) failures.push(verdict);
-      if (o.update) check.expected = Math.round(c.ratio * 100) / 100;
+    // A scenario that fails is measured once more and fails the gate only if it fails again: on this
+    // shared 2-vCPU VM the baseline's isolated-fault p50 alone flips between ≈ 8 and ≈ 70 µs from one
+    // run to the next (where the scheduler puts its thread), while a real regression fails both runs.
+    for (let attempt = 1; ; attempt++) {
+      const r = await runScenario(s, { reps, workRoot: defaultWorkRoot(), log: () => undefined });
+      const cmp = compare(r);
+      const failed: string[] = [];
+      for (const check of file.checks.filter((c) => c.scenario === s.name)) {
+        const c = cmp.find((x) => x.key === check.metric);
+        if (!c) throw new Error(`gate.json: unknown metric '${check.metric}'`);
+        const verdict = judge(check, c);
+        process.stdout.write(
+          `gate: ${`${s.name}.${check.metric}`.padEnd(32)} ratio ${c.ratio.toFixed(2)}× (faultline ${c.faultline}, baseline ${c.baseline} ${c.unit}; expected ${check.expected}× ±${check.tolerance * 100}%) ${verdict ? (attempt < CONFIRM_RUNS && !o.update ? 'FAIL, measuring again' : 'FAIL') : 'ok'}\n`,
+        );
+        if (verdict) failed.push(verdict);
+        if (o.update) check.expected = Math.round(c.ratio * 100) / 100;
+      }
+      if (!failed.length || o.update || attempt >= CONFIRM_RUNS) {
+        failures.push(...failed);
+        break;
+      }
     }
   }
   if (o.update) {

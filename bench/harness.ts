@@ -159,6 +159,7 @@ export async function runScenario(s: Scenario, o: HarnessOptions): Promise<Scena
         daemonEnv: daemon === 'faultline' ? o.faultlineEnv : undefined,
         target: { ...s.target, ...(TARGET_WRITES_LATENCIES ? { latencyFile: prefix } : {}) },
         sampleEveryMs: 10,
+        ...(s.targetCpus && os.availableParallelism() > 1 ? { targetWrap: ['taskset', '-c', s.targetCpus] } : {}),
         timeoutMs: 300_000,
         ...o.variants?.[daemon],
       });

@@ -76,6 +76,8 @@ export interface RestoreRunOptions {
   daemon?: DaemonKind;
   /** Runs the daemon through this command, e.g. ['ip', 'netns', 'exec', 'fl-dst'] (remote tests). */
   daemonWrap?: string[];
+  /** Command words put before the restore target (e.g. taskset -c 1). */
+  targetWrap?: string[];
   /** Environment for the daemon process (e.g. FAULTLINE_FAULT_DELAY_US for the gate's self-test). */
   daemonEnv?: NodeJS.ProcessEnv;
   /** Sample each restored process's resident pages every this many ms (restore timeline). */
@@ -219,7 +221,8 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
   const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv, opts.daemonWrap);
   if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
-  const target = spawn(TARGET, targetArgs(planPath, opts.target ?? {}), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const wrap = opts.targetWrap ?? [];
+  const target = spawn(wrap[0] ?? TARGET, [...wrap.slice(1), ...(wrap.length ? [TARGET] : []), ...targetArgs(planPath, opts.target ?? {})], { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
   const timeline: TimelineSample[] = [];
   const sampler = opts.sampleEveryMs ? startSampler(target.pid!, opts.sampleEveryMs, timeline) : undefined;
