@@ -90,23 +90,12 @@ static struct plan_proc *pprocs;
 static int npprocs;
 static bool *handed; /* per plan proc: its hand-over arrived */
 
-static void plan_error(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void plan_error(int line, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (line > 0)
-		die("plan %s:%d: %s", plan_path, line, msg);
-	die("plan %s: %s", plan_path, msg);
-}
-
 static void plan_fail(int line, const char *msg) __attribute__((noreturn));
 static void plan_fail(int line, const char *msg)
 {
-	plan_error(line, "%s", msg);
+	if (line > 0)
+		die("plan %s:%d: %s", plan_path, line, msg);
+	die("plan %s: %s", plan_path, msg);
 }
 
 static void read_plan(void)
@@ -356,15 +345,11 @@ static void build_ranges(struct lproc *lp, struct plan_proc *pp)
 		struct plan_run *r = runs[i];
 		uint64_t a = r->vaddr, end = r->vaddr + r->npages * PAGE;
 		while (a < end) {
-			struct plan_vma *v = NULL;
-			for (int k = 0; k < pp->nvma && !v; k++)
-				if (a >= pp->vmas[k].start && a < pp->vmas[k].end)
-					v = &pp->vmas[k];
-			if (!v)
-				plan_error(r->line, "page %" PRIx64 " of the run lies in no vma of pid %d", a, pp->pid);
+			/* plan.c checked that every page lies in a vma and that runs do not overlap. */
+			const struct plan_vma *v = pp->vmas;
+			while (a >= v->end)
+				v++;
 			uint64_t b = v->end < end ? v->end : end;
-			if (lp->iovs.n && rfirst(&lp->iovs)[lp->iovs.n - 1].end > a)
-				plan_error(r->line, "lazy run overlaps an earlier one");
 			rpush(&lp->iovs, (struct range){ a, b, files[r->file].base + r->off + (a - r->vaddr) });
 			st.lazy_pages += (b - a) / PAGE;
 			a = b;

@@ -105,6 +105,60 @@ static struct plan_proc *current_proc(struct plan *pl, const char *kind)
 	return &pl->procs[pl->nprocs - 1];
 }
 
+static int cmp_vma(const void *a, const void *b)
+{
+	const struct plan_vma *x = a, *y = b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int cmp_run(const void *a, const void *b)
+{
+	const struct plan_run *x = *(const struct plan_run *const *)a, *y = *(const struct plan_run *const *)b;
+	return x->vaddr < y->vaddr ? -1 : x->vaddr > y->vaddr;
+}
+
+static const struct plan_vma *vma_at(const struct plan_proc *p, uint64_t a)
+{
+	int lo = 0, hi = p->nvma;
+	while (lo < hi) {
+		int mid = (lo + hi) / 2;
+		if (a < p->vmas[mid].start)
+			hi = mid;
+		else if (a >= p->vmas[mid].end)
+			lo = mid + 1;
+		else
+			return &p->vmas[mid];
+	}
+	return NULL;
+}
+
+/* The geometry both programs rely on: vmas sorted and disjoint, every page of a run inside a vma
+ * (a run may span adjacent vmas), no page in two runs. */
+static void check_layout(struct plan_proc *p)
+{
+	qsort(p->vmas, p->nvma, sizeof(*p->vmas), cmp_vma);
+	for (int j = 1; j < p->nvma; j++)
+		if (p->vmas[j].start < p->vmas[j - 1].end)
+			fail(p->vmas[j].line, "vma overlaps the vma on line %d", p->vmas[j - 1].line);
+	struct plan_run **runs = grow(NULL, (p->nrun ? p->nrun : 1) * sizeof(*runs));
+	for (int j = 0; j < p->nrun; j++)
+		runs[j] = &p->runs[j];
+	qsort(runs, p->nrun, sizeof(*runs), cmp_run);
+	for (int j = 0; j < p->nrun; j++) {
+		const struct plan_run *r = runs[j];
+		uint64_t end = r->vaddr + r->npages * PLAN_PAGE;
+		if (j && r->vaddr < runs[j - 1]->vaddr + runs[j - 1]->npages * PLAN_PAGE)
+			fail(r->line, "run overlaps the run on line %d", runs[j - 1]->line);
+		for (uint64_t a = r->vaddr; a < end;) {
+			const struct plan_vma *v = vma_at(p, a);
+			if (!v)
+				fail(r->line, "page %" PRIx64 " of the run lies in no vma of pid %d", a, p->pid);
+			a = v->end;
+		}
+	}
+	free(runs);
+}
+
 void plan_read(const char *path, struct plan *pl, plan_fail_fn f)
 {
 	FILE *file;
@@ -225,6 +279,8 @@ void plan_read(const char *path, struct plan *pl, plan_fail_fn f)
 	if (!pl->nprocs)
 		fail(0, "no 'proc' line");
 	check_complete(&pl->procs[pl->nprocs - 1]);
+	for (int i = 0; i < pl->nprocs; i++)
+		check_layout(&pl->procs[i]);
 }
 
 /* Maps every pages file read-only and checks that each run lies inside its file. */

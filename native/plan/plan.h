@@ -49,5 +49,7 @@ struct plan {
  * return (each program exits with its own code). */
 typedef void (*plan_fail_fn)(int line, const char *msg) __attribute__((noreturn));
 
+/* Reads and checks a plan: its format, and that each proc's vmas are disjoint (sorted on return),
+ * every page of a run lies in a vma and no page is in two runs. */
 void plan_read(const char *path, struct plan *out, plan_fail_fn fail);
 void plan_map_files(struct plan *pl, plan_fail_fn fail);

@@ -126,6 +126,11 @@ function collect(child: ChildProcess): Promise<Exit> {
 }
 
 /** Starts `faultline lazy-pages` (or the baseline) and resolves once it listens (its --status-fd NUL byte). */
+/** `cmd args` run under a wrapper command (ip netns exec …, taskset …) when one is given. */
+function wrapped(wrap: string[], cmd: string, args: string[]): [string, string[]] {
+  return wrap.length ? [wrap[0], [...wrap.slice(1), cmd, ...args]] : [cmd, args];
+}
+
 export async function startDaemon(
   imagesDir: string,
   workDir: string,
@@ -138,7 +143,7 @@ export async function startDaemon(
     kind === 'faultline'
       ? [process.execPath, [CLI, 'lazy-pages', '-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra]]
       : [BASELINE, ['--plan', path.join(workDir, 'target.plan'), '--json', '--status-fd', '3', ...extra]];
-  const [cmd, args] = wrap.length ? [wrap[0], [...wrap.slice(1), bare, ...bareArgs]] : [bare, bareArgs];
+  const [cmd, args] = wrapped(wrap, bare, bareArgs);
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const exit = collect(child);
   const ready = await new Promise<boolean>((resolve) => {
@@ -164,8 +169,7 @@ export interface PageServerProcess {
 /** Starts `faultline page-server` (optionally inside a network namespace) and waits for its port. */
 export async function startPageServer(imagesDir: string, opts: { address?: string; port?: number; wrap?: string[]; extra?: string[] } = {}): Promise<PageServerProcess> {
   const args = [CLI, 'page-server', '-D', imagesDir, '--address', opts.address ?? '127.0.0.1', '--port', String(opts.port ?? 0), ...(opts.extra ?? [])];
-  const wrap = opts.wrap ?? [];
-  const child = wrap.length ? spawn(wrap[0], [...wrap.slice(1), process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...wrapped(opts.wrap ?? [], process.execPath, args), { stdio: ['ignore', 'pipe', 'pipe'] });
   const exit = collect(child);
   const port = await new Promise<number>((resolve, reject) => {
     let seen = '';
@@ -221,8 +225,7 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
   const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv, opts.daemonWrap);
   if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
-  const wrap = opts.targetWrap ?? [];
-  const target = spawn(wrap[0] ?? TARGET, [...wrap.slice(1), ...(wrap.length ? [TARGET] : []), ...targetArgs(planPath, opts.target ?? {})], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const target = spawn(...wrapped(opts.targetWrap ?? [], TARGET, targetArgs(planPath, opts.target ?? {})), { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
   const timeline: TimelineSample[] = [];
   const sampler = opts.sampleEveryMs ? startSampler(target.pid!, opts.sampleEveryMs, timeline) : undefined;
