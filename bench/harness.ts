@@ -160,6 +160,7 @@ export async function runScenario(s: Scenario, o: HarnessOptions): Promise<Scena
         target: { ...s.target, ...(TARGET_WRITES_LATENCIES ? { latencyFile: prefix } : {}) },
         sampleEveryMs: 10,
         ...(s.targetCpus && os.availableParallelism() > 1 ? { targetWrap: ['taskset', '-c', s.targetCpus] } : {}),
+        ...(daemon === 'baseline' && s.baselineCpus && os.availableParallelism() > 1 ? { daemonWrap: ['taskset', '-c', s.baselineCpus] } : {}),
         timeoutMs: 300_000,
         ...o.variants?.[daemon],
       });
