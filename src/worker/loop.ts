@@ -79,13 +79,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
     settle(p, outcome);
-    // Only the time until the faulting thread was released earns credit: the lazy neighbours copied
-    // after it are pages nobody waits for yet, speculative fill, and are paid from the fill's share
-    // (counting them as fault service made each isolated fault wait for its predecessor's
-    // neighbours twice over: p50 ≈ 125 µs against ≈ 60 µs).
-    const ended = native.monotonicNs();
-    const released = p.releasedAtNs >= started && p.releasedAtNs <= ended ? p.releasedAtNs : ended;
-    fillCredit = Math.max(0, Math.min(fillCredit + (released - started) * creditPerFaultNs - (ended - released), MAX_FILL_CREDIT_NS));
+    fillCredit = Math.min(fillCredit + (native.monotonicNs() - started) * creditPerFaultNs, MAX_FILL_CREDIT_NS);
   };
   // Only the ring, no epoll_wait per slice: that syscall per 64 KiB measured slower (isolated p50
   // ≈ 140 µs against ≈ 116 µs), the main thread's drain is fast enough to feed the ring meanwhile.
