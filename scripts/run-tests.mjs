@@ -17,6 +17,34 @@ if (setup.status !== 0) console.log('# setup-test-deps.sh failed: tests that nee
 const preflight = spawnSync(process.execPath, ['scripts/preflight.mjs'], { stdio: 'inherit' });
 if (preflight.status !== 0) process.exit(preflight.status ?? 1);
 
+// Where ../shared/criu exists (CI), the real-CRIU tests must run: a skip there is a failure.
+const criuRequired = fs.existsSync(path.join(root, '..', 'shared', 'criu', 'build.sh'));
+const criuSkips = [];
+
+// CRIU's own lazy page server fills pipes of up to 4 MiB, and root here lacks CAP_SYS_RESOURCE to go
+// past fs.pipe-max-size: raise it for the run, put it back afterwards.
+const PIPE_MAX = '/proc/sys/fs/pipe-max-size';
+let pipeMaxBefore;
+try {
+  pipeMaxBefore = fs.readFileSync(PIPE_MAX, 'utf8').trim();
+  if (Number(pipeMaxBefore) < 4 << 20) fs.writeFileSync(PIPE_MAX, String(4 << 20));
+  else pipeMaxBefore = undefined;
+} catch (e) {
+  console.log(`# cannot raise fs.pipe-max-size to 4 MiB (${e.code ?? e.message}): tests with CRIU's own page server may fail`);
+  pipeMaxBefore = undefined;
+}
+const restorePipeMax = () => {
+  if (pipeMaxBefore === undefined) return;
+  try {
+    fs.writeFileSync(PIPE_MAX, pipeMaxBefore);
+  } catch {
+    // nothing more to do: said above what the run needs
+  }
+  pipeMaxBefore = undefined;
+};
+process.on('exit', restorePipeMax);
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
+
 const args = process.argv.slice(2);
 const files = args.length ? args : listTests('dist/test');
 const tap = spawn(process.execPath, ['node_modules/tap/dist/esm/run.mjs', '--reporter=tap', ...files], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -29,6 +57,8 @@ const failures = [];
 const rl = readline.createInterface({ input: tap.stdout });
 rl.on('line', (line) => {
   process.stdout.write(line + '\n');
+  const criuSkip = /^\s*ok \d+ - (.*?) # SKIP (needs real CRIU.*?)(?: # time=.*)?$/.exec(line);
+  if (criuSkip) criuSkips.push(`${criuSkip[1]} (${criuSkip[2]})`);
   if (/^# Subtest: /.test(line)) fileHadTests = false;
   const sub = /^    (not )?ok \d+ - (.*?)(?: # (SKIP|TODO)\b(.*))?(?: # time=.*)?$/.exec(line);
   if (sub) {
@@ -60,6 +90,12 @@ tap.on('close', (code) => {
   } else if (!args.length) {
     console.log('# performance gate skipped: FAULTLINE_SKIP_GATE=1');
     skipped++;
+  }
+  if (criuRequired && criuSkips.length) {
+    console.log(`# ../shared/criu is here, so the real-CRIU tests must run, but ${criuSkips.length} were skipped: ${criuSkips.join('; ')}`);
+    failed += criuSkips.length;
+    failures.push(...criuSkips.map((s) => `skipped real-CRIU test: ${s}`));
+    if (code === 0) code = 1;
   }
   if (failures.length) console.log(`# failed: ${failures.join('; ')}`);
   console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);

@@ -1,9 +1,35 @@
 #!/usr/bin/env bash
 # Installs tools some tests need. Idempotent: does nothing when they are already present.
+# - criu >= 4 (the real program, for the interoperability tests, the zdtm subset and the bench):
+#   built from ../shared/criu (CRIU 4.2's source and build.sh) when that folder exists, as on CI.
+#   Debian's packaged criu (3.17) does not start on these kernels, so it is never used as criu.
 # - crit (Debian package `criu`): decodes images written by faultline's writer, as an
-#   independent check of the format. Only crit is used; criu itself does not run here.
+#   independent check of the format. Only its crit is used.
 # - chromium (Debian's; never a downloaded browser): renders the bench report in a test.
 set -u
+here=$(cd "$(dirname "$0")" && pwd)
+shared_criu=$(cd "$here/../.." && pwd)/shared/criu
+
+criu_major() { "$1" --version 2>/dev/null | sed -n 's/^Version: *\([0-9]*\).*/\1/p' | head -n 1; }
+have_criu4() {
+  local c
+  for c in "${FAULTLINE_CRIU:-}" "$(command -v criu 2>/dev/null)" /usr/local/bin/criu; do
+    [ -n "$c" ] && [ -x "$c" ] && [ "$(criu_major "$c")" -ge 4 ] 2>/dev/null && { echo "$c"; return 0; }
+  done
+  return 1
+}
+if c=$(have_criu4); then
+  echo "setup-test-deps: criu $("$c" --version | sed -n 's/^Version: *//p') at $c"
+elif [ -x "$shared_criu/build.sh" ] || [ -f "$shared_criu/build.sh" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-test-deps: building CRIU from $shared_criu needs root; the real-CRIU tests will fail here (they must run where ../shared/criu exists)" >&2
+  else
+    echo "setup-test-deps: building CRIU 4.2 from $shared_criu (about a minute; log in \$CRIU_SRC/build.log)"
+    bash "$shared_criu/build.sh" || echo "setup-test-deps: building CRIU failed; the real-CRIU tests will fail" >&2
+  fi
+else
+  echo "setup-test-deps: no criu >= 4 and no ../shared/criu to build it from: the tests that need real CRIU will say they are skipped"
+fi
 
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
   echo "setup-test-deps: installing Debian's chromium (for the bench report test)"

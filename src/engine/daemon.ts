@@ -18,7 +18,7 @@ import { DEFAULT_RING_CAPACITY, RecordKind } from './ring-layout';
 import { summarize, type RestoreSummary } from './summary';
 import { ProcessTree } from './tree';
 import { ArenaProducer, createArena } from '../source/arena';
-import { PageServerClient, type RemoteOptions } from '../source/remote-client';
+import { PageServerClient, type PageRequest, type RemoteOptions } from '../source/remote-client';
 
 export interface DaemonOptions {
   imagesDir: string;
@@ -91,7 +91,7 @@ export class LazyPagesDaemon {
     });
     const tuning = { ...DEFAULT_TUNING, ...opts.tuning };
     if (opts.remote) {
-      this.remote = new PageServerClient(opts.remote, (req, reply) => this.deliverPages(req.shard, req.uffd, req.tag, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
+      this.remote = new PageServerClient(opts.remote, (req, reply) => this.deliverPages(req, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
     }
     for (let shard = 0; shard < opts.workers; shard++) {
       const arena = opts.remote ? createArena(ARENA_PAGES) : undefined;
@@ -142,7 +142,7 @@ export class LazyPagesDaemon {
         const p = this.tree.add(e.uffd, e.pid, e.senderPid);
         if (this.stopping) return this.tree.kill(p);
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
-        this.log.debug({ pid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
+        this.log.debug({ vpid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
         this.poller.addProcess(e.uffd, p.shard, e.pid, e.senderPid);
         return;
       }
@@ -183,10 +183,11 @@ export class LazyPagesDaemon {
       case 'gone': {
         const p = this.tree.release(m.uffd, m.type);
         if (p) this.poller.unwatch(m.uffd, p.shard);
+        if (p) this.remote?.forget(p);
         native.closeFd(m.uffd);
         this.lastCompleteNs = native.monotonicNs();
-        if (m.type === 'gone') this.log.info({ pid: m.pid, reason: m.reason }, 'process gone before completion');
-        else this.log.debug({ pid: m.pid, hostPid: p?.hostPid, ...m.counters }, 'process restored');
+        if (m.type === 'gone') this.log.info({ vpid: m.pid, reason: m.reason }, 'process gone before completion');
+        else this.log.debug({ vpid: m.pid, hostPid: p?.hostPid, ...m.counters }, 'process restored');
         this.checkDone();
         return;
       }
@@ -202,14 +203,18 @@ export class LazyPagesDaemon {
         return;
       case 'get': {
         const p = this.tree.get(m.uffd);
-        if (p) this.remote?.request({ shard: p.shard, uffd: m.uffd, tag: m.tag, pid: m.pid, vaddr: m.vaddr, pages: m.pages, urgent: m.urgent });
+        if (p) this.remote?.request({ shard: p.shard, uffd: m.uffd, owner: p, tag: m.tag, pid: m.pid, vaddr: m.vaddr, pages: m.pages, urgent: m.urgent });
         return;
       }
     }
   }
 
   /** A page-server reply into the owning worker's arena and ring; false if the arena is full. */
-  private deliverPages(shard: number, uffd: number, tag: number, vaddr: number, pages: number, data: Buffer): boolean {
+  private deliverPages(req: PageRequest, vaddr: number, pages: number, data: Buffer): boolean {
+    const { shard, uffd, tag } = req;
+    // Its process was released (exited, or complete after a fork took the pages): drop the data, as
+    // CRIU does; the uffd number may already name a forked child that never asked for it.
+    if (this.tree.get(uffd) !== req.owner) return true;
     const first = this.arenas[shard].put(data, pages);
     if (first < 0) return false;
     const ring = this.poller.rings[shard];
@@ -275,7 +280,7 @@ export class LazyPagesDaemon {
     const killed = this.tree.killAll();
     this.remote?.destroy();
     // Logged at info: the CLI prints the reason as its one error line.
-    this.log.info({ killed }, `fail-stop: ${reason}`);
+    this.log.error({ killed }, `fail-stop: ${reason}`);
     void (async () => {
       try {
         this.poller.broadcast(RecordKind.STOP, 1);

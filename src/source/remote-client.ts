@@ -25,6 +25,12 @@ export interface RemoteOptions {
 export interface PageRequest {
   shard: number;
   uffd: number;
+  /**
+   * The process the request was made for. A uffd's number is reused once a process that exited is
+   * released (a forked child often gets it at once), so a late reply is routed only while the uffd
+   * still belongs to this same process, never by its number alone.
+   */
+  owner: object;
   tag: number;
   pid: number;
   /** dump-time address */
@@ -134,6 +140,14 @@ export class PageServerClient {
     if (this.opts.requestOrder === 'fifo') return this.send(this.lanes[0], req);
     (req.urgent ? this.urgentQueue : this.fillQueue).push(req);
     this.pump();
+  }
+
+  /** Its process was released: requests not yet on the wire are not worth the link. */
+  forget(owner: object): void {
+    for (const q of [this.urgentQueue, this.fillQueue]) {
+      const keep = q.filter((r) => r.owner !== owner);
+      q.splice(0, q.length, ...keep);
+    }
   }
 
   private pump(): void {
