@@ -1,21 +1,32 @@
 // `faultline lazy-pages`: a drop-in for `criu lazy-pages` (local images): same flags, same socket,
 // same exit behaviour, plus a summary (or --json) when the tree is fully restored.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { LazyPagesDaemon, FailStop } from '../engine/daemon';
 import { formatSummary } from '../engine/summary';
-import { closeQuietly, makeLogger } from './log';
+import { clientTlsOptions, criuTls, type CriuTlsFlags } from './criu-tls';
+import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
+import { makeLogger, parseLogFormat, resolveLogFile } from './log';
+import { UsageError } from './usage-error';
 import type { RemoteOptions } from '../source/remote-client';
 
-export interface LazyPagesFlags {
+export { UsageError };
+
+export interface CommonFlags extends CriuTlsFlags {
   imagesDir: string;
   workDir?: string;
   daemon?: boolean;
   pidfile?: string;
   statusFd?: string;
   logFile?: string;
+  logFormat?: string;
   verbosity: number;
+  displayStats?: boolean;
+  port?: string;
+}
+
+export interface LazyPagesFlags extends CommonFlags {
   json?: boolean;
   workers?: string;
   faultAround?: string;
@@ -23,34 +34,47 @@ export interface LazyPagesFlags {
   recordFaults?: string;
   prefetch?: string;
   pageServer?: boolean;
-  address?: string;
-  port?: string;
-  tls?: boolean;
-  tlsCacert?: string;
-  tlsCert?: string;
-  tlsKey?: string;
   lanes?: string;
   connectTimeoutMs?: string;
   requestOrder?: string;
 }
 
-const DAEMON_ENV = 'FAULTLINE_DAEMON_CHILD';
+/** criu's rule: -D and -W relative to the current directory, -W defaulting to -D. */
+export function workDirOf(flags: CommonFlags): string {
+  return path.resolve(flags.workDir ?? flags.imagesDir);
+}
 
-export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<number> {
-  if (flags.daemon && !process.env[DAEMON_ENV]) return daemonize(flags, argv);
-  const log = makeLogger(flags.verbosity, flags.logFile);
+/** --pidfile, like -o, is relative to the work dir (criu opens it after chdir(work_dir)). */
+export function writePidfile(file: string | undefined, workDir: string): void {
+  if (file !== undefined) fs.writeFileSync(path.resolve(workDir, file), `${process.pid}\n`);
+}
 
+export function parseStatusFd(v: string | undefined): number {
+  if (v === undefined) return -1;
+  if (!/^\d+$/.test(v)) throw new UsageError(`--status-fd must be a file descriptor number, got '${v}'`);
+  return Number(v);
+}
+
+export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
+  const workDir = workDirOf(flags);
+  const statusFd = parseStatusFd(flags.statusFd);
+  const format = parseLogFormat(flags.logFormat);
   const workers = positiveInt(flags.workers, '--workers') ?? Math.max(1, Math.min(os.availableParallelism(), 16));
   const faultAround = positiveInt(flags.faultAround, '--fault-around');
   const fillChunk = positiveInt(flags.fillChunk, '--fill-chunk');
+  const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;
+  if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
+  if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', resolveLogFile(flags.logFile, workDir), statusFd);
+  const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
+
   const daemon = new LazyPagesDaemon({
     imagesDir: flags.imagesDir,
-    workDir: flags.workDir ?? flags.imagesDir,
+    workDir,
     workers,
     log,
     recordFaults: flags.recordFaults,
     prefetch: flags.prefetch,
-    remote: flags.pageServer ? remoteOptions(flags) : undefined,
+    remote,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),
@@ -58,6 +82,7 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
   });
   const crash = (e: unknown) => {
     const killed = daemon.emergencyStop();
+    log.error(`internal error: ${(e as Error)?.message}; ${killed} restored processes were killed`);
     process.stderr.write(`faultline: internal error: ${(e as Error)?.stack ?? e}\nfaultline: error: internal error (${(e as Error)?.message}); ${killed} restored processes were killed\n`);
     process.exit(70);
   };
@@ -69,12 +94,9 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
   // Ready means the socket listens, every worker runs and (remote) the page server answered:
   // criu's status-fd promise. A daemon that fails before that never says it is ready.
   const ready = await Promise.race([daemon.ready.then(() => true, () => false), daemon.done.then(() => false, () => false)]);
-  if (ready && flags.pidfile) fs.writeFileSync(flags.pidfile, `${process.pid}\n`);
-  const statusFd = process.env[DAEMON_ENV] ? 3 : flags.statusFd !== undefined ? Number(flags.statusFd) : -1;
-  if (ready && statusFd >= 0) {
-    // Ready: the socket is listening (criu writes one NUL byte to --status-fd at this point).
-    fs.writeSync(statusFd, Buffer.from([0]));
-    closeQuietly(statusFd);
+  if (ready) {
+    writePidfile(flags.pidfile, workDir);
+    signalReady(readinessFd(statusFd), (e) => log.warn(`--status-fd ${statusFd}: ${e.message}`));
   }
   try {
     const summary = await daemon.done;
@@ -90,24 +112,21 @@ export async function lazyPages(flags: LazyPagesFlags, argv: string[]): Promise<
   }
 }
 
-function remoteOptions(flags: LazyPagesFlags): RemoteOptions {
+function remoteOptions(flags: LazyPagesFlags, workDir: string): RemoteOptions {
   const port = positiveInt(flags.port, '--port');
   if (!port) throw new UsageError('--page-server needs --port (and usually --address)');
+  if (port > 65535) throw new UsageError(`--port must be a port number (1-65535), got '${flags.port}'`);
   const lanes = positiveInt(flags.lanes ?? '1', '--lanes');
   if (lanes !== 1 && lanes !== 2) throw new UsageError(`--lanes must be 1 (a CRIU page server) or 2 (faultline's), got '${flags.lanes}'`);
+  const t = criuTls(flags, workDir);
   return {
+    // criu's client resolves a missing --address as getaddrinfo(NULL): the loopback address.
     address: flags.address ?? '127.0.0.1',
     port,
     lanes,
     connectTimeoutMs: positiveInt(flags.connectTimeoutMs ?? '10000', '--connect-timeout-ms')!,
     requestOrder: requestOrder(flags.requestOrder),
-    tls: flags.tls
-      ? {
-          ca: flags.tlsCacert ?? '/etc/pki/CA/cacert.pem',
-          cert: flags.tlsCert ?? '/etc/pki/criu/cert.pem',
-          key: flags.tlsKey ?? '/etc/pki/criu/private/key.pem',
-        }
-      : undefined,
+    tls: t ? clientTlsOptions(t) : undefined,
   };
 }
 
@@ -116,35 +135,9 @@ function requestOrder(v: string | undefined): 'priority' | 'fifo' {
   throw new UsageError(`--request-order must be 'priority' or 'fifo', got '${v}'`);
 }
 
-function positiveInt(v: string | undefined, flag: string): number | undefined {
+export function positiveInt(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a positive integer, got '${v}'`);
   return n;
-}
-
-export class UsageError extends Error {}
-
-/** -d: run in the background once the socket is ready, as criu does; the parent exits 0 then. */
-async function daemonize(flags: LazyPagesFlags, argv: string[]): Promise<number> {
-  const args = argv.filter((a) => a !== '-d' && a !== '--daemon');
-  const out = flags.logFile ? fs.openSync(flags.logFile, 'a') : 'ignore';
-  const child = spawn(process.execPath, [...process.execArgv, ...args], {
-    detached: true,
-    stdio: ['ignore', out, out, 'pipe'],
-    env: { ...process.env, [DAEMON_ENV]: '1' },
-  });
-  const ready = await new Promise<boolean>((resolve) => {
-    const pipe = child.stdio[3] as NodeJS.ReadableStream;
-    pipe.once('data', () => resolve(true));
-    pipe.once('end', () => resolve(false));
-    child.once('exit', () => resolve(false));
-  });
-  if (!ready) {
-    process.stderr.write(`faultline: error: the daemon exited before it was ready${flags.logFile ? ` (see ${flags.logFile})` : ''}\n`);
-    return 1;
-  }
-  child.unref();
-  (child.stdio[3] as unknown as { destroy(): void }).destroy();
-  return 0;
 }

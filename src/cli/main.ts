@@ -2,58 +2,83 @@
 // faultline: lazy (post-copy) restore of CRIU-checkpointed process trees.
 import { Command, Option } from 'commander';
 import { ImageError } from '../images';
-import { lazyPages, UsageError, type LazyPagesFlags } from './lazy-pages';
-import { normalizeVerbosity } from './log';
+import { DEFAULT_VERBOSITY, translateCriuArgv, type CriuCommand } from './criu-options';
+import { lazyPages, type LazyPagesFlags } from './lazy-pages';
+import { closeQuietly } from './log';
+import { UsageError } from './usage-error';
+
+const VERSION: string = (require('../../../package.json') as { version: string }).version;
+
+/** The options criu's users pass to both commands (criu/config.c), as commander sees them after translateCriuArgv. */
+function criuCommon(cmd: Command): Command {
+  return cmd
+    .option('-D, --images-dir <dir>', 'directory with the checkpoint images', '.')
+    .option('-W, --work-dir <dir>', 'where relative -o/--pidfile/--tls-* paths and lazy-pages.socket go (default: the images directory)')
+    .option('-d, --daemon', 'detach once ready (also --restore-detached, as in criu)')
+    .option('--pidfile <file>', 'write our pid here once ready')
+    .option('--status-fd <fd>', 'write one NUL byte to this fd once ready, then close it')
+    .option('-o, --log-file <file>', "log here instead of stderr ('-': stdout); the file is truncated, as criu does")
+    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4, --verbosity=4 as in criu)').default(DEFAULT_VERBOSITY).argParser(Number))
+    .option('--log-format <format>', "'text' (criu-like lines; default) or 'json' (pino)")
+    .option('--address <addr>', 'page server address')
+    .option('--port <port>', 'page server port')
+    .option('--tls', 'mutual TLS (criu --tls)')
+    .option('--tls-cacert <file>', 'trust only this CA (default: system CAs and /etc/pki/CA/cacert.pem)')
+    .option('--tls-cacrl <file>', 'certificate revocation list (default: /etc/pki/CA/cacrl.pem when present)')
+    .option('--tls-cert <file>', 'our certificate (default /etc/pki/criu/cert.pem)')
+    .option('--tls-key <file>', 'our private key (default /etc/pki/criu/private/key.pem)')
+    .option('--tls-no-cn-verify', "do not check the peer certificate's name against --address")
+    .addOption(new Option('--close <fd>', 'close this inherited fd at start (criu --close)').argParser((v: string, prev: number[] = []) => {
+      if (!/^\d+$/.test(v)) throw new UsageError(`--close must be a file descriptor number, got '${v}'`);
+      return [...prev, Number(v)];
+    }))
+    .option('--display-stats', 'print the statistics to stdout at the end')
+    .option('--version', 'print the version and exit')
+    .addHelpText('after', '\nEvery other option of criu is accepted where it means nothing for this command, and refused with one line where it would matter.');
+}
 
 async function main(argv: string[]): Promise<number> {
   const program = new Command('faultline')
     .description('post-copy (lazy) restore engine for CRIU-checkpointed Linux process trees')
     .exitOverride()
-    .showHelpAfterError();
+    .configureOutput({
+      // One line, like every other error of ours; no help dump after it.
+      outputError: (str, write) => write(`faultline: ${str.trim().replace(/\s*\n\s*/g, '; ')}\n`),
+    });
   let code = 0;
-  program
-    .command('lazy-pages')
-    .description('serve the memory of a tree restored with `criu restore --lazy-pages` (drop-in for `criu lazy-pages`)')
-    .requiredOption('-D, --images-dir <dir>', 'directory with the checkpoint images')
-    .option('-W, --work-dir <dir>', 'directory for lazy-pages.socket (default: the images directory)')
-    .option('-d, --daemon', 'detach once the socket is ready')
-    .option('--pidfile <file>', 'write the daemon pid here')
-    .option('--status-fd <fd>', 'write one NUL byte to this fd once ready')
-    .option('-o, --log-file <file>', 'log here instead of stderr')
-    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4 as in criu)').default(2).argParser(Number))
+  const prelude = (flags: { close?: number[]; version?: boolean }): boolean => {
+    for (const fd of flags.close ?? []) closeQuietly(fd);
+    if (flags.version) process.stdout.write(`Version: ${VERSION} (faultline)\n`);
+    return !!flags.version;
+  };
+  criuCommon(
+    program
+      .command('lazy-pages')
+      .description('serve the memory of a tree restored with `criu restore --lazy-pages` (drop-in for `criu lazy-pages`)'),
+  )
+    .option('--page-server', 'page contents come from a page server at --address/--port (remote lazy restore)')
     .option('--json', 'print the summary as JSON')
-    .option('-j, --workers <n>', 'worker threads (default: CPUs)')
+    .option('--workers <n>', 'worker threads (default: CPUs)')
     .option('--fault-around <pages>', 'largest copy per fault')
     .option('--fill-chunk <pages>', 'largest background copy')
     .option('--record-faults <file>', 'write the order in which each process first faulted its pages')
     .option('--prefetch <file>', 'fill the pages of a --record-faults trace first, in that order')
-    .option('--page-server', 'page contents come from a page server (remote lazy restore)')
-    .option('--address <addr>', 'page server address (default 127.0.0.1)')
-    .option('--port <port>', 'page server port')
     .option('--lanes <n>', '1: one connection (a CRIU page server); 2: a second one for faults (faultline page-server)')
     .option('--request-order <order>', "priority (faults first; default) or fifo (CRIU's client order, for comparison)")
     .option('--connect-timeout-ms <ms>', 'keep retrying a page server that is not up yet this long (default 10000)')
-    .option('--tls', 'mutual TLS with the page server')
-    .option('--tls-cacert <file>', 'CA certificate')
-    .option('--tls-cert <file>', 'our certificate')
-    .option('--tls-key <file>', 'our key')
-    .action(async (flags: LazyPagesFlags) => {
-      code = await lazyPages(flags, process.argv.slice(1));
+    .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
+      if (prelude(flags)) return;
+      code = await lazyPages(flags);
     });
-  program
-    .command('page-server')
-    .description('serve the lazy pages of a checkpoint over TCP to `criu lazy-pages --page-server` (like `criu page-server --lazy-pages`)')
-    .requiredOption('-D, --images-dir <dir>', 'directory with the checkpoint images')
-    .option('--address <addr>', 'address to listen on (default: 127.0.0.1)')
-    .option('--port <port>', 'port to listen on (default: 0 = ephemeral, printed when ready)')
-    .option('--tls', 'require mutual TLS (criu --tls)')
-    .option('--tls-cacert <file>', 'CA that client certificates must chain to')
-    .option('--tls-cert <file>', 'server certificate')
-    .option('--tls-key <file>', 'server private key')
-    .option('--status-fd <fd>', 'write one NUL byte to this fd once listening')
-    .option('-o, --log-file <file>', 'log here instead of stderr')
-    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4 as in criu)').default(2).argParser(Number))
-    .action(async (flags: import('../server/cli').PageServerFlags) => {
+  criuCommon(
+    program
+      .command('page-server')
+      .description('serve the lazy pages of a checkpoint over TCP to `lazy-pages --page-server` (like `criu page-server --lazy-pages`)'),
+  )
+    .option('--lazy-pages', 'required: serve a lazy restore (the only kind faultline serves)')
+    .option('--keep-serving', 'serve any number of restores until SIGTERM/SIGINT (criu serves one, then exits)')
+    .action(async (flags: import('../server/cli').PageServerFlags & { close?: number[]; version?: boolean }) => {
+      if (prelude(flags)) return;
       const { pageServer } = await import('../server/cli');
       code = await pageServer(flags);
     });
@@ -67,12 +92,20 @@ async function main(argv: string[]): Promise<number> {
       code = await demo(flags);
     });
   try {
-    await program.parseAsync(normalizeVerbosity(argv), { from: 'user' });
+    const command = argv[0];
+    if (command === 'lazy-pages' || command === 'page-server') {
+      const { argv: rest } = translateCriuArgv(command as CriuCommand, argv.slice(1));
+      argv = [command, ...rest];
+    }
+    await program.parseAsync(argv, { from: 'user' });
   } catch (e) {
     const err = e as Error & { exitCode?: number; code?: string };
-    if (err.code?.startsWith('commander.')) return err.exitCode ?? 2;
+    if (err.code?.startsWith('commander.')) {
+      // Help and version are not errors; everything else commander rejects is a usage error.
+      return err.exitCode === 0 ? 0 : 2;
+    }
     if (e instanceof ImageError || e instanceof UsageError || (e as { code?: string }).code) {
-      process.stderr.write(`faultline: error: ${err.message}\n`);
+      process.stderr.write(`faultline: error: ${err.message.replace(/\s*\n\s*/g, '; ')}\n`);
       return e instanceof UsageError ? 2 : 1;
     }
     throw e;

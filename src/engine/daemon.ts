@@ -279,7 +279,7 @@ export class LazyPagesDaemon {
     this.stopping = true;
     const killed = this.tree.killAll();
     this.remote?.destroy();
-    // Logged at info: the CLI prints the reason as its one error line.
+    // An error line, so that tools reading the log (zdtm greps for "Error") see why the restore stopped.
     this.log.error({ killed }, `fail-stop: ${reason}`);
     void (async () => {
       try {

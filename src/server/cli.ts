@@ -1,90 +1,91 @@
-// `faultline page-server`: the source side of a remote lazy restore, flag-compatible with
-// `criu page-server --lazy-pages` where the flags exist.
-import * as fs from 'node:fs';
-import { makeLogger, closeQuietly } from '../cli/log';
+// `faultline page-server --lazy-pages`: the source side of a remote lazy restore, flag-compatible
+// with `criu page-server --lazy-pages`. Like criu's, it serves one restore and exits 0 when that
+// restore's connections have closed after CLOSE, so scripts that wait for it (zdtm does) end;
+// --keep-serving serves any number of restores until SIGTERM/SIGINT, which criu's cannot.
+import { criuTls } from '../cli/criu-tls';
+import { daemonize, isDaemonChild, readinessFd, signalReady } from '../cli/daemonize';
+import { parseStatusFd, workDirOf, writePidfile, type CommonFlags } from '../cli/lazy-pages';
+import { makeLogger, parseLogFormat, resolveLogFile } from '../cli/log';
+import { UsageError } from '../cli/usage-error';
 import { formatPeer } from './protocol';
-import { PageServer, type PageServerTlsOptions } from './page-server';
+import { PageServer } from './page-server';
 
-export interface PageServerFlags {
-  imagesDir: string;
+export interface PageServerFlags extends CommonFlags {
   address?: string;
-  port?: string;
-  tls?: boolean;
-  tlsCacert?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  statusFd?: string;
-  logFile?: string;
-  verbosity: number;
+  lazyPages?: boolean;
+  keepServing?: boolean;
 }
 
-// CRIU's --tls defaults (criu/tls.c), so a machine set up for `criu --tls` needs no extra flags.
-const CRIU_TLS_CACERT = '/etc/pki/CA/cacert.pem';
-const CRIU_TLS_CERT = '/etc/pki/criu/cert.pem';
-const CRIU_TLS_KEY = '/etc/pki/criu/private/key.pem';
-
-function fail(msg: string): number {
-  process.stderr.write(`faultline: error: ${msg.replace(/\s*\n\s*/g, '; ')}\n`);
-  return 1;
-}
-
-function readPem(file: string, flag: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (e) {
-    throw new Error(`cannot read ${flag} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-}
+/**
+ * criu's default: no --port is port 0, an ephemeral port the kernel picks (criu/util.c
+ * setup_tcp_server() then logs "Using %u port"); we print it on the ready line.
+ */
+export const CRIU_DEFAULT_PORT = 0;
+/** criu's default without --address: INADDR_ANY (criu/util.c get_sockaddr_in()). */
+export const CRIU_DEFAULT_ADDRESS = '0.0.0.0';
 
 export async function pageServer(flags: PageServerFlags): Promise<number> {
-  const port = flags.port === undefined ? 0 : Number(flags.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) return fail(`--port ${flags.port}: not a port number (0-65535)`);
-  const statusFd = flags.statusFd === undefined ? -1 : Number(flags.statusFd);
-  if (!Number.isInteger(statusFd) || statusFd < -1) return fail(`--status-fd ${flags.statusFd}: not a file descriptor`);
-  const log = makeLogger(flags.verbosity, flags.logFile);
+  if (!flags.lazyPages) {
+    throw new UsageError(
+      "page-server needs --lazy-pages: faultline's page server only serves lazy restores (the pages of a checkpoint to `lazy-pages --page-server`); to receive a dump (`criu dump --page-server`), run criu page-server",
+    );
+  }
+  const port = flags.port === undefined ? CRIU_DEFAULT_PORT : Number(flags.port);
+  if (!/^\d+$/.test(flags.port ?? '0') || port > 65535) throw new UsageError(`--port ${flags.port}: not a port number (0-65535)`);
+  const statusFd = parseStatusFd(flags.statusFd);
+  const format = parseLogFormat(flags.logFormat);
+  const workDir = workDirOf(flags);
+  const t = criuTls(flags, workDir);
+  if (flags.daemon && !isDaemonChild()) return daemonize('the page server', resolveLogFile(flags.logFile, workDir), statusFd);
+  const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
 
+  let sessionOver: () => void = () => undefined;
+  const over = new Promise<'session'>((resolve) => (sessionOver = () => resolve('session')));
   let server: PageServer;
   let bound: { address: string; port: number };
   try {
-    let tlsOpts: PageServerTlsOptions | undefined;
-    if (flags.tls) {
-      const cacert = flags.tlsCacert ?? CRIU_TLS_CACERT;
-      tlsOpts = {
-        key: readPem(flags.tlsKey ?? CRIU_TLS_KEY, '--tls-key'),
-        cert: readPem(flags.tlsCert ?? CRIU_TLS_CERT, '--tls-cert'),
-        ca: readPem(cacert, '--tls-cacert'),
-        requestCert: true,
-        rejectUnauthorized: true,
-      };
-    }
     server = new PageServer({
       imagesDir: flags.imagesDir,
-      address: flags.address ?? '127.0.0.1',
+      address: flags.address ?? CRIU_DEFAULT_ADDRESS,
       port,
-      ...(tlsOpts ? { tls: tlsOpts } : {}),
+      ...(t ? { tls: { key: t.key, cert: t.cert, ca: t.ca, crl: t.crl, peerName: t.peerName, requestCert: true, rejectUnauthorized: true } } : {}),
       log: (level, msg) => log[level](msg),
+      onAllClosed: () => {
+        if (!flags.keepServing) sessionOver();
+      },
     });
     bound = await server.listen();
   } catch (e) {
-    return fail((e as Error).message);
+    // With -o the reason belongs in the log too (tools read the log); on stderr one line is enough.
+    if (flags.logFile !== undefined) log.error((e as Error).message);
+    throw Object.assign(new Error((e as Error).message), { code: (e as { code?: string }).code ?? 'EPAGESERVER' });
   }
 
   process.stderr.write(`faultline page-server: listening on ${formatPeer(bound.address, bound.port)}\n`);
-  if (statusFd >= 0) {
-    try {
-      fs.writeSync(statusFd, Buffer.from([0]));
-    } catch (e) {
-      log.warn(`--status-fd ${statusFd}: ${(e as Error).message}`);
-    }
-    closeQuietly(statusFd);
-  }
+  writePidfile(flags.pidfile, workDir);
+  signalReady(readinessFd(statusFd), (e) => log.warn(`--status-fd ${statusFd}: ${e.message}`));
 
-  const sig = await new Promise<string>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
+  const end = await Promise.race([
+    over,
+    new Promise<string>((resolve) => {
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+      process.once('SIGINT', () => resolve('SIGINT'));
+    }),
+  ]);
   await server.close();
   const s = server.stats;
-  log.info(`page server: ${sig}: stopped after ${s.connections} connection(s), ${s.gets} GETs, ${s.pages} pages, ${s.refused} refused`);
+  const what = `${s.connections} connection(s), ${s.gets} GETs, ${s.pages} pages, ${s.refused} refused`;
+  if (flags.displayStats) process.stdout.write(`page server: ${what}\n`);
+  if (end !== 'session') {
+    log.info(`page server: ${end}: stopped after ${what}`);
+    return 0;
+  }
+  // As criu's page server: the session's result is the exit status.
+  if (server.problems.length > 0) {
+    log.error(`page server: the restore session ended badly: ${server.problems[0]}`);
+    process.stderr.write(`faultline: error: ${server.problems[0]}${server.problems.length > 1 ? ` (and ${server.problems.length - 1} more, see the log)` : ''}\n`);
+    return 1;
+  }
+  log.info(`page server: session over after ${what}`);
   return 0;
 }

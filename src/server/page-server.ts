@@ -30,11 +30,15 @@ export interface PageServerTlsOptions {
   requestCert?: boolean;
   /** Drop clients whose certificate does not verify (default true). */
   rejectUnauthorized?: boolean;
+  /** Certificate revocation lists (PEM) checked with the CA. */
+  crl?: string | Buffer | Array<string | Buffer>;
+  /** Drop clients whose certificate does not carry this name (criu checks against its --address). */
+  peerName?: string;
 }
 
 export interface PageServerOptions {
   imagesDir: string;
-  /** Default 127.0.0.1: pages are memory contents, so exposing them takes an explicit choice. */
+  /** Default 127.0.0.1 for the library; the CLI listens on every IPv4 address without --address, as criu does. */
   address?: string;
   /** 0 (default) = ephemeral; read the bound port from listen() or .port. */
   port?: number;
@@ -44,6 +48,11 @@ export interface PageServerOptions {
   openPagesFile?: OpenPagesFile;
   /** Cap on pages per reply (default MAX_REQUEST_PAGES); replies may always be shorter than asked. */
   maxReplyPages?: number;
+  /**
+   * Called whenever the last open connection has closed (TCP level, handshakes that failed
+   * included): how the CLI knows that a restore session is over.
+   */
+  onAllClosed?: () => void;
 }
 
 export interface PageServerStats {
@@ -51,8 +60,10 @@ export interface PageServerStats {
   active: number;
   gets: number;
   pages: number;
-  /** Connections closed because of a malformed or unservable request. */
+  /** Connections closed because of a malformed or unservable request, or a failed TLS check. */
   refused: number;
+  /** Connections that ended with CLOSE answered and the peer's EOF: a restore that finished. */
+  closed: number;
 }
 
 /**
@@ -89,7 +100,11 @@ export class PageServer {
   private server: net.Server | null = null;
   private bound: { address: string; port: number } | null = null;
   private closing: Promise<void> | null = null;
-  readonly stats: PageServerStats = { connections: 0, active: 0, gets: 0, pages: 0, refused: 0 };
+  readonly stats: PageServerStats = { connections: 0, active: 0, gets: 0, pages: 0, refused: 0, closed: 0 };
+  /** One line per connection that ended badly (refused, reset, failed TLS), in order. */
+  readonly problems: string[] = [];
+  /** TCP connections open now, TLS handshakes included. */
+  private open = 0;
   readonly maxReplyPages: number;
 
   /** Opens every process's images now so a broken image set fails at start-up, not mid-restore. Throws ImageError. */
@@ -139,11 +154,34 @@ export class PageServer {
           ...(t.ca !== undefined ? { ca: t.ca } : {}),
           requestCert: t.requestCert ?? true,
           rejectUnauthorized: t.rejectUnauthorized ?? true,
+          ...(t.crl !== undefined ? { crl: t.crl } : {}),
           allowHalfOpen: true,
         })
       : net.createServer({ allowHalfOpen: true });
     this.server = server;
-    server.on(t ? 'secureConnection' : 'connection', (s: net.Socket) => this.accept(s));
+    server.on('connection', (raw: net.Socket) => {
+      this.open++;
+      raw.once('close', () => {
+        this.open--;
+        // After the TLS socket's own close handlers, which record how the connection ended.
+        if (this.open === 0) setImmediate(() => this.open === 0 && this.opts.onAllClosed?.());
+      });
+    });
+    server.on(t ? 'secureConnection' : 'connection', (s: net.Socket) => {
+      if (t?.peerName !== undefined) {
+        const cert = (s as tls.TLSSocket).getPeerCertificate();
+        const err = tls.checkServerIdentity(t.peerName, cert);
+        if (err) {
+          const msg = `page-server peer ${formatPeer(s.remoteAddress, s.remotePort)}: the client's certificate does not name ${t.peerName} (our --address; --tls-no-cn-verify skips this check): ${oneLine(err.message)}; closing connection`;
+          this.stats.refused++;
+          this.problems.push(msg);
+          this.log('warn', msg);
+          s.destroy();
+          return;
+        }
+      }
+      this.accept(s);
+    });
     if (t) {
       // A failed handshake may have torn the TCP socket down before 'tlsClientError', and with it
       // the peer address: remember it from the raw connection.
@@ -153,7 +191,9 @@ export class PageServer {
         this.stats.refused++;
         const raw = (s as unknown as { _parent?: net.Socket })._parent;
         const peer = (raw && peers.get(raw)) ?? formatPeer(s.remoteAddress, s.remotePort);
-        this.log('warn', `page-server peer ${peer}: TLS handshake failed: ${oneLine(err.message)}; closing connection`);
+        const msg = `page-server peer ${peer}: TLS handshake failed: ${oneLine(err.message)}; closing connection`;
+        this.problems.push(msg);
+        this.log('warn', msg);
       });
     }
     const host = this.opts.address ?? '127.0.0.1';
@@ -237,6 +277,7 @@ class Connection {
   private closed = false; // CLOSE answered: only the peer's EOF is expected now
   private dead = false;
   private peerEnded = false;
+  private refused = false;
 
   constructor(
     private readonly server: PageServer,
@@ -252,11 +293,19 @@ class Connection {
     socket.on('end', () => this.onEnd());
     socket.on('drain', () => this.onDrain());
     socket.on('error', (e: NodeJS.ErrnoException) => {
-      if (!this.dead) this.log('info', `page-server peer ${this.peer}: ${e.code ?? oneLine(e.message)}`);
+      if (!this.dead) {
+        const msg = `page-server peer ${this.peer}: ${e.code ?? oneLine(e.message)}`;
+        // A peer that resets after CLOSE was answered has still finished its restore.
+        if (!this.closed) this.server.problems.push(msg);
+        this.log(this.closed ? 'info' : 'warn', msg);
+      }
       this.dead = true;
     });
     socket.on('close', () => {
       this.dead = true;
+      if (this.closed && !this.refused) this.server.stats.closed++;
+      // criu's server also ends its session quietly on an EOF between requests.
+      else if (this.peerEnded && !this.refused) this.log('info', `page-server peer ${this.peer}: closed the connection without CLOSE`);
       this.log('info', `page-server peer ${this.peer}: disconnected`);
     });
   }
@@ -391,8 +440,10 @@ class Connection {
   private refuse(e: unknown, level: LogLevel = 'warn'): void {
     if (this.dead) return;
     this.dead = true;
+    this.refused = true;
     this.server.stats.refused++;
     const msg = e instanceof ProtocolError ? e.message : `page-server peer ${this.peer}: ${oneLine((e as Error).message)}`;
+    this.server.problems.push(msg);
     this.log(level, `${msg}; closing connection`);
     this.pending = null;
     // Keep reading (and discarding) so the peer's EOF is seen and the socket is freed at once.

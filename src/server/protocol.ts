@@ -230,7 +230,9 @@ export class RequestParser {
       const known = COMMAND_NAMES[h.cmd] !== undefined;
       throw this.error(seq, 'cmd', known ? `command ${name} (${h.cmd}) is not served by a lazy page server` : `unknown command ${hex(raw.readUInt32LE(0))}`);
     }
-    if (h.pad !== 0) throw this.error(seq, 'pad', `${name}: padding bytes 4..7 are ${hex(h.pad)}, must be 0`);
+    // Bytes 4..7 are C struct padding (u32 cmd before u64 nr_pages). CRIU's client builds its GET
+    // with a designated initializer on the stack, which leaves them uninitialised: they carry
+    // whatever was there (seen: 0x7f93). They mean nothing, so they are ignored, never judged.
     if (h.flags !== 0) throw this.error(seq, 'cmd', `${name}: flags ${hex(h.flags)} in the high 16 bits of cmd, must be 0`);
     if (h.cmd !== PS_IOV_GET) return { kind: 'close', force: h.cmd === PS_IOV_FORCE_CLOSE, seq };
     if (!(h.nrPages >= 1 && h.nrPages <= MAX_REQUEST_PAGES)) {
@@ -350,7 +352,8 @@ export class ReplyParser {
       const h = decodeHeader(raw);
       const word = raw.readUInt32LE(0);
       if (word !== GET_REPLY_CMD) throw this.error(seq, 'cmd', `cmd ${hex(word)}, expected ${hex(GET_REPLY_CMD)} (ADD_F|PE_PRESENT)`);
-      if (h.pad !== 0) throw this.error(seq, 'pad', `padding bytes 4..7 are ${hex(h.pad)}, must be 0`);
+      // Padding again: CRIU's server reuses the request struct for its reply, so it echoes
+      // whatever padding the request carried. Ignored, as on the request side.
       if (Number.isNaN(h.dstId) || h.dstId !== want.pid) throw this.error(seq, 'dst_id', `dst_id ${rawU64(raw, 24)} does not echo the request's pid ${want.pid} (out of order reply)`);
       if (Number.isNaN(h.vaddr) || h.vaddr !== want.vaddr) throw this.error(seq, 'vaddr', `vaddr ${rawU64(raw, 16)} does not echo the request's ${hex(want.vaddr)} (out of order reply)`);
       if (!(h.nrPages >= 1 && h.nrPages <= want.nrPages)) {

@@ -4,7 +4,6 @@
 // fill: with two lanes (a faultline server) faults have their own connection; with one (a CRIU
 // server serves exactly one) fault requests go ahead of fill requests not yet sent, and at most
 // one fill request is on the wire at a time.
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Logger } from 'pino';
@@ -15,7 +14,8 @@ export interface RemoteOptions {
   port: number;
   /** 2: a second connection for faults (faultline's page server); 1: CRIU's single connection. */
   lanes: 1 | 2;
-  tls?: { cert: string; key: string; ca: string };
+  /** Mutual TLS as criu --tls sets it up (src/cli/criu-tls.ts): material, CRL and the server-name check. */
+  tls?: tls.ConnectionOptions;
   /** A server that is not up yet is retried this long. */
   connectTimeoutMs: number;
   /** 'fifo': every request sent at once in arrival order on one connection, CRIU's client policy (for comparison). */
@@ -98,15 +98,7 @@ export class PageServerClient {
     return new Promise((resolve, reject) => {
       const t = this.opts.tls;
       const s = t
-        ? tls.connect({
-            host: this.opts.address,
-            port: this.opts.port,
-            cert: fs.readFileSync(t.cert),
-            key: fs.readFileSync(t.key),
-            ca: fs.readFileSync(t.ca),
-            // The server's certificate is checked against the CA; its name need not be our --address.
-            checkServerIdentity: () => undefined,
-          })
+        ? tls.connect({ ...t, host: this.opts.address, port: this.opts.port })
         : net.connect({ host: this.opts.address, port: this.opts.port });
       const ok = t ? 'secureConnect' : 'connect';
       s.once(ok, () => {

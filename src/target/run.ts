@@ -168,7 +168,8 @@ export interface PageServerProcess {
 
 /** Starts `faultline page-server` (optionally inside a network namespace) and waits for its port. */
 export async function startPageServer(imagesDir: string, opts: { address?: string; port?: number; wrap?: string[]; extra?: string[] } = {}): Promise<PageServerProcess> {
-  const args = [CLI, 'page-server', '-D', imagesDir, '--address', opts.address ?? '127.0.0.1', '--port', String(opts.port ?? 0), ...(opts.extra ?? [])];
+  // --keep-serving: tests and bench run several restores (and retries) against one server.
+  const args = [CLI, 'page-server', '--lazy-pages', '--keep-serving', '-D', imagesDir, '--address', opts.address ?? '127.0.0.1', '--port', String(opts.port ?? 0), ...(opts.extra ?? [])];
   const child = spawn(...wrapped(opts.wrap ?? [], process.execPath, args), { stdio: ['ignore', 'pipe', 'pipe'] });
   const exit = collect(child);
   const port = await new Promise<number>((resolve, reject) => {
