@@ -1,4 +1,4 @@
-// npm run bench [-- --quick] [--reps N] [--only a,b] [--out DIR]
+// npm run bench [-- --quick] [--reps N] [--only a,b] [--out DIR] [--criu]
 // Every scenario against faultline and the C baseline in one invocation; JSON + HTML report.
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +11,7 @@ import { writeReport, type BenchReport } from './report';
 import { scenarios } from './scenarios';
 import { REMOTE, runRemoteScenario } from './remote';
 import { checkUffdAvailable } from '../src/cli/preflight';
+import { criuBenchFailed, criuScenarioNames, formatCriuTable, runCriuBench } from './criu';
 
 export async function bench(argv: string[]): Promise<number> {
   const o = new Command('bench')
@@ -19,10 +20,15 @@ export async function bench(argv: string[]): Promise<number> {
     .option('--only <names>', 'comma-separated scenario names')
     .option('--out <dir>', 'where the JSON and HTML go', path.resolve(__dirname, '../../bench/results'))
     .option('--work <dir>', 'image cache and scratch', defaultWorkRoot())
+    .option('--criu', `also the real-CRIU scenarios (bench/criu.ts: ${criuScenarioNames().join(', ')}); naming one in --only selects it too`)
     .parse(argv, { from: 'user' })
-    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string }>();
+    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string; criu?: boolean }>();
   checkUffdAvailable();
   const only = o.only?.split(',');
+  // The real-CRIU scenarios run after the others, with their own table and criu-results.json.
+  const criuOnly = only?.filter((n) => criuScenarioNames().includes(n));
+  const withCriu = !!o.criu || !!criuOnly?.length;
+  const onlyCriu = !!only && only.length === criuOnly?.length;
   const list = scenarios(!!o.quick).filter((s) => !only || only.includes(s.name));
   const reps = Number(o.reps);
   const report: BenchReport = {
@@ -57,8 +63,15 @@ export async function bench(argv: string[]): Promise<number> {
     const r = await runRemoteScenario({ reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
     if (r) report.scenarios.push({ ...r, comparison: compare(r) });
   }
-  const { json, html } = writeReport(report, o.out);
-  process.stdout.write('\n' + formatTable(report) + `\nresults: ${json}\nreport:  ${html}\n`);
+  if (!onlyCriu) {
+    const { json, html } = writeReport(report, o.out);
+    process.stdout.write('\n' + formatTable(report) + `\nresults: ${json}\nreport:  ${html}\n`);
+  }
+  if (withCriu) {
+    const criu = await runCriuBench({ quick: !!o.quick, reps, only: criuOnly?.length ? criuOnly : undefined, out: o.out, work: o.work, log: (l) => process.stdout.write(l + '\n') });
+    process.stdout.write('\n' + formatCriuTable(criu) + `\nresults: ${path.join(o.out, 'criu-results.json')}\n`);
+    if (criuBenchFailed(criu)) return 1;
+  }
   return 0;
 }
 
