@@ -80,7 +80,7 @@ export class LazyPagesDaemon {
     this.done.catch(() => undefined); // observed by the caller; avoid an unhandled rejection warning
     this.allWorkersReady = new Promise<void>((resolve) => (this.resolveReady = resolve));
     this.ready = this.allWorkersReady;
-    this.tree = new ProcessTree(opts.workers);
+    this.tree = new ProcessTree();
     this.poller = new Poller(opts.workers, opts.ringCapacity ?? DEFAULT_RING_CAPACITY);
     this.pool = new Piscina({
       filename: path.resolve(__dirname, '../worker/loop.js'),
@@ -109,6 +109,7 @@ export class LazyPagesDaemon {
         imagesDir: path.resolve(opts.imagesDir),
         tuning,
         recordFaults: !!opts.recordFaults,
+        preloadPids: this.pstree.filter((_, i) => i % opts.workers === shard).map((t) => t.pid),
         warmUpPid: this.pstree[0]?.pid,
         prefetchFile: opts.prefetch && path.resolve(opts.prefetch),
       };
@@ -129,6 +130,12 @@ export class LazyPagesDaemon {
     this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
   }
 
+  /** The shard that parsed this pid's images at start (see WorkerTask.preloadPids). */
+  private shardOf(pid: number): number {
+    const i = this.pstree.findIndex((t) => t.pid === pid);
+    return (i < 0 ? 0 : i) % this.opts.workers;
+  }
+
   get socketPath(): string {
     return this.listener.socketPath;
   }
@@ -139,7 +146,7 @@ export class LazyPagesDaemon {
       case 'process': {
         const why = !this.pstree.some((t) => t.pid === e.pid) ? 'not in pstree.img' : this.tree.hasPid(e.pid) ? 'handed over twice' : '';
         // Tracked even when refused, so that the fail-stop below stops this process too.
-        const p = this.tree.add(e.uffd, e.pid, e.senderPid);
+        const p = this.tree.add(e.uffd, e.pid, e.senderPid, this.shardOf(e.pid));
         if (this.stopping) return this.tree.kill(p);
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
         this.log.debug({ vpid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');

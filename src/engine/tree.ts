@@ -17,11 +17,7 @@ export class ProcessTree {
   private readonly byUffd = new Map<number, TrackedProcess>();
   readonly finished: TrackedProcess[] = [];
   zombies = 0;
-  private nextShard = 0;
-
-  constructor(private readonly shards: number) {}
-
-  add(uffd: number, pid: number, hostPid: number, shard = this.nextShard++ % this.shards): TrackedProcess {
+  add(uffd: number, pid: number, hostPid: number, shard: number): TrackedProcess {
     let pidfd = -1;
     if (hostPid > 0) {
       try {

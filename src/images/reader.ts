@@ -275,22 +275,27 @@ export function readPagemap(dir: string, pid: number, opts: ReadOptions = {}): P
   for (let i = 1; i < raw.length; i++) {
     const index = i - 1;
     const m = decodeEntry('pagemapEntry', raw[i]!, i, file, { display });
-    const ctx = `entry ${index}: `;
-    const vaddr = safeNum(m.vaddr, file, display, 'vaddr', ctx);
-    const nrPages = m.nr_pages !== undefined ? safeNum(m.nr_pages, file, display, 'nr_pages', ctx) : (m.compat_nr_pages as number);
+    // Messages are built only on error: this loop runs once per entry, thousands per process.
+    const vaddr = typeof m.vaddr === 'number' && Number.isSafeInteger(m.vaddr) ? m.vaddr : safeNum(m.vaddr, file, display, 'vaddr', `entry ${index}: `);
+    const nrPages =
+      m.nr_pages === undefined
+        ? (m.compat_nr_pages as number)
+        : typeof m.nr_pages === 'number' && Number.isSafeInteger(m.nr_pages)
+          ? m.nr_pages
+          : safeNum(m.nr_pages, file, display, 'nr_pages', `entry ${index}: `);
     let flags: number;
     if (m.in_parent === true) flags = ((m.flags as number | undefined) ?? 0) | PE_PARENT;
     else flags = m.flags !== undefined ? (m.flags as number) : PE_PRESENT;
-    const where = `entry ${index} (vaddr ${hex(vaddr)})`;
-    if (vaddr % PAGE_SIZE !== 0) throw new ImageError(file, `${where}: vaddr is not page aligned`, { display, field: 'vaddr' });
-    if (nrPages === 0) throw new ImageError(file, `${where}: page count is 0 (neither nr_pages nor compat_nr_pages set)`, { display, field: 'nr_pages' });
+    const where = () => `entry ${index} (vaddr ${hex(vaddr)})`;
+    if (vaddr % PAGE_SIZE !== 0) throw new ImageError(file, `${where()}: vaddr is not page aligned`, { display, field: 'vaddr' });
+    if (nrPages === 0) throw new ImageError(file, `${where()}: page count is 0 (neither nr_pages nor compat_nr_pages set)`, { display, field: 'nr_pages' });
     const end = vaddr + nrPages * PAGE_SIZE;
-    if (!Number.isSafeInteger(end)) throw new ImageError(file, `${where}: ${nrPages} pages run past 2^53`, { display, field: 'nr_pages' });
+    if (!Number.isSafeInteger(end)) throw new ImageError(file, `${where()}: ${nrPages} pages run past 2^53`, { display, field: 'nr_pages' });
     if (vaddr < prevEnd) {
-      throw new ImageError(file, `${where}: overlaps or precedes the previous entry ending at ${hex(prevEnd)} (entries must be sorted)`, { display, field: 'vaddr' });
+      throw new ImageError(file, `${where()}: overlaps or precedes the previous entry ending at ${hex(prevEnd)} (entries must be sorted)`, { display, field: 'vaddr' });
     }
     if ((flags & PE_PRESENT) && (flags & PE_PARENT)) {
-      throw new ImageError(file, `${where}: flags ${flags} have both PE_PRESENT and PE_PARENT`, { display, field: 'flags' });
+      throw new ImageError(file, `${where()}: flags ${flags} have both PE_PRESENT and PE_PARENT`, { display, field: 'flags' });
     }
     prevEnd = end;
     const present = (flags & PE_PRESENT) !== 0;

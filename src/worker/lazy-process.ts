@@ -79,6 +79,11 @@ export class LazyProcess {
     this.fillChunk = tuning.fillChunkMin;
   }
 
+  /** The map of a process not yet handed over: nothing has moved, run-time addresses are the image's. */
+  static mapOf(lazy: AddressRange[]): MemoryMap {
+    return new MemoryMap(lazy.map((r) => ({ start: r.start, end: r.end, imgStart: r.start })));
+  }
+
   static fromImages(
     uffd: number,
     pid: number,
@@ -87,8 +92,8 @@ export class LazyProcess {
     vmas: AddressRange[],
     tuning: Tuning,
     gate: CopyGate,
+    map = LazyProcess.mapOf(lazy),
   ): LazyProcess {
-    const map = new MemoryMap(lazy.map((r) => ({ start: r.start, end: r.end, imgStart: r.start })));
     return new LazyProcess(uffd, pid, source, map, vmas.map((v) => ({ ...v })), tuning, gate);
   }
 

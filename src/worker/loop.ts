@@ -5,6 +5,8 @@ import * as hdr from 'hdr-histogram-js';
 import { RingConsumer, type RingRecord } from '../engine/ring';
 import { RecordKind, UFFD_MSG } from '../engine/ring-layout';
 import { openLocalProcess } from '../source/local';
+import type { ProcessPages } from '../source/page-source';
+import type { MemoryMap } from '../memory';
 import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
 import { ArenaConsumer } from '../source/arena';
@@ -121,8 +123,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
       }
       case RecordKind.PROCESS: {
         const pid = ring.i32At(r.at);
-        const pages = openLocalProcess(task.imagesDir, pid, !!task.arena);
-        const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring);
+        const parsed = preloaded.get(pid);
+        preloaded.delete(pid);
+        if (parsed instanceof Error) throw parsed;
+        const pages = parsed ?? openLocalProcess(task.imagesDir, pid, !!task.arena);
+        const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
         if (remote) p.remote = remote;
         if (task.recordFaults) p.trace = [];
         const pre = prefetch.get(pid);
@@ -160,7 +165,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
   };
 
-  warmUp(task);
+  const preloaded = preload(task);
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
@@ -234,6 +239,28 @@ export default function runShard(task: WorkerTask): WorkerResult {
  * against ≈ 2 ms after; pay it before announcing readiness, not while a restored process waits.
  * Errors are ignored here: the real load at hand-over reports them.
  */
+type Preloaded = ProcessPages & { map: MemoryMap };
+
+/**
+ * This shard's processes parsed, and their maps built, ahead of their hand-over (an image error is
+ * kept for that moment): a fresh worker's first allocations touch guest memory the host has not
+ * backed yet (≈ 10 µs a page here), so building even a 4,000-range map at hand-over took 10-20 ms
+ * that the restorer spent blocked on its first faults.
+ */
+function preload(task: WorkerTask): Map<number, Preloaded | Error> {
+  const out = new Map<number, Preloaded | Error>();
+  for (const pid of task.preloadPids) {
+    try {
+      const pages = openLocalProcess(task.imagesDir, pid, !!task.arena);
+      out.set(pid, { ...pages, map: LazyProcess.mapOf(pages.lazyRanges) });
+    } catch (e) {
+      out.set(pid, e as Error);
+    }
+  }
+  if (!out.size) warmUp(task);
+  return out;
+}
+
 function warmUp(task: WorkerTask): void {
   if (task.warmUpPid === undefined) return;
   try {
