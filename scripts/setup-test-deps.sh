@@ -30,6 +30,13 @@ elif [ -x "$shared_criu/build.sh" ] || [ -f "$shared_criu/build.sh" ]; then
 else
   echo "setup-test-deps: no criu >= 4 and no ../shared/criu to build it from: the tests that need real CRIU will say they are skipped"
 fi
+# zdtm (CRIU's own suite, a subset of which npm test runs): its packages, pycriu and test library,
+# built here rather than inside a test's time budget (about a minute on a fresh machine).
+if have_criu4 >/dev/null && [ -f "${CRIU_SRC:-/opt/criu-4.2}/test/zdtm.py" ] && [ "$(id -u)" -eq 0 ]; then
+  bash "$here/zdtm.sh" --setup-only >/tmp/faultline-zdtm-setup.log 2>&1 \
+    && echo "setup-test-deps: zdtm ready in ${CRIU_SRC:-/opt/criu-4.2}/test" \
+    || echo "setup-test-deps: zdtm setup failed (log: /tmp/faultline-zdtm-setup.log); the zdtm test will fail" >&2
+fi
 
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
   echo "setup-test-deps: installing Debian's chromium (for the bench report test)"

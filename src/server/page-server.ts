@@ -71,6 +71,8 @@ export interface PageServerStats {
  * most this much beyond the socket buffer, big enough that per-write overhead does not matter.
  */
 const WRITE_CHUNK = 256 * 1024;
+/** TLS's largest record payload: one write of at most this is one record. */
+const TLS_RECORD_DATA = 16 * 1024;
 /** A connection that stops reading after a refusal is not kept around waiting for it. */
 const LINGER_MS = 5000;
 
@@ -155,6 +157,11 @@ export class PageServer {
           requestCert: t.requestCert ?? true,
           rejectUnauthorized: t.rejectUnauthorized ?? true,
           ...(t.crl !== undefined ? { crl: t.crl } : {}),
+          // TLS 1.3 servers send session tickets after the handshake. CRIU's client treats any
+          // readable moment with no request of its own outstanding as a bug (page-xfer.c:1644,
+          // BUG_ON(list_empty(&async_reads))) and dies: zdtm maps06, whose restore is slow to its
+          // first GET, hit it every time. TLS 1.2 sends nothing after its handshake.
+          maxVersion: 'TLSv1.2',
           allowHalfOpen: true,
         })
       : net.createServer({ allowHalfOpen: true });
@@ -274,6 +281,8 @@ class Connection {
   /** Page data of the current reply not yet handed to the socket (backpressure). */
   private pending: { buf: Buffer; pos: number; end: number } | null = null;
   private waitingDrain = false;
+  /** TLS: a reply is going out record by record (sendRecords), which paces itself. */
+  private sendingRecords = false;
   private closed = false; // CLOSE answered: only the peer's EOF is expected now
   private dead = false;
   private peerEnded = false;
@@ -336,7 +345,7 @@ class Connection {
   }
 
   private onDrain(): void {
-    if (!this.waitingDrain || this.dead) return;
+    if (!this.waitingDrain || this.dead || this.sendingRecords) return;
     this.waitingDrain = false;
     if (this.pending && !this.flush()) return;
     this.socket.resume();
@@ -404,12 +413,46 @@ class Connection {
     this.server.stats.gets++;
     this.server.stats.pages += pages;
     this.pending = { buf: loc.buf, pos: loc.offset, end: loc.offset + pages * PAGE_SIZE };
+    if (this.socket instanceof tls.TLSSocket) return this.sendRecords(encodeGetReply(req.pid, req.vaddr, pages));
     // Header and the first data chunk leave in one writev.
     this.socket.cork();
     this.socket.write(encodeGetReply(req.pid, req.vaddr, pages));
     const ok = this.flush();
     this.socket.uncork();
     return ok;
+  }
+
+  /**
+   * TLS: the header in a record of its own, then the data in records that never reach into the next
+   * reply. CRIU's client reads a reply with one gnutls_record_recv per epoll wake-up, asking for the
+   * header's 32 bytes, then for the rest of the data; what a record holds beyond that stays in
+   * gnutls' buffer, the socket never turns readable again, and the restore hangs (zdtm: 0/11 with
+   * CRIU's client before this). Node merges writes queued together (writev) into one SSL_write, so
+   * each record is written only once the previous one has left; no reads meanwhile, as under
+   * backpressure.
+   */
+  private sendRecords(header: Buffer): false {
+    this.sendingRecords = true;
+    this.waitingDrain = true;
+    this.socket.pause();
+    const next = (e?: Error | null): void => {
+      if (e || this.dead) return; // the 'error' handler reports it
+      const p = this.pending;
+      if (!p || p.pos >= p.end) {
+        this.pending = null;
+        this.sendingRecords = false;
+        this.waitingDrain = false;
+        this.socket.resume();
+        this.pump();
+        return;
+      }
+      const n = Math.min(TLS_RECORD_DATA, p.end - p.pos);
+      const chunk = p.buf.subarray(p.pos, p.pos + n);
+      p.pos += n;
+      this.socket.write(chunk, next);
+    };
+    this.socket.write(header, next);
+    return false;
   }
 
   /** Writes the pending reply data; on backpressure stops reading until 'drain'. */
