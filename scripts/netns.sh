@@ -5,9 +5,15 @@
 #   scripts/netns.sh up [RATE]   create (idempotent); RATE (e.g. 200mbit) caps both directions with tbf
 #   scripts/netns.sh down        remove
 #   scripts/netns.sh check       exit 0 if namespaces can be made here, else say why (exit 2)
+# FL_NETNS=NAME FL_NETNS_NET=A.B.C make another pair, NAME-src/NAME-dst on A.B.C.1/2 (tests that run
+# at the same time as others keep to their own pair; default fl / 10.77.0).
 set -u
-SRC=fl-src DST=fl-dst
-SRC_IP=10.77.0.1 DST_IP=10.77.0.2
+NAME=${FL_NETNS:-fl} NET=${FL_NETNS_NET:-10.77.0}
+SRC=$NAME-src DST=$NAME-dst
+SRC_IP=$NET.1 DST_IP=$NET.2
+# veth names are per host, at most 15 characters
+VSRC=${NAME}-vs VDST=${NAME}-vd
+[ "$NAME" = fl ] && VSRC=fl-veth-src VDST=fl-veth-dst
 
 need() {
   if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
@@ -22,24 +28,24 @@ need() {
 case "${1:-}" in
   check)
     need
-    ip netns add fl-probe 2>/tmp/fl-netns-probe.err || { echo "netns: this machine does not allow network namespaces: $(cat /tmp/fl-netns-probe.err)" >&2; exit 2; }
-    ip netns del fl-probe
+    ip netns add "$NAME-probe" 2>/tmp/fl-netns-probe.err || { echo "netns: this machine does not allow network namespaces: $(cat /tmp/fl-netns-probe.err)" >&2; exit 2; }
+    ip netns del "$NAME-probe"
     ;;
   up)
     need
     rate="${2:-}"
     if ! ip netns list | grep -qw "$SRC"; then
       ip netns add "$SRC" && ip netns add "$DST" || exit 2
-      ip link add fl-veth-src type veth peer name fl-veth-dst || exit 2
-      ip link set fl-veth-src netns "$SRC"
-      ip link set fl-veth-dst netns "$DST"
-      ip -n "$SRC" addr add "$SRC_IP/24" dev fl-veth-src
-      ip -n "$DST" addr add "$DST_IP/24" dev fl-veth-dst
+      ip link add "$VSRC" type veth peer name "$VDST" || exit 2
+      ip link set "$VSRC" netns "$SRC"
+      ip link set "$VDST" netns "$DST"
+      ip -n "$SRC" addr add "$SRC_IP/24" dev "$VSRC"
+      ip -n "$DST" addr add "$DST_IP/24" dev "$VDST"
       for ns in "$SRC" "$DST"; do ip -n "$ns" link set lo up; done
-      ip -n "$SRC" link set fl-veth-src up
-      ip -n "$DST" link set fl-veth-dst up
+      ip -n "$SRC" link set "$VSRC" up
+      ip -n "$DST" link set "$VDST" up
     fi
-    for pair in "$SRC fl-veth-src" "$DST fl-veth-dst"; do
+    for pair in "$SRC $VSRC" "$DST $VDST"; do
       set -- $pair
       tc -n "$1" qdisc del dev "$2" root 2>/dev/null || true
       # This kernel has no netem: bandwidth is capped with tbf, delay comes from scripts/delay-relay.mjs.

@@ -75,9 +75,17 @@ function criuFailure(what: string, e: Exit, logFile: string): Error {
 }
 
 function run(wrap: string[] | undefined, cmd: string, args: string[], timeoutMs: number, what: string): Promise<Exit> {
-  const child = spawn(...wrapped(wrap, cmd, args), { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A process group of its own: on a timeout criu's helpers go with it instead of living on under
+  // PID 1 (the restored tree keeps its own dumped session and group, so it is not hit).
+  const child = spawn(...wrapped(wrap, cmd, args), { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const exit = collect(child);
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const timer = setTimeout(() => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
+  }, timeoutMs);
   return exit.then((e) => {
     clearTimeout(timer);
     if (e.signal === 'SIGKILL' && e.code === null) e.stderr += `\n${what} timed out after ${timeoutMs} ms`;

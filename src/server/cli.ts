@@ -50,6 +50,7 @@ export async function pageServer(flags: PageServerFlags): Promise<number> {
       port,
       ...(t ? { tls: { key: t.key, cert: t.cert, ca: t.ca, crl: t.crl, peerName: t.peerName, requestCert: true, rejectUnauthorized: true } } : {}),
       log: (level, msg) => log[level](msg),
+      traceRequests: log.isLevelEnabled('debug'),
       onAllClosed: () => {
         if (!flags.keepServing) sessionOver();
       },

@@ -48,6 +48,8 @@ export interface PageServerOptions {
   openPagesFile?: OpenPagesFile;
   /** Cap on pages per reply (default MAX_REQUEST_PAGES); replies may always be shorter than asked. */
   maxReplyPages?: number;
+  /** Log every GET and its reply at debug level (-v4), so a stalled session shows where it stopped. */
+  traceRequests?: boolean;
   /**
    * Called whenever the last open connection has closed (TCP level, handshakes that failed
    * included): how the CLI knows that a restore session is over.
@@ -108,12 +110,14 @@ export class PageServer {
   /** TCP connections open now, TLS handshakes included. */
   private open = 0;
   readonly maxReplyPages: number;
+  readonly traceRequests: boolean;
 
   /** Opens every process's images now so a broken image set fails at start-up, not mid-restore. Throws ImageError. */
   constructor(opts: PageServerOptions) {
     this.opts = opts;
     this.imagesDir = path.resolve(opts.imagesDir);
     this.log = opts.log ?? (() => undefined);
+    this.traceRequests = !!opts.traceRequests;
     this.maxReplyPages = Math.max(1, Math.min(MAX_REQUEST_PAGES, Math.floor(opts.maxReplyPages ?? MAX_REQUEST_PAGES)));
     const openPagesFile = opts.openPagesFile ?? defaultOpener();
     const imgVersion = readInventory(this.imagesDir).imgVersion;
@@ -410,6 +414,7 @@ class Connection {
       return false;
     }
     pages = Math.min(pages, loc.pages);
+    if (this.server.traceRequests) this.log('debug', `page-server peer ${this.peer}: ${at()}: ${pages} pages`);
     this.server.stats.gets++;
     this.server.stats.pages += pages;
     this.pending = { buf: loc.buf, pos: loc.offset, end: loc.offset + pages * PAGE_SIZE };

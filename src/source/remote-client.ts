@@ -71,7 +71,9 @@ export class PageServerClient {
   }
 
   async connect(): Promise<void> {
-    for (let i = 0; i < this.opts.lanes; i++) this.lanes.push(await this.open(i === 0 ? 'urgent' : 'fill'));
+    // Named for error lines: with one lane there is just "the" connection.
+    const names = this.opts.lanes === 1 ? ['page-server'] : ['urgent', 'fill'];
+    for (const name of names) this.lanes.push(await this.open(name));
   }
 
   private async open(name: string): Promise<Lane> {

@@ -6,21 +6,12 @@
 // FAULTLINE_STRESS_SEED).
 import t from 'tap';
 import { runRestore, startPageServer } from '../../src/target/run';
-import { BASE, makeImages, tempDir } from '../helpers/restore';
+import { chaosTree, makeImages, tempDir } from '../helpers/restore';
 
 const PROCESSES = 24;
 const ROUNDS = Number(process.env.FAULTLINE_STRESS_ROUNDS ?? 2);
 
-const tree = {
-  processes: Array.from({ length: PROCESSES }, (_, i) => ({
-    pid: i + 1,
-    ppid: i ? 1 : 0,
-    regions: [
-      { name: 'dense', start: BASE, pages: 768, kind: 'dense' as const, seed: 70 + i },
-      { name: 'sparse', start: BASE + 0x1000_0000, pages: 256, kind: 'sparse' as const, step: 3, seed: 80 + i },
-    ],
-  })),
-};
+const tree = chaosTree(PROCESSES, 70);
 
 for (let round = 0; round < ROUNDS; round++) {
   const seed = Number(process.env.FAULTLINE_STRESS_SEED ?? Math.floor(Math.random() * 1e9)) + round;

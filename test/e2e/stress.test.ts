@@ -3,23 +3,14 @@
 // page is verified; the daemon's fds and RSS must come back to where they were when it became ready.
 import t from 'tap';
 import { runRestore } from '../../src/target/run';
-import { BASE, makeImages, tempDir } from '../helpers/restore';
+import { chaosTree, makeImages, tempDir } from '../helpers/restore';
 
 const PROCESSES = 64;
 const THREADS = 2;
 const STEPS = 12;
 const ROUNDS = Number(process.env.FAULTLINE_STRESS_ROUNDS ?? 2);
 
-const tree = {
-  processes: Array.from({ length: PROCESSES }, (_, i) => ({
-    pid: i + 1,
-    ppid: i ? 1 : 0,
-    regions: [
-      { name: 'dense', start: BASE, pages: 768, kind: 'dense' as const, seed: 30 + i },
-      { name: 'sparse', start: BASE + 0x1000_0000, pages: 256, kind: 'sparse' as const, step: 3, seed: 40 + i },
-    ],
-  })),
-};
+const tree = chaosTree(PROCESSES, 30);
 
 for (let round = 0; round < ROUNDS; round++) {
   const seed = Number(process.env.FAULTLINE_STRESS_SEED ?? Math.floor(Math.random() * 1e9)) + round;

@@ -183,7 +183,7 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A port for a server inside fl-csrc, which no test process can probe: below the ephemeral range, random. */
+/** A port for a server inside fl-c-src, which no test process can probe: below the ephemeral range, random. */
 export function netnsPort(): number {
   return 20_000 + Math.floor(Math.random() * 10_000);
 }
@@ -196,7 +196,7 @@ export interface LazyRunOptions {
   server?: LazyDaemonKind;
   address?: string;
   port?: number;
-  /** Page server in fl-csrc, lazy daemon and criu restore in fl-cdst (criuNetnsUp): every lazy page crosses the veth. */
+  /** Page server in fl-c-src, lazy daemon and criu restore in fl-c-dst (criuNetnsUp): every lazy page crosses the veth. */
   netns?: boolean;
   tls?: Tls;
   daemonArgs?: string[];
@@ -332,30 +332,21 @@ export function assertExits(t: Test, run: LazyRun, o: LazyRunOptions): void {
 }
 
 /**
- * The two test hosts of the real-CRIU remote tests: network namespaces joined by a veth pair, as
- * scripts/netns.sh makes them, but under names of their own (fl-csrc 10.77.1.1, fl-cdst 10.77.1.2).
- * test/e2e/remote.test.ts runs in parallel with these tests (tap runs two files at once), and it
- * takes fl-src/fl-dst down in its teardown and caps their link at 200 Mbit/s for a while.
+ * The two test hosts of the real-CRIU remote tests: scripts/netns.sh's veth pair under names of
+ * their own (fl-c-src 10.77.1.1, fl-c-dst 10.77.1.2). test/e2e/remote.test.ts runs in parallel with
+ * these tests (tap runs two files at once), and it takes fl-src/fl-dst down in its teardown and caps
+ * their link at 200 Mbit/s for a while.
  */
-export const CSRC = ['ip', 'netns', 'exec', 'fl-csrc'];
-export const CDST = ['ip', 'netns', 'exec', 'fl-cdst'];
+export const CSRC = ['ip', 'netns', 'exec', 'fl-c-src'];
+export const CDST = ['ip', 'netns', 'exec', 'fl-c-dst'];
 export const CSRC_IP = '10.77.1.1';
+const CRIU_NETNS_ENV = { ...process.env, FL_NETNS: 'fl-c', FL_NETNS_NET: '10.77.1' };
 
 export function criuNetnsUp(): void {
   criuNetnsDown();
-  const ip = (...args: string[]) => execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  ip('netns', 'add', 'fl-csrc');
-  ip('netns', 'add', 'fl-cdst');
-  ip('link', 'add', 'fl-cveth-s', 'type', 'veth', 'peer', 'name', 'fl-cveth-d');
-  ip('link', 'set', 'fl-cveth-s', 'netns', 'fl-csrc');
-  ip('link', 'set', 'fl-cveth-d', 'netns', 'fl-cdst');
-  ip('-n', 'fl-csrc', 'addr', 'add', `${CSRC_IP}/24`, 'dev', 'fl-cveth-s');
-  ip('-n', 'fl-cdst', 'addr', 'add', '10.77.1.2/24', 'dev', 'fl-cveth-d');
-  for (const ns of ['fl-csrc', 'fl-cdst']) ip('-n', ns, 'link', 'set', 'lo', 'up');
-  ip('-n', 'fl-csrc', 'link', 'set', 'fl-cveth-s', 'up');
-  ip('-n', 'fl-cdst', 'link', 'set', 'fl-cveth-d', 'up');
+  execFileSync('bash', [NETNS, 'up'], { env: CRIU_NETNS_ENV, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 export function criuNetnsDown(): void {
-  for (const ns of ['fl-csrc', 'fl-cdst']) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+  spawnSync('bash', [NETNS, 'down'], { env: CRIU_NETNS_ENV, stdio: 'ignore' });
 }

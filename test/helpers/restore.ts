@@ -48,6 +48,20 @@ export function denseTree(processes: number, pagesEach: number): GenerateSpec {
   };
 }
 
+/** The stress tests' tree: n processes, a 3 MiB dense and a 1 MiB every-third-page sparse region each. */
+export function chaosTree(processes: number, seedBase: number): GenerateSpec {
+  return {
+    processes: Array.from({ length: processes }, (_, i) => ({
+      pid: i + 1,
+      ppid: i ? 1 : 0,
+      regions: [
+        { name: 'dense', start: BASE, pages: 768, kind: 'dense' as const, seed: seedBase + i },
+        { name: 'sparse', start: BASE + 0x1000_0000, pages: 256, kind: 'sparse' as const, step: 3, seed: seedBase + 10 + i },
+      ],
+    })),
+  };
+}
+
 /** The checks of a restore that must succeed: both sides exit 0 and every page was verified. */
 export function assertRestored(t: Test, r: RestoreResult, processes: number): void {
   t.equal(r.daemon.code, 0, `daemon exits 0 ${r.daemon.stderr.trim()}`);
