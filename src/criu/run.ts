@@ -11,28 +11,9 @@ import { findCriu } from './find';
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
 
-export interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
+import { collect, wrapped, type Exit } from '../target/run';
 
-/** `cmd args` under a prefix command (ip netns exec …, taskset …) when one is given. */
-export function wrapped(wrap: string[] | undefined, cmd: string, args: string[]): [string, string[]] {
-  return wrap?.length ? [wrap[0], [...wrap.slice(1), cmd, ...args]] : [cmd, args];
-}
-
-export function collect(child: ChildProcess): Promise<Exit> {
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  return new Promise((resolve) => {
-    child.once('error', (e) => resolve({ code: null, signal: null, stdout, stderr: stderr + String(e) }));
-    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
+export { collect, wrapped, type Exit };
 
 /** The criu binary (>= 4), or an Error saying why there is none. */
 export function criuBin(): string {

@@ -117,20 +117,24 @@ export function targetArgs(planPath: string, o: TargetOptions): string[] {
   return a;
 }
 
-function collect(child: ChildProcess): Promise<Exit> {
+/** A child's exit status and everything it printed; a spawn failure (ENOENT…) counts as an exit. */
+export function collect(child: ChildProcess): Promise<Exit> {
   let stdout = '';
   let stderr = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  return new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  return new Promise((resolve) => {
+    child.once('error', (e) => resolve({ code: null, signal: null, stdout, stderr: stderr + String(e) }));
+    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+/** `cmd args` run under a wrapper command (ip netns exec …, taskset …) when one is given. */
+export function wrapped(wrap: string[] | undefined, cmd: string, args: string[]): [string, string[]] {
+  return wrap?.length ? [wrap[0], [...wrap.slice(1), cmd, ...args]] : [cmd, args];
 }
 
 /** Starts `faultline lazy-pages` (or the baseline) and resolves once it listens (its --status-fd NUL byte). */
-/** `cmd args` run under a wrapper command (ip netns exec …, taskset …) when one is given. */
-function wrapped(wrap: string[], cmd: string, args: string[]): [string, string[]] {
-  return wrap.length ? [wrap[0], [...wrap.slice(1), cmd, ...args]] : [cmd, args];
-}
-
 export async function startDaemon(
   imagesDir: string,
   workDir: string,
