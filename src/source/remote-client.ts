@@ -118,12 +118,15 @@ export class PageServerClient {
     socket.on('error', (e) => this.fail(`page server ${this.peer} (${name} connection): ${e.message}`));
     socket.on('close', () => {
       if (this.closing) return;
+      // One wording whatever was in flight, naming the server as every client-side error does; the
+      // parser's account of what was left unanswered (its own "page-server peer …" line) follows.
+      let left = '';
       try {
         lane.parser.end();
-        this.fail(`page server ${this.peer} closed the ${name} connection before the restore completed`);
       } catch (e) {
-        this.fail((e as Error).message);
+        left = ` (${(e as Error).message.replace(/^page-server peer \S+: /, '')})`;
       }
+      this.fail(`page server ${this.peer} closed the ${name} connection before the restore completed${left}`);
     });
     return lane;
   }
