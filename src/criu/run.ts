@@ -173,7 +173,7 @@ export interface LazyDaemon {
   /** Resolves when the daemon listens (one NUL byte on its --status-fd); rejects if it exits first. */
   ready: Promise<void>;
   exit: Promise<DaemonExit>;
-  /** criu: <workDir>/lazy-pages.log (-v4); faultline: none (its summary is in exit). */
+  /** criu: <workDir>/lazy-pages.log (-v4); faultline: <workDir>/faultline-lazy-pages.log (-v3; its summary is in exit). */
   logFile?: string;
   /** SIGKILL if still running, then the exit. */
   kill(): Promise<DaemonExit>;
@@ -198,7 +198,9 @@ export function startLazyDaemon(kind: LazyDaemonKind, opts: LazyDaemonOptions): 
   let args: string[];
   let logFile: string | undefined;
   if (kind === 'faultline') {
-    [cmd, args] = [process.execPath, [CLI, 'lazy-pages', ...common, '--json', ...(opts.extraArgs ?? [])]];
+    // -v3: hand-overs, RESTORE_FINISHED and each process's end in its log, for a run that goes wrong.
+    logFile = path.join(workDir, 'faultline-lazy-pages.log');
+    [cmd, args] = [process.execPath, [CLI, 'lazy-pages', ...common, '--json', '-o', 'faultline-lazy-pages.log', '-v3', ...(opts.extraArgs ?? [])]];
   } else {
     logFile = path.join(workDir, 'lazy-pages.log');
     [cmd, args] = [criuBin(), ['lazy-pages', ...common, '-o', 'lazy-pages.log', '-v4', ...(opts.extraArgs ?? [])]];

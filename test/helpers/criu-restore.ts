@@ -244,6 +244,16 @@ export function why(d: LazyDaemon, e: DaemonExit): string {
   return log ? `${describe(d.kind, e)} (log: ${log})` : describe(d.kind, e);
 }
 
+/** The tail of a daemon's log (criu) or stderr (faultline), after stopping it. */
+async function lastWords(p: LazyDaemon, kind: string, what: string): Promise<string> {
+  p.kill();
+  const e = await Promise.race([p.exit, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000).unref())]);
+  let text = e ? `${e.stderr}` : '';
+  if (p.logFile && fs.existsSync(p.logFile)) text += fs.readFileSync(p.logFile, 'utf8');
+  const tail = text.trim().split('\n').slice(-12).join('\n    ');
+  return `${kind} ${what} (exit ${e ? (e.code ?? e.signal) : 'still running'}), last lines:\n    ${tail}`;
+}
+
 /**
  * One lazy restore of a dump: [page server →] lazy-pages daemon → `criu restore --lazy-pages -d`,
  * SIGUSR1 to the tree, every process's result, then the daemon's (and the server's) exit. Kills the
@@ -282,7 +292,10 @@ export async function lazyRestore(t: Test, d: Dumped, o: LazyRunOptions): Promis
   const t0 = performance.now();
   // A restore that fails or hangs writes no pidfile: find what it left by command line.
   t.teardown(() => void killUnder(d.dir));
-  const restore = await criuRestoreLazy(d.images, { workDir, wrap: o.netns ? CDST : undefined, timeoutMs: o.restoreTimeoutMs ?? 30_000 });
+  const restore = await criuRestoreLazy(d.images, { workDir, wrap: o.netns ? CDST : undefined, timeoutMs: o.restoreTimeoutMs ?? 30_000 }).catch(async (e: Error) => {
+    // A restore that fails or hangs is one of the three programs' doing: say what each last said.
+    throw new Error(`${e.message}\n${await lastWords(daemon, o.daemon, 'lazy-pages')}\n${server ? await lastWords(server, o.server!, 'page-server') : ''}`);
+  });
   t.teardown(() => killTree(restore.rootHostPid, restore.rootStartTime));
 
   signalTree(restore.rootHostPid, 'SIGUSR1');
