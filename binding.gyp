@@ -8,7 +8,8 @@
         "native/src/uffd.cc",
         "native/src/epoll.cc",
         "native/src/scm.cc",
-        "native/src/mmap.cc"
+        "native/src/mmap.cc",
+        "native/src/fill.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/src"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],

@@ -48,6 +48,26 @@ export interface NativeCore {
   pidfdSendSignal(pidfd: number, signal: number): void;
 
   mmapFile(path: string): Buffer;
+
+  /**
+   * UFFDIO_COPY of `nRuns` runs ([dst, srcOffset, len] triples in `runs`) from `src`, in slices of
+   * `slicePages`, entering `gate`'s copy gate for every ioctl with the owner's event `epoch`. Stops
+   * early when a record waits in `watch` after `yieldAtNs`. Returns a FillStatus; `out` gets
+   * [bytes dealt with, pages already present, errno, ioctls].
+   */
+  fillRuns(
+    uffd: number,
+    gate: Uint8Array,
+    epoch: number,
+    src: Buffer,
+    runs: Float64Array,
+    nRuns: number,
+    slicePages: number,
+    watch: Uint8Array | null,
+    yieldAtNs: number,
+    out: Float64Array,
+  ): number;
+  fillStatus: { DONE: number; YIELDED: number; EVENT: number; ERRNO: number };
 }
 
 function load(): NativeCore {

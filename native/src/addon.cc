@@ -6,12 +6,14 @@ void InitUffd(Napi::Env env, Napi::Object exports);
 void InitEpoll(Napi::Env env, Napi::Object exports);
 void InitScm(Napi::Env env, Napi::Object exports);
 void InitMmap(Napi::Env env, Napi::Object exports);
+void InitFill(Napi::Env env, Napi::Object exports);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitUffd(env, exports);
   InitEpoll(env, exports);
   InitScm(env, exports);
   InitMmap(env, exports);
+  InitFill(env, exports);
   return exports;
 }
 

@@ -2,8 +2,8 @@
 // Declared twice, here and in src/engine/ring-layout.ts, with the same offsets; test/unit/ring-layout
 // checks that the addon reports exactly these numbers.
 //
-// Single producer (the main thread: native drain and JS control records, never concurrently),
-// single consumer (one worker). HEAD and TAIL are free-running u32 record counts on separate cache
+// One producer at a time (READING is the producer lock: the main thread's drain and control records,
+// the worker draining its own shard, another worker's nudge), single consumer (one worker). HEAD and TAIL are free-running u32 record counts on separate cache
 // lines so producer and consumer do not share a line they both write.
 #pragma once
 #include <stdint.h>
@@ -11,13 +11,19 @@
 #define RING_HEAD_OFFSET 0        // u32, written by the producer (release), records published
 #define RING_EVENTS_OFFSET 4      // u32, producer: non-PAGEFAULT uffd messages published (FORK, REMAP, ...)
 #define RING_TAIL_OFFSET 64       // u32, written by the consumer (release), records consumed
-#define RING_COPYING_OFFSET 68    // u32, worker: 1 while it issues an ioctl into a process's mm
+#define RING_COPYING_OFFSET 68    // u32, workers: how many are inside an ioctl into this shard's processes
 #define RING_CAPACITY_OFFSET 128  // u32, power of two, set once at creation
 #define RING_READING_OFFSET 132   // u32, main thread: 1 while it reads this ring's uffds
+#define RING_SLEEPING_OFFSET 136  // u32, consumer: 1 while it is about to sleep (it sleeps on this word)
 // COPYING and READING make reading a uffd and copying into its mm mutually exclusive (Dekker, all
-// seq_cst); the worker also holds back while EVENTS is ahead of the events it has handled. Without it the main thread could read a FORK or REMAP event (which lets the kernel
-// finish the fork/mremap) while the worker, not having seen the event yet, copies into the old
-// layout: pages a forked child never gets, or data landing in the region that moved there.
+// seq_cst). COPYING is a count: the shard's own worker and any worker filling one of its processes
+// on lease (src/worker/fill-board.ts) may copy at once. A copier also holds back while EVENTS is
+// ahead of the events the owner had handled when it chose the addresses (its epoch). Without it the
+// main thread could read a FORK or REMAP event (which lets the kernel finish the fork/mremap) while
+// a worker, not having seen the event yet, copies into the old layout: pages a forked child never
+// gets, or data landing in the region that moved there.
+// SLEEPING: the consumer sets it, re-checks for work, then sleeps on it; whoever gives it work
+// (a record, a lease offered, a lease finished) clears it and wakes it, so no wake is lost.
 #define RING_HEADER_BYTES 192
 #define RING_RECORD_BYTES 48
 

@@ -19,6 +19,7 @@ import { summarize, type RestoreSummary } from './summary';
 import { ProcessTree } from './tree';
 import { ArenaProducer, createArena } from '../source/arena';
 import { PageServerClient, type PageRequest, type RemoteOptions } from '../source/remote-client';
+import { createBoards } from '../worker/fill-board';
 
 export interface DaemonOptions {
   imagesDir: string;
@@ -93,6 +94,7 @@ export class LazyPagesDaemon {
     if (opts.remote) {
       this.remote = new PageServerClient(opts.remote, (req, reply) => this.deliverPages(req, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
     }
+    const boards = createBoards(opts.workers);
     for (let shard = 0; shard < opts.workers; shard++) {
       const arena = opts.remote ? createArena(ARENA_PAGES) : undefined;
       if (arena) this.arenas.push(new ArenaProducer(arena));
@@ -103,6 +105,9 @@ export class LazyPagesDaemon {
       const task: WorkerTask = {
         shard,
         ring: this.poller.rings[shard].sab,
+        rings: this.poller.rings.map((r) => r.sab),
+        boards,
+        allPids: this.pstree.map((t) => t.pid),
         epfd: this.poller.epfds[shard],
         arena,
         port: port2,

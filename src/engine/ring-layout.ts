@@ -4,9 +4,10 @@ export const RING = {
   HEAD_OFFSET: 0, // u32 records published (producer, release)
   EVENTS_OFFSET: 4, // u32 non-PAGEFAULT uffd messages published (producer)
   TAIL_OFFSET: 64, // u32 records consumed (consumer, release); own cache line
-  COPYING_OFFSET: 68, // u32 worker: 1 while issuing an ioctl into a process's mm (see ring.h)
+  COPYING_OFFSET: 68, // u32 workers: how many are inside an ioctl into this shard's processes (see ring.h)
   CAPACITY_OFFSET: 128, // u32 power of two
   READING_OFFSET: 132, // u32 main: 1 while reading this ring's uffds
+  SLEEPING_OFFSET: 136, // u32 consumer: 1 while about to sleep; the word it sleeps on (see ring.h)
   HEADER_BYTES: 192,
   RECORD_BYTES: 48,
   KIND_OFFSET: 0, // u32 RecordKind

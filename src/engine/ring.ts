@@ -1,4 +1,4 @@
-// Single-producer single-consumer ring over a SharedArrayBuffer (our own; see DESIGN.md notes for
+// One-producer-at-a-time, single-consumer ring over a SharedArrayBuffer (our own; see DESIGN.md notes for
 // why not ringbuf.js: records are fixed 48-byte slots the native drain writes directly).
 import { RING, RecordKind, UFFD_MSG } from './ring-layout';
 
@@ -8,6 +8,7 @@ const CAPACITY = RING.CAPACITY_OFFSET / 4;
 const COPYING = RING.COPYING_OFFSET / 4;
 const EVENTS = RING.EVENTS_OFFSET / 4;
 const READING = RING.READING_OFFSET / 4;
+const SLEEPING = RING.SLEEPING_OFFSET / 4;
 /** ≈ 50 µs of Atomics.load: far longer than one drain holds READING. */
 const MAX_READING_SPINS = 20_000;
 
@@ -32,7 +33,17 @@ class RingView {
   protected slot(seq: number): number {
     return RING.HEADER_BYTES + (seq & (this.capacity - 1)) * RING.RECORD_BYTES;
   }
+  /**
+   * Wakes the consumer if it sleeps (or is about to): after publishing a record, offering it a fill
+   * lease, or finishing one of its leases. No syscall when it is busy.
+   */
+  wake(): void {
+    if (Atomics.load(this.i32, SLEEPING) !== 0 && Atomics.compareExchange(this.i32, SLEEPING, 1, 0) === 1) Atomics.notify(this.i32, SLEEPING);
+  }
 }
+
+/** Any thread's handle on a ring it does not consume: to wake its consumer. */
+export class RingWaker extends RingView {}
 
 /** Main-thread side. The native drain writes into the same ring; both run on the main thread only. */
 export class RingProducer extends RingView {
@@ -56,7 +67,7 @@ export class RingProducer extends RingView {
     }
   }
   notify(): void {
-    Atomics.notify(this.i32, HEAD);
+    this.wake();
   }
 }
 
@@ -105,11 +116,20 @@ export class RingConsumer extends RingView {
     return n;
   }
 
-  /** Sleeps until the producer publishes (or timeout). Never misses a wake: waits on the head value it saw. */
-  wait(timeoutMs: number): void {
-    const head = Atomics.load(this.i32, HEAD);
-    if (((head - Atomics.load(this.i32, TAIL)) >>> 0) !== 0) return;
-    Atomics.wait(this.i32, HEAD, head, timeoutMs);
+  /**
+   * Sleeps until a record is published, someone wake()s this ring, or the timeout. `hasWork` is
+   * asked after SLEEPING is set: work that appears after that check comes with a wake(), so none is
+   * slept through (seq_cst: either the waker sees SLEEPING, or hasWork sees the work).
+   */
+  wait(timeoutMs: number, hasWork?: () => boolean): void {
+    Atomics.store(this.i32, SLEEPING, 1);
+    if (this.available() === 0 && !hasWork?.()) Atomics.wait(this.i32, SLEEPING, 1, timeoutMs);
+    Atomics.store(this.i32, SLEEPING, 0);
+  }
+
+  /** The mm events (FORK/REMAP/REMOVE/UNMAP) handled so far: the epoch a fill lease is valid in. */
+  get epoch(): number {
+    return this.eventsHandled;
   }
 
   /** Payload accessors: `at` is RingRecord.at plus the offset in struct uffd_msg. */
@@ -131,21 +151,22 @@ export class RingConsumer extends RingView {
   beginCopy(): boolean {
     // The main thread holds READING for the few µs of one drain: wait it out rather than giving up
     // (giving up sends a fault to the retry path, which may sleep).
+    // COPYING is a count: workers filling this shard's processes on lease copy too (ring.h).
     for (let spins = 0; ; spins++) {
-      Atomics.store(this.i32, COPYING, 1);
+      Atomics.add(this.i32, COPYING, 1);
       if (Atomics.load(this.i32, READING) === 0) break;
-      Atomics.store(this.i32, COPYING, 0);
+      Atomics.sub(this.i32, COPYING, 1);
       if (spins >= MAX_READING_SPINS) return false;
     }
     // Pending faults do not matter; a pending FORK/REMAP/REMOVE/UNMAP does: handle it first.
     if (Atomics.load(this.i32, EVENTS) !== (this.eventsHandled | 0)) {
-      Atomics.store(this.i32, COPYING, 0);
+      Atomics.sub(this.i32, COPYING, 1);
       return false;
     }
     return true;
   }
 
   endCopy(): void {
-    Atomics.store(this.i32, COPYING, 0);
+    Atomics.sub(this.i32, COPYING, 1);
   }
 }

@@ -21,6 +21,11 @@ export interface RestoreSummary {
   /** From RESTORE_FINISHED to the last process complete. */
   fillAfterFinishedMs: number;
   workers: number;
+  /** Fill pages copied by a worker on leases of processes another worker owns (fill-board.ts). */
+  pagesFilledByHelpers: number;
+  /** Fill leases taken, and how many of those were another worker's. */
+  leases: number;
+  leasesHelped: number;
   poisonedPages: number;
   /** The daemon's own CPU time (user + system, all threads) and peak RSS, for the benchmarks. */
   cpuMs: number;
@@ -31,12 +36,18 @@ export interface RestoreSummary {
 
 export function summarize(
   results: WorkerResult[],
-  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
+  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
 ): RestoreSummary {
   const total = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   let poisoned = 0;
+  let helped = 0;
+  let leases = 0;
+  let leasesHelped = 0;
   for (const r of results) {
+    helped += r.filledForOthers;
+    leases += r.leases;
+    leasesHelped += r.leasesHelped;
     total.add(hdr.decodeFromCompressedBase64(r.latency, 64));
     for (const k of Object.keys(t) as (keyof ProcessCounters)[]) t[k] += r.totals[k];
     poisoned += r.poisonedPages;
@@ -58,6 +69,9 @@ export function summarize(
       count: total.totalCount,
     },
     workers: results.length,
+    pagesFilledByHelpers: helped,
+    leases,
+    leasesHelped,
     poisonedPages: poisoned,
     ...ownUsage(),
   };
@@ -81,6 +95,7 @@ export function formatSummary(s: RestoreSummary): string {
     `  UFFDIO_COPY      ${s.copies} ioctls`,
     `  fault service    p50 ${s.faultServiceUs.p50} µs, p90 ${s.faultServiceUs.p90} µs, p99 ${s.faultServiceUs.p99} µs, max ${s.faultServiceUs.max} µs (${s.faultServiceUs.count} served)`,
     `  fully restored   ${s.timeToRestoredMs.toFixed(1)} ms after the first hand-over (${s.fillAfterFinishedMs.toFixed(1)} ms after RESTORE_FINISHED), ${rate} MB/s`,
+    `  fill leases      ${s.leases} taken, ${s.leasesHelped} by a worker that does not own the process (${s.pagesFilledByHelpers} pages)`,
     `  daemon           ${s.workers} workers, ${s.cpuMs} ms CPU, peak RSS ${(s.maxRssKiB / 1024).toFixed(0)} MiB`,
   ].join('\n');
 }

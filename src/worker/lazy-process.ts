@@ -4,8 +4,9 @@ import { MemoryMap, type LazyRange } from '../memory';
 import { native, isErrno } from '../native';
 import type { AddressRange, PageSource } from '../source/page-source';
 import type { Tuning } from './tuning';
+import { PAGE, WorkerError, copy as copyIoctl, wake, zeropage, type RunsResult } from './uffd-ops';
 
-export const PAGE = 4096;
+export { PAGE, WorkerError };
 const pageDown = (a: number) => a - (a % PAGE);
 const hex = (a: number) => '0x' + a.toString(16);
 
@@ -23,8 +24,6 @@ export interface ProcessCounters {
   existingPages: number;
   copies: number;
 }
-
-export class WorkerError extends Error {}
 
 /** Remote lazy restore: asks the main thread to GET pages from the page server. */
 export interface RemoteLink {
@@ -60,6 +59,10 @@ export class LazyProcess {
   readonly inflight = new MemoryMap();
   private readonly requests = new Map<number, { imgStart: number; pages: number; urgent: boolean }>();
   private fillsInFlight = 0;
+  /** Local mode: fill leases of this process on the board (taken or not). */
+  leases = 0;
+  /** Image addresses of leased pages a fault copied first: their lease finds them present. */
+  private readonly faultedInLease = new Set<number>();
   private nextTag = 1;
   /** Set for remote restores; `source` is then unused. */
   remote: RemoteLink | null = null;
@@ -122,8 +125,13 @@ export class LazyProcess {
     const page = pageDown(address);
     if (!retry) this.counters.faults++;
     const range = this.map.find(page);
-    // Already requested from the page server: its UFFDIO_COPY will wake this thread.
-    if (!range && this.inflight.find(page)) return 'ok';
+    if (!range) {
+      const leased = this.inflight.find(page);
+      // Requested from the page server: its UFFDIO_COPY will wake this thread. Leased to a
+      // worker's fill: copy the page now rather than wait for it (whoever comes second finds
+      // it present).
+      if (leased) return this.remote ? 'ok' : this.faultInLease(page, leased);
+    }
     if (!range) {
       const z = this.zeroFill(page);
       this.releasedAtNs = native.monotonicNs();
@@ -180,29 +188,125 @@ export class LazyProcess {
   }
 
   /**
-   * Copies the next background chunk; 'empty' when nothing is left. A local chunk goes in slices of
-   * `fillSlice` pages, and `yieldNow` is asked between slices: when it says so, the rest of the
-   * chunk goes back to the missing ranges and the fill resumes there next time, so a fault never
-   * waits behind a whole chunk (1 MiB ≈ 0.4 ms here; a slice ≈ 25 µs).
+   * Remote: asks the page server for the next background chunk; 'busy' while one is on its way
+   * (one at a time per process, as CRIU), 'empty' when nothing is left to ask for.
    */
-  fillNext(yieldNow?: () => boolean): CopyOutcome | 'empty' | 'busy' {
-    // Remote: one background request per process on its way at a time, as CRIU.
-    if (this.remote && this.fillsInFlight > 0) return 'busy';
+  fillNext(): CopyOutcome | 'empty' | 'busy' {
+    if (this.fillsInFlight > 0) return 'busy';
+    const piece = this.nextFillRange();
+    return piece ? this.ask(piece, false) : 'empty';
+  }
+
+  /** The next range the background fill should copy, taken out of the missing ranges. */
+  private nextFillRange(): LazyRange | undefined {
     const pre = this.nextPrefetch();
-    if (pre) return this.remote ? this.ask(pre, false) : this.copy(pre, 'fill', yieldNow);
+    if (pre) return pre;
     let r = this.map.nextAtOrAfter(this.fillCursor);
     if (!r) {
       // Wrap around: ranges put back after EAGAIN, or moved by mremap, can lie below the cursor.
       this.fillCursor = 0;
       r = this.map.nextAtOrAfter(0);
     }
-    if (!r) return 'empty';
+    if (!r) return undefined;
     const start = Math.max(r.start, this.fillCursor);
     const end = Math.min(r.end, start + this.fillChunk * PAGE);
     this.fillCursor = end;
     this.fillChunk = Math.min(this.fillChunk * 2, this.tuning.fillChunkMax);
-    const [piece] = this.map.take(start, end);
-    return this.remote ? this.ask(piece, false) : this.copy(piece, 'fill', yieldNow);
+    return this.map.take(start, end)[0];
+  }
+
+  /**
+   * Local: the next background range for a fill lease (see fill-board.ts). It stays missing, as in
+   * flight: events move or drop it, a fork gives it to the child, a fault copies from it at once.
+   */
+  leaseNext(): LazyRange | undefined {
+    const piece = this.nextFillRange();
+    if (!piece) return undefined;
+    this.inflight.insert(piece);
+    this.leases++;
+    return piece;
+  }
+
+  /**
+   * A fill lease of `pages` pages at image address `imgStart` came back: the first `dealt` bytes
+   * are in place (copied by its taker, or present already); the rest goes back to the missing
+   * ranges wherever events have moved it meanwhile.
+   */
+  leaseSettled(imgStart: number, pages: number, r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'>): CopyOutcome {
+    this.leases--;
+    const end = imgStart + pages * PAGE;
+    const cut = imgStart + r.dealt;
+    // Pages a fault copied while leased were counted then; the lease's EEXIST on them is no news.
+    let existing = r.existing;
+    for (const a of this.faultedInLease) {
+      if (a < imgStart || a >= end) continue;
+      if (a < cut) existing--;
+      this.faultedInLease.delete(a);
+    }
+    const copied = r.dealt / PAGE - r.existing;
+    this.counters.fillPages += copied;
+    this.counters.existingPages += existing;
+    if (copied > 0) this.counters.copies++;
+    for (const f of [...this.inflight]) {
+      const fImgEnd = f.imgStart + (f.end - f.start);
+      if (fImgEnd <= imgStart || f.imgStart >= end) continue;
+      const lo = Math.max(f.imgStart, imgStart);
+      const hi = Math.min(fImgEnd, end);
+      const dst = f.start + (lo - f.imgStart);
+      this.inflight.take(dst, dst + (hi - lo));
+      if (hi > cut) {
+        const from = Math.max(lo, cut);
+        const back = { start: dst + (from - lo), end: dst + (hi - lo), imgStart: from };
+        this.map.insert(back);
+        // Resume the fill where this lease stopped, not after the leases offered since.
+        this.fillCursor = Math.min(this.fillCursor, back.start);
+      }
+    }
+    switch (r.stop) {
+      case 'done':
+      case 'yielded':
+      case 'exists':
+        return 'ok';
+      case 'gone':
+        this.gone = true;
+        return 'gone';
+      case 'novma':
+        this.noVma(cut);
+        return 'again';
+      case 'no-data':
+        throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(cut)}`);
+      default:
+        return 'again';
+    }
+  }
+
+  /** A fault on a page leased to the fill: copy it now (the lease's copy then finds it present). */
+  private faultInLease(page: number, leased: LazyRange): CopyOutcome {
+    const img = leased.imgStart + (page - leased.start);
+    const data = this.source.locate(img, 1);
+    if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
+    if (!this.gate.beginCopy()) return 'again';
+    const r = copyIoctl(this.uffd, this.pid, page, data.buf, data.offset, PAGE);
+    this.gate.endCopy();
+    this.releasedAtNs = native.monotonicNs();
+    switch (r.outcome) {
+      case 'ok':
+        this.counters.faultPages++;
+        this.counters.copies++;
+        // No longer missing: a fork now copies it to the child, and the lease must not put it back.
+        this.inflight.take(page, page + PAGE);
+        this.faultedInLease.add(img);
+        return 'ok';
+      case 'exists':
+        // The lease's copy was first; it woke the range it copied, but wake to be sure.
+        wake(this.uffd, page, PAGE);
+        return 'ok';
+      case 'gone':
+        this.gone = true;
+        return 'gone';
+      default:
+        return 'again';
+    }
   }
 
   private ask(piece: LazyRange, urgent: boolean): CopyOutcome {
@@ -257,35 +361,28 @@ export class LazyProcess {
       this.map.insert(piece);
       return 'again';
     }
-    try {
-      native.uffdCopy(this.uffd, piece.start, buf, off, len, 0);
-      this.gate.endCopy();
-      this.counted(cause, len / PAGE);
-      this.counters.copies++;
-      this.enoents = 0;
-      return 'ok';
-    } catch (e) {
-      this.gate.endCopy();
-      if (!isErrno(e)) throw e;
-      const done = e.done ?? 0;
-      this.counted(cause, done / PAGE);
-      switch (e.code) {
-        case 'EEXIST':
-          this.counters.existingPages++;
-          if (done + PAGE < len) return this.copyFrom({ start: piece.start + done + PAGE, end: piece.end, imgStart: piece.imgStart + done + PAGE }, buf, off + done + PAGE, cause);
-          return 'ok';
-        case 'EAGAIN':
-        case 'ENOENT':
-          if (e.code === 'ENOENT') this.noVma(piece.start + done);
-          this.map.insert({ start: piece.start + done, end: piece.end, imgStart: piece.imgStart + done });
-          return 'again';
-        case 'ESRCH':
-        case 'ENOSPC':
-          this.gone = true;
-          return 'gone';
-        default:
-          throw new WorkerError(`pid ${this.pid}: UFFDIO_COPY of ${len / PAGE} pages to ${hex(piece.start)}: ${e.code}`);
+    const r = copyIoctl(this.uffd, this.pid, piece.start, buf, off, len);
+    this.gate.endCopy();
+    this.counted(cause, r.done / PAGE);
+    switch (r.outcome) {
+      case 'ok':
+        this.counters.copies++;
+        this.enoents = 0;
+        return 'ok';
+      case 'exists': {
+        this.counters.existingPages++;
+        const skip = r.done + PAGE;
+        if (skip < len) return this.copyFrom({ start: piece.start + skip, end: piece.end, imgStart: piece.imgStart + skip }, buf, off + skip, cause);
+        return 'ok';
       }
+      case 'again':
+      case 'novma':
+        if (r.outcome === 'novma') this.noVma(piece.start + r.done);
+        this.map.insert({ start: piece.start + r.done, end: piece.end, imgStart: piece.imgStart + r.done });
+        return 'again';
+      case 'gone':
+        this.gone = true;
+        return 'gone';
     }
   }
 
@@ -310,21 +407,12 @@ export class LazyProcess {
     return undefined;
   }
 
-  /**
-   * Copies a piece from the local images, one contiguous run of the pages files at a time; with
-   * `yieldNow` (background fill), in slices that it may cut short.
-   */
-  private copy(piece: LazyRange, cause: 'fault' | 'fill', yieldNow?: () => boolean): CopyOutcome {
+  /** Copies a piece from the local images (a fault and its neighbours), one contiguous run at a time. */
+  private copy(piece: LazyRange, cause: 'fault' | 'fill'): CopyOutcome {
     let dst = piece.start;
     let img = piece.imgStart;
     while (dst < piece.end) {
-      if (yieldNow?.()) {
-        this.map.insert({ start: dst, end: piece.end, imgStart: img });
-        this.fillCursor = dst;
-        return 'ok';
-      }
-      const want = (piece.end - dst) / PAGE;
-      const data = this.source.locate(img, yieldNow ? Math.min(want, this.tuning.fillSlice) : want);
+      const data = this.source.locate(img, (piece.end - dst) / PAGE);
       if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
       const len = data.pages * PAGE;
       const outcome = this.copyFrom({ start: dst, end: dst + len, imgStart: img }, data.buf, data.offset, cause);
@@ -356,31 +444,21 @@ export class LazyProcess {
     const coming = this.inflight.nextAtOrAfter(page);
     if (coming) end = Math.min(end, coming.start);
     if (!this.gate.beginCopy()) return 'again';
-    try {
-      const done = native.uffdZeropage(this.uffd, page, end - page, 0);
-      this.gate.endCopy();
-      this.counters.zeroPages += done / PAGE;
-    } catch (e) {
-      this.gate.endCopy();
-      if (!isErrno(e)) throw e;
-      this.counters.zeroPages += (e.done ?? 0) / PAGE;
-      switch (e.code) {
-        case 'EEXIST': // already filled (by a copy that also woke the thread); wake to be sure
-          if ((e.done ?? 0) === 0) native.uffdWake(this.uffd, page, PAGE);
-          return 'ok';
-        case 'ENOENT': // no registered VMA here any more: a stale fault on memory since unmapped
-          return 'ok';
-        case 'EAGAIN':
-          return 'again';
-        case 'ESRCH':
-        case 'ENOSPC':
-          this.gone = true;
-          return 'gone';
-        default:
-          throw new WorkerError(`pid ${this.pid}: UFFDIO_ZEROPAGE at ${hex(page)}: ${e.code}`);
-      }
+    const r = zeropage(this.uffd, this.pid, page, end - page);
+    this.gate.endCopy();
+    this.counters.zeroPages += r.done / PAGE;
+    switch (r.outcome) {
+      case 'exists': // already filled (by a copy that also woke the thread); wake to be sure
+        if (r.done === 0) wake(this.uffd, page, PAGE);
+        return 'ok';
+      case 'novma': // no registered VMA here any more: a stale fault on memory since unmapped
+        return 'ok';
+      case 'gone':
+        this.gone = true;
+        return 'gone';
+      default:
+        return r.outcome;
     }
-    return 'ok';
   }
 
   private noVma(addr: number): void {

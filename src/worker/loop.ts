@@ -1,14 +1,20 @@
 // The Piscina task: one long-lived loop per pool thread. It consumes its SAB ring (faults and events
-// of the processes in its shard, in order), serves faults first, and fills in the background while
-// the ring is empty. It blocks in Atomics.wait, so the main thread talks to it only through the ring.
+// of the processes in its shard, in order) and serves faults first. The background fill goes through
+// fill leases (fill-board.ts): the worker offers ranges of its own processes, and takes leases from
+// every board, its own first, so every worker fills every process. It blocks in Atomics.wait, so the
+// main thread talks to it only through the ring.
 import * as hdr from 'hdr-histogram-js';
-import { RingConsumer, type RingRecord } from '../engine/ring';
+import { RingConsumer, RingWaker, type RingRecord } from '../engine/ring';
 import { RecordKind, UFFD_MSG } from '../engine/ring-layout';
 import { openLocalProcess } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
 import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
+import { BOARD_SLOTS, FillBoards, LeaseResult, LeaseState } from './fill-board';
+import { FillBudget } from './fill-budget';
+import { RunCopier, classify, errnoName, type RunsResult } from './uffd-ops';
+import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
 import type { FaultTrace, WorkerMessage, WorkerResult, WorkerTask } from './messages';
@@ -20,6 +26,8 @@ const IDLE_WAIT_MS = 1000;
  */
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
 const AGAIN_WAIT_MS = 1;
+/** After fail-stop, how long an owner waits for leases other workers are copying before poisoning. */
+const LEASE_DRAIN_MS = 2000;
 /** Fill credit never banks more than this: a fault waits at most about this long behind the fill. */
 const MAX_FILL_CREDIT_NS = 1_000_000;
 interface PendingFault {
@@ -39,6 +47,17 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let stop = false;
   let failStop = false;
   let retry: PendingFault[] = [];
+  const boards = new FillBoards(task.boards, task.rings.length);
+  const wakers = task.rings.map((r) => new RingWaker(r));
+  /** What each slot of this worker's own board was offered for. */
+  const offered: ({ p: LazyProcess; imgStart: number; pages: number } | null)[] = new Array(BOARD_SLOTS).fill(null);
+  /** Processes to release once their taken leases are back (a uffd is never closed under a lease). */
+  const releasing = new Map<LazyProcess, { how: 'complete' | 'gone'; reason: string }>();
+  const copier = new RunCopier();
+  let filledForOthers = 0;
+  let leasesTaken = 0;
+  let leasesHelped = 0;
+  const budget = new FillBudget(task.tuning.fillShare, MAX_FILL_CREDIT_NS, native.monotonicNs);
   const latency = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   const traces: FaultTrace[] = [];
@@ -55,6 +74,20 @@ export default function runShard(task: WorkerTask): WorkerResult {
   }
 
   const release = (p: LazyProcess, how: 'complete' | 'gone', reason = '') => {
+    if (!processes.has(p.uffd) || processes.get(p.uffd) !== p) return;
+    // Offers nobody took are withdrawn; a lease being copied must come back before the main thread
+    // may close the uffd (and reuse its number).
+    for (let s = 0; s < BOARD_SLOTS; s++) {
+      if (offered[s]?.p === p && boards.cancel(task.shard, s)) {
+        p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, stop: 'done' });
+        offered[s] = null;
+      }
+    }
+    if (p.leases > 0) {
+      if (!releasing.has(p)) releasing.set(p, { how, reason });
+      return;
+    }
+    releasing.delete(p);
     // Forget the uffd before telling the main thread, which closes it (and may reuse the number).
     processes.delete(p.uffd);
     if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
@@ -66,14 +99,14 @@ export default function runShard(task: WorkerTask): WorkerResult {
   };
 
   const settle = (p: LazyProcess, outcome: CopyOutcome): void => {
-    if (outcome === 'gone') release(p, 'gone', 'the process exited (ESRCH)');
+    const later = releasing.get(p);
+    if (later && p.leases === 0) release(p, later.how, later.reason);
+    else if (outcome === 'gone') release(p, 'gone', 'the process exited (ESRCH)');
     else if (p.complete && processes.has(p.uffd)) release(p, 'complete');
   };
 
-  // Fill credit (ns): serving faults earns the background fill a share of the thread's time, which it
-  // may use while faults wait; beyond it, a waiting fault cuts the chunk short at the next slice.
-  let fillCredit = 0;
-  const creditPerFaultNs = task.tuning.fillShare / (1 - task.tuning.fillShare);
+  // Serving faults earns the background fill a share of the thread's time (FillBudget), which it
+  // may use while faults wait; beyond it, a waiting fault cuts the fill short at the next slice.
   const serveFault = (p: LazyProcess, address: number, timeNs: number, retried = false) => {
     const started = native.monotonicNs();
     if (FAULT_DELAY_NS > 0 && !retried) for (const until = started + FAULT_DELAY_NS; native.monotonicNs() < until; );
@@ -81,11 +114,115 @@ export default function runShard(task: WorkerTask): WorkerResult {
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
     settle(p, outcome);
-    fillCredit = Math.min(fillCredit + (native.monotonicNs() - started) * creditPerFaultNs, MAX_FILL_CREDIT_NS);
+    budget.earn(native.monotonicNs() - started);
   };
-  // Only the ring, no epoll_wait per slice: that syscall per 64 KiB measured slower (isolated p50
-  // ≈ 140 µs against ≈ 116 µs), the main thread's drain is fast enough to feed the ring meanwhile.
-  const faultWaiting = () => ring.available() > 0;
+
+  /** Settles the leases of this worker's board that their takers have finished. */
+  const collectLeases = () => {
+    for (let s = 0; s < BOARD_SLOTS; s++) {
+      if (boards.state(task.shard, s) !== LeaseState.DONE) continue;
+      const o = boards.collect(task.shard, s);
+      const l = offered[s]!;
+      offered[s] = null;
+      const stop: RunsResult['stop'] =
+        o.result === LeaseResult.DONE ? 'done'
+        : o.result === LeaseResult.YIELDED ? 'yielded'
+        : o.result === LeaseResult.EVENT ? 'event'
+        : o.result === LeaseResult.NO_DATA ? 'no-data'
+        : (classify(errnoName(o.errno)) ?? 'gone');
+      const outcome = l.p.leaseSettled(l.imgStart, l.pages, { dealt: o.dealt, existing: o.existing, stop });
+      if (outcome === 'again') againUntil.set(l.p, native.monotonicNs() + AGAIN_WAIT_MS * 1e6);
+      settle(l.p, outcome);
+    }
+  };
+  /** A process whose lease came back with EAGAIN/event waits this long (or for its event) before the next. */
+  const againUntil = new Map<LazyProcess, number>();
+  let offerIndex = 0;
+  /**
+   * Keeps this worker's board stocked with leases of its filling processes, round robin, one more
+   * untaken offer than there are other workers, so a taker that finishes finds the next at once.
+   */
+  const offerLeases = () => {
+    let untaken = 0;
+    for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.OFFERED) untaken++;
+    let made = 0;
+    const now = native.monotonicNs();
+    for (let tries = 0; tries < filling.length && untaken < task.rings.length; ) {
+      const slot = boards.freeSlot(task.shard);
+      if (slot < 0) break;
+      offerIndex %= filling.length;
+      const p = filling[offerIndex++];
+      tries++;
+      if (p.remote || releasing.has(p) || p.gone) continue;
+      const until = againUntil.get(p);
+      if (until !== undefined) {
+        if (now < until) continue;
+        againUntil.delete(p);
+      }
+      const piece = p.leaseNext();
+      if (!piece) continue;
+      tries = 0;
+      const pages = (piece.end - piece.start) / 4096;
+      offered[slot] = { p, imgStart: piece.imgStart, pages };
+      boards.offer(task.shard, slot, { uffd: p.uffd, pid: p.pid, epoch: ring.epoch, dst: piece.start, imgStart: piece.imgStart, pages });
+      untaken++;
+      made++;
+    }
+    if (made) for (let w = 0; w < wakers.length; w++) if (w !== task.shard) wakers[w].wake();
+  };
+
+  const sources = new Map<number, PageSource>();
+  const sourceOf = (pid: number): PageSource => {
+    let s = sources.get(pid);
+    if (!s) {
+      s = openLocalProcess(task.imagesDir, pid).source;
+      sources.set(pid, s);
+    }
+    return s;
+  };
+  /**
+   * Takes one offered lease, this worker's own board first, and copies it; false if none was on
+   * offer. The copy gives way to this worker's own ring once the fill budget is spent.
+   */
+  const takeLease = (): boolean => {
+    for (let i = 0; i < wakers.length; i++) {
+      // Own board first, then the others, each worker from the next one on.
+      const owner = (task.shard + i) % wakers.length;
+      for (let s = 0; s < BOARD_SLOTS; s++) {
+        if (boards.state(owner, s) !== LeaseState.OFFERED) continue;
+        const l = boards.take(owner, s);
+        if (!l) continue;
+        const started = native.monotonicNs();
+        let r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'event', errno: 0 };
+        try {
+          r = copier.copyRange(sourceOf(l.pid), l.uffd, wakers[owner].bytes, l.epoch, l.dst, l.imgStart, l.pages, task.tuning.fillSlice, ring.bytes, budget.yieldAt());
+        } finally {
+          budget.spend(started);
+          const result =
+            r.stop === 'done' ? LeaseResult.DONE
+            : r.stop === 'yielded' ? LeaseResult.YIELDED
+            : r.stop === 'event' ? LeaseResult.EVENT
+            : r.stop === 'no-data' ? LeaseResult.NO_DATA
+            : LeaseResult.ERRNO;
+          boards.finish(owner, s, { result, dealt: r.dealt, existing: r.existing, errno: r.errno });
+          leasesTaken++;
+          if (owner === task.shard) collectLeases();
+          else {
+            leasesHelped++;
+            filledForOthers += r.dealt / 4096 - r.existing;
+            wakers[owner].wake();
+          }
+        }
+        return true;
+      }
+    }
+    return false;
+  };
+  const hasFillWork = () => boards.anyOffered() || ownLeasesDone();
+  const ownLeasesDone = () => {
+    for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.DONE) return true;
+    return false;
+  };
 
   const onRecord = (r: RingRecord) => {
     switch (r.kind) {
@@ -165,12 +302,13 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
   };
 
-  const preloaded = preload(task);
+  const preloaded = preload(task, sources);
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
       const n = ring.consume(onRecord);
       if (stop) break;
+      collectLeases();
       if (retry.length) {
         const again = retry;
         retry = [];
@@ -178,41 +316,27 @@ export default function runShard(task: WorkerTask): WorkerResult {
         if (retry.length && ring.available() === 0) ring.wait(AGAIN_WAIT_MS);
         continue;
       }
-      if (restoreFinished && filling.length) {
+      if (!restoreFinished) {
+        if (n === 0) ring.wait(IDLE_WAIT_MS);
+        continue;
+      }
+      if (processes.size) {
         // Already running: pick up new faults ourselves instead of waiting for the main thread to
         // be woken and to wake us (two cross-vCPU wakes on this VM, ≈ 50 µs each).
         if (native.drain(task.epfd, [ring.bytes], task.shard)) {
           ring.consume(onRecord);
           if (stop) break;
+          if (ring.available()) continue;
         }
-        // Then one background chunk per loop, even under a steady stream of faults, as CRIU's loop
-        // does: "fill only when the ring is empty" starved the fill (random-1g: every page fetched
-        // by its own fault); gating the fill to once per ms was worse still (13×); whole 1 MiB
-        // chunks made every isolated fault wait ≈ 0.4 ms (the gate: p50 50× the baseline's).
-        // One chunk for the next process that can take one; remote processes with a request
-        // already on its way are 'busy' and skipped (their reply arrives through the ring).
-        // Its slices stop early for a waiting fault once the fill's credit is spent.
-        let sliceFrom = native.monotonicNs();
-        const yieldNow = () => {
-          const now = native.monotonicNs();
-          fillCredit = Math.max(0, fillCredit - (now - sliceFrom));
-          sliceFrom = now;
-          return fillCredit === 0 && faultWaiting();
-        };
-        let outcome: ReturnType<LazyProcess['fillNext']> = 'busy';
-        let p: LazyProcess | undefined;
-        for (let tries = 0; tries < filling.length && outcome === 'busy'; tries++) {
-          fillIndex = fillIndex % filling.length;
-          p = filling[fillIndex++];
-          outcome = p.fillNext(yieldNow);
-        }
-        if (outcome === 'busy') ring.wait(IDLE_WAIT_MS);
-        else if (outcome === 'again') ring.wait(AGAIN_WAIT_MS);
-        else settle(p!, outcome === 'empty' ? 'ok' : outcome);
-        continue;
       }
-      if (n > 0) continue;
-      ring.wait(IDLE_WAIT_MS);
+      // One fill step per loop, even under a steady stream of faults, as CRIU's loop does: "fill
+      // only when the ring is empty" starved the fill (random-1g: every page fetched by its own
+      // fault); whole 1 MiB chunks made every isolated fault wait ≈ 0.4 ms. The step's slices stop
+      // early for a waiting fault once the fill budget is spent.
+      offerLeases();
+      if (takeLease()) continue;
+      if (arena && fillRemote()) continue;
+      ring.wait(againUntil.size ? AGAIN_WAIT_MS : IDLE_WAIT_MS, hasFillWork);
     }
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });
@@ -227,11 +351,40 @@ export default function runShard(task: WorkerTask): WorkerResult {
       if (!stop) ring.wait(IDLE_WAIT_MS);
     }
   }
+  // Withdraw what nobody took, and wait (bounded) for what others are copying, so that the map is
+  // true before poisoning and no uffd is closed under a lease.
+  for (let s = 0; s < BOARD_SLOTS; s++) {
+    if (offered[s] && boards.cancel(task.shard, s)) {
+      offered[s]!.p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, stop: 'done' });
+      offered[s] = null;
+    }
+  }
+  for (const until = native.monotonicNs() + LEASE_DRAIN_MS * 1e6; offered.some((o) => o) && native.monotonicNs() < until; ) {
+    collectLeases();
+    if (offered.some((o) => o)) ring.wait(1, ownLeasesDone);
+  }
   let poisonedPages = 0;
   if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
   for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
   for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
-  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), totals, poisonedPages, traces };
+  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped };
+
+  /**
+   * Remote: one background request for the next process that can take one; processes with a
+   * request already on its way are 'busy' and skipped (their reply arrives through the ring).
+   */
+  function fillRemote(): boolean {
+    let outcome: ReturnType<LazyProcess['fillNext']> = 'busy';
+    let p: LazyProcess | undefined;
+    for (let tries = 0; tries < filling.length && outcome === 'busy'; tries++) {
+      fillIndex = fillIndex % filling.length;
+      p = filling[fillIndex++];
+      outcome = p.fillNext();
+    }
+    if (outcome === 'busy' || !p) return false;
+    if (outcome !== 'empty') settle(p, outcome);
+    return outcome !== 'empty';
+  }
 }
 
 /**
@@ -247,14 +400,30 @@ type Preloaded = ProcessPages & { map: MemoryMap };
  * backed yet (≈ 10 µs a page here), so building even a 4,000-range map at hand-over took 10-20 ms
  * that the restorer spent blocked on its first faults.
  */
-function preload(task: WorkerTask): Map<number, Preloaded | Error> {
+function preload(task: WorkerTask, sources: Map<number, PageSource>): Map<number, Preloaded | Error> {
   const out = new Map<number, Preloaded | Error>();
   for (const pid of task.preloadPids) {
     try {
       const pages = openLocalProcess(task.imagesDir, pid, !!task.arena);
       out.set(pid, { ...pages, map: LazyProcess.mapOf(pages.lazyRanges) });
+      if (!task.arena) sources.set(pid, pages.source);
     } catch (e) {
       out.set(pid, e as Error);
+    }
+  }
+  // Every other process's page images too: this worker may fill any process on lease, and must
+  // not parse images while a restored thread waits.
+  if (!task.arena) {
+    for (const pid of task.allPids) {
+      if (sources.has(pid)) continue;
+      try {
+        const pages = openLocalProcess(task.imagesDir, pid);
+        sources.set(pid, pages.source);
+        const r = pages.lazyRanges[0];
+        if (r) pages.source.locate(r.start, 1);
+      } catch {
+        // reported properly by the owner when this process is handed over
+      }
     }
   }
   if (!out.size) warmUp(task);

@@ -18,6 +18,12 @@ export interface WorkerTask {
   ring: SharedArrayBuffer;
   /** Remote restore: page-server data arrives in this arena (PAGES records). */
   arena?: SharedArrayBuffer;
+  /** Every worker's ring (index = shard): a lease's copy gate is its owner's ring, and wakes go there. */
+  rings: SharedArrayBuffer[];
+  /** The fill boards of all shards (fill-board.ts). */
+  boards: SharedArrayBuffer;
+  /** Every pstree pid: a worker may fill any process on lease, so it opens all their page images. */
+  allPids: number[];
   /** This shard's epoll set, drained by the worker itself between background chunks. */
   epfd: number;
   port: MessagePort;
@@ -51,4 +57,9 @@ export interface WorkerResult {
   totals: ProcessCounters;
   poisonedPages: number;
   traces: FaultTrace[];
+  /** Pages this worker copied on leases of processes other workers own. */
+  filledForOthers: number;
+  /** Leases this worker took, and how many of them were other workers'. */
+  leases: number;
+  leasesHelped: number;
 }

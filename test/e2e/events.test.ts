@@ -5,12 +5,16 @@ import { runRestore, type RestoreResult } from '../../src/target/run';
 import { MiB, denseTree, makeImages, tempDir } from '../helpers/restore';
 
 // 2 processes of 12 MiB: pages 0-1023 dense, then (in a second VMA) sparse, then zeros.
+// Three workers: every process is filled by its owner and by two others on fill leases, so every
+// event here also races copies from workers that learn of it only through the copy gate's epoch.
+const WORKERS = 3;
 async function scripted(t: Test, name: string, script: string[], opts: { threads?: number; processes?: number; pagesEach?: number } = {}): Promise<RestoreResult> {
   const dir = tempDir(t, name);
   const images = makeImages(dir, denseTree(opts.processes ?? 2, opts.pagesEach ?? 12 * MiB));
   return runRestore({
     imagesDir: images,
     workDir: dir,
+    daemonArgs: ['--workers', String(WORKERS)],
     target: { fraction: 0.3, pattern: 'random', threads: opts.threads ?? 1, extraArgs: script },
   });
 }
@@ -19,6 +23,7 @@ function assertClean(t: Test, r: RestoreResult, processes: number): void {
   t.equal(r.daemon.code, 0, `daemon exits 0 ${r.daemon.stderr.trim()}`);
   t.equal(r.target.code, 0, `target exits 0 ${r.target.stderr.trim()}`);
   t.equal(r.target.summary?.mismatches, 0, 'no byte differs from what the program must see');
+  t.equal(r.daemon.summary?.workers, WORKERS, `${WORKERS} workers filled`);
   t.equal(r.target.processes.length, processes, `${processes} process reports`);
   for (const p of r.target.processes) t.equal(p.mismatches, 0, `pid ${p.pid}${(p as { forkOf?: number }).forkOf ? ' (forked)' : ''}: 0 mismatches over ${p.verified} pages`);
 }

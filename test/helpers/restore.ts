@@ -35,14 +35,16 @@ export function copyImages(from: string, dir: string): string {
 }
 
 export function denseTree(processes: number, pagesEach: number): GenerateSpec {
+  // The sparse and zero regions follow the dense one, 256 MiB apart or more for a bigger process.
+  const gap = Math.max(0x1000_0000, Math.ceil(((pagesEach - 2048) * 4096) / 0x1000_0000) * 0x1000_0000);
   return {
     processes: Array.from({ length: processes }, (_, i) => ({
       pid: i + 1,
       ppid: i === 0 ? 0 : 1,
       regions: [
         { name: 'dense', start: BASE, pages: pagesEach - 2048, kind: 'dense' as const, seed: 10 + i },
-        { name: 'sparse', start: BASE + 0x1000_0000, pages: 1024, kind: 'sparse' as const, step: 4, seed: 20 + i },
-        { name: 'zeros', start: BASE + 0x2000_0000, pages: 1024, kind: 'zero' as const, seed: 0 },
+        { name: 'sparse', start: BASE + gap, pages: 1024, kind: 'sparse' as const, step: 4, seed: 20 + i },
+        { name: 'zeros', start: BASE + 2 * gap, pages: 1024, kind: 'zero' as const, seed: 0 },
       ],
     })),
   };

@@ -1,0 +1,152 @@
+// Fill leases: how every worker fills every process while each process keeps one owner.
+//
+// The owner (the worker whose shard holds the process) alone decides what is missing: it takes a
+// range out of the process's MemoryMap, keeps it as in flight (so fork, mremap, madvise and munmap
+// move or drop it like any missing range), and offers it on its board. Any worker, the owner
+// included, may take an offered lease and UFFDIO_COPY it, entering the owner ring's copy gate with
+// the lease's epoch (the number of mm events the owner had handled when it chose the addresses).
+// An event published since makes the copy stop before its next ioctl (native fillRuns), and the
+// lease comes back with how far it got. Only the owner settles a lease: the copied part leaves the
+// in-flight map, the rest goes back to the missing ranges, wherever events have moved them.
+//
+// One board per shard, a fixed array of slots in one SharedArrayBuffer shared by all workers:
+//   FREE → OFFERED (owner) → TAKEN (any worker, CAS) → DONE (the taker) → FREE (owner, settled)
+//   OFFERED → FREE (owner, cancelled: the process is going, or the restore stops)
+// The owner never lets the main thread close a uffd while one of its leases is taken, so a lease's
+// uffd number always names the process it was made for.
+
+export const enum LeaseState {
+  FREE = 0,
+  OFFERED = 1,
+  TAKEN = 2,
+  DONE = 3,
+}
+
+/** What the taker found (FillStatus of native fillRuns, plus what the taker itself can fail on). */
+export const enum LeaseResult {
+  DONE = 0,
+  YIELDED = 1,
+  EVENT = 2,
+  ERRNO = 3,
+  /** The images hold no data for a lazy page: the owner fails with that. */
+  NO_DATA = 4,
+}
+
+export const BOARD_SLOTS = 16;
+const SLOT_BYTES = 64;
+// i32 fields of a slot
+const STATE = 0;
+const UFFD = 1;
+const PID = 2;
+const EPOCH = 3;
+const PAGES = 4;
+const RESULT = 5;
+const ERRNO = 6;
+const EXISTING = 7;
+// f64 fields of a slot (index in the Float64Array, relative to the slot)
+const DST = 4;
+const IMG = 5;
+const DEALT = 6;
+
+export function createBoards(shards: number): SharedArrayBuffer {
+  return new SharedArrayBuffer(shards * BOARD_SLOTS * SLOT_BYTES);
+}
+
+export interface Lease {
+  uffd: number;
+  pid: number;
+  epoch: number;
+  dst: number;
+  imgStart: number;
+  pages: number;
+}
+
+export interface LeaseOutcome {
+  result: LeaseResult;
+  /** Bytes dealt with from the start (copied, or found present). */
+  dealt: number;
+  existing: number;
+  errno: number;
+}
+
+/** All boards; `shard` selects whose. Every worker holds the same one. */
+export class FillBoards {
+  private readonly i32: Int32Array;
+  private readonly f64: Float64Array;
+  constructor(
+    readonly sab: SharedArrayBuffer,
+    readonly shards: number,
+  ) {
+    this.i32 = new Int32Array(sab);
+    this.f64 = new Float64Array(sab);
+  }
+
+  private base(shard: number, slot: number): number {
+    return (shard * BOARD_SLOTS + slot) * (SLOT_BYTES / 4);
+  }
+
+  state(shard: number, slot: number): LeaseState {
+    return Atomics.load(this.i32, this.base(shard, slot) + STATE);
+  }
+
+  /** Owner: a free slot, or -1. */
+  freeSlot(shard: number): number {
+    for (let s = 0; s < BOARD_SLOTS; s++) if (this.state(shard, s) === LeaseState.FREE) return s;
+    return -1;
+  }
+
+  /** Owner: publishes a lease in a FREE slot (fields first, state last). */
+  offer(shard: number, slot: number, l: Lease): void {
+    const b = this.base(shard, slot);
+    this.i32[b + UFFD] = l.uffd;
+    this.i32[b + PID] = l.pid;
+    this.i32[b + EPOCH] = l.epoch | 0;
+    this.i32[b + PAGES] = l.pages;
+    this.f64[b / 2 + DST] = l.dst;
+    this.f64[b / 2 + IMG] = l.imgStart;
+    Atomics.store(this.i32, b + STATE, LeaseState.OFFERED);
+  }
+
+  /** Any worker: claims an offered lease; null if someone else was first (or it was cancelled). */
+  take(shard: number, slot: number): Lease | null {
+    const b = this.base(shard, slot);
+    if (Atomics.compareExchange(this.i32, b + STATE, LeaseState.OFFERED, LeaseState.TAKEN) !== LeaseState.OFFERED) return null;
+    return {
+      uffd: this.i32[b + UFFD],
+      pid: this.i32[b + PID],
+      epoch: this.i32[b + EPOCH] >>> 0,
+      pages: this.i32[b + PAGES],
+      dst: this.f64[b / 2 + DST],
+      imgStart: this.f64[b / 2 + IMG],
+    };
+  }
+
+  /** The taker: reports how far it got (results first, state last). */
+  finish(shard: number, slot: number, o: LeaseOutcome): void {
+    const b = this.base(shard, slot);
+    this.i32[b + RESULT] = o.result;
+    this.i32[b + ERRNO] = o.errno;
+    this.i32[b + EXISTING] = o.existing;
+    this.f64[b / 2 + DEALT] = o.dealt;
+    Atomics.store(this.i32, b + STATE, LeaseState.DONE);
+  }
+
+  /** Owner: the outcome of a DONE slot, which becomes FREE. */
+  collect(shard: number, slot: number): LeaseOutcome {
+    const b = this.base(shard, slot);
+    const o = { result: this.i32[b + RESULT], errno: this.i32[b + ERRNO], existing: this.i32[b + EXISTING], dealt: this.f64[b / 2 + DEALT] };
+    Atomics.store(this.i32, b + STATE, LeaseState.FREE);
+    return o;
+  }
+
+  /** Owner: withdraws an offer nobody took yet; false if it is taken (or done) already. */
+  cancel(shard: number, slot: number): boolean {
+    return Atomics.compareExchange(this.i32, this.base(shard, slot) + STATE, LeaseState.OFFERED, LeaseState.FREE) === LeaseState.OFFERED;
+  }
+
+  /** Whether any board, looked at from `from` on, has an offer. */
+  anyOffered(): boolean {
+    for (let sh = 0; sh < this.shards; sh++) for (let s = 0; s < BOARD_SLOTS; s++) if (this.state(sh, s) === LeaseState.OFFERED) return true;
+    return false;
+  }
+}

@@ -1,0 +1,158 @@
+// The mechanism under the worker's policy: the filling ioctls, and what each errno means for a
+// restore, decided once. LazyProcess (the policy) only sees the outcomes.
+import * as os from 'node:os';
+import { native, isErrno } from '../native';
+import type { PageSource } from '../source/page-source';
+
+export const PAGE = 4096;
+
+/**
+ * - exists: that page is there already (a fault or another worker copied it): step over it;
+ * - again: the mm is changing (an event is pending, EAGAIN) or the gate is closed: retry after the events;
+ * - novma: nothing registered there (ENOENT): normal right after munmap, while its event is queued;
+ * - gone: the process exited (ESRCH) or its mm is being torn down (ENOSPC).
+ */
+export type IoctlOutcome = 'ok' | 'exists' | 'again' | 'novma' | 'gone';
+
+export class WorkerError extends Error {}
+
+// First name wins: EAGAIN before its alias EWOULDBLOCK, as the addon's names.
+const ERRNO_NAMES = new Map<number, string>();
+for (const [name, n] of Object.entries(os.constants.errno)) if (!ERRNO_NAMES.has(n)) ERRNO_NAMES.set(n, name);
+
+export function errnoName(n: number): string {
+  return ERRNO_NAMES.get(n) ?? `errno ${n}`;
+}
+
+export function classify(code: string): IoctlOutcome | null {
+  switch (code) {
+    case 'EEXIST':
+      return 'exists';
+    case 'EAGAIN':
+      return 'again';
+    case 'ENOENT':
+      return 'novma';
+    case 'ESRCH':
+    case 'ENOSPC':
+      return 'gone';
+    default:
+      return null;
+  }
+}
+
+export interface IoctlResult {
+  outcome: IoctlOutcome;
+  /** Bytes filled before the outcome (all of them for 'ok'). */
+  done: number;
+}
+
+function failed(e: unknown, what: () => string): IoctlResult {
+  if (!isErrno(e)) throw e;
+  const outcome = classify(e.code);
+  if (!outcome) throw new WorkerError(`${what()}: ${e.code}`);
+  return { outcome, done: e.done ?? 0 };
+}
+
+const hex = (a: number) => '0x' + a.toString(16);
+
+export function copy(uffd: number, pid: number, dst: number, buf: Buffer, off: number, len: number): IoctlResult {
+  try {
+    native.uffdCopy(uffd, dst, buf, off, len, 0);
+    return { outcome: 'ok', done: len };
+  } catch (e) {
+    return failed(e, () => `pid ${pid}: UFFDIO_COPY of ${len / PAGE} pages to ${hex(dst)}`);
+  }
+}
+
+export function zeropage(uffd: number, pid: number, dst: number, len: number): IoctlResult {
+  try {
+    return { outcome: 'ok', done: native.uffdZeropage(uffd, dst, len, 0) };
+  } catch (e) {
+    return failed(e, () => `pid ${pid}: UFFDIO_ZEROPAGE at ${hex(dst)}`);
+  }
+}
+
+export function wake(uffd: number, dst: number, len: number): void {
+  native.uffdWake(uffd, dst, len);
+}
+
+export interface RunsResult {
+  /** Bytes of the lease dealt with, from its start (copied or already present). */
+  dealt: number;
+  /** Pages found present (EEXIST). */
+  existing: number;
+  ioctls: number;
+  /** Why it stopped short: a waiting record, an mm event, an errno, or images with no data. */
+  stop: 'done' | 'yielded' | 'event' | 'no-data' | IoctlOutcome;
+  errno: number;
+}
+
+const MAX_RUNS = 256;
+
+/**
+ * Copies `pages` pages of image data from `imgStart` to `dst` in one native call per source
+ * buffer (a parent chain may spread a range over several pages files): each run is a contiguous
+ * stretch of one buffer. Enters `gate`'s copy gate with `epoch` for every slice; gives way to a
+ * record in `watch` after `yieldAtNs`.
+ */
+export class RunCopier {
+  private readonly runs = new Float64Array(MAX_RUNS * 3);
+  private readonly out = new Float64Array(4);
+
+  copyRange(
+    source: PageSource,
+    uffd: number,
+    gate: Uint8Array,
+    epoch: number,
+    dst: number,
+    imgStart: number,
+    pages: number,
+    slicePages: number,
+    watch: Uint8Array | null,
+    yieldAtNs: number,
+  ): RunsResult {
+    const r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'done', errno: 0 };
+    const total = pages * PAGE;
+    while (r.dealt < total) {
+      // Gather runs from one buffer.
+      let n = 0;
+      let buf: Buffer | null = null;
+      let at = r.dealt;
+      while (at < total && n < MAX_RUNS) {
+        const d = source.locate(imgStart + at, (total - at) / PAGE);
+        if (!d) break;
+        if (buf && d.buf !== buf) break;
+        buf = d.buf;
+        const len = d.pages * PAGE;
+        if (n > 0 && this.runs[3 * (n - 1)] + this.runs[3 * (n - 1) + 2] === dst + at && this.runs[3 * (n - 1) + 1] + this.runs[3 * (n - 1) + 2] === d.offset) {
+          this.runs[3 * (n - 1) + 2] += len;
+        } else {
+          this.runs[3 * n] = dst + at;
+          this.runs[3 * n + 1] = d.offset;
+          this.runs[3 * n + 2] = len;
+          n++;
+        }
+        at += len;
+      }
+      if (!buf) {
+        r.stop = 'no-data';
+        return r;
+      }
+      const status = native.fillRuns(uffd, gate, epoch, buf, this.runs, n, slicePages, watch, yieldAtNs, this.out);
+      r.dealt += this.out[0];
+      r.existing += this.out[1];
+      r.ioctls += this.out[3];
+      if (status === native.fillStatus.DONE) continue;
+      if (status === native.fillStatus.YIELDED) r.stop = 'yielded';
+      else if (status === native.fillStatus.EVENT) r.stop = 'event';
+      else {
+        r.errno = this.out[2];
+        const outcome = classify(errnoName(this.out[2]));
+        if (!outcome) throw new WorkerError(`UFFDIO_COPY of ${pages} pages to ${hex(dst + r.dealt)}: ${errnoName(this.out[2])}`);
+        r.stop = outcome;
+      }
+      return r;
+    }
+    return r;
+  }
+}
