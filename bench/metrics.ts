@@ -1,5 +1,6 @@
 // Reduces repeated runs to medians, spreads and faultline/baseline ratios: the only numbers worth
 // comparing on a shared, noisy 2-vCPU VM.
+import type { CopyFloor } from './floor';
 import type { RunMetrics, ScenarioResult } from './harness';
 
 export interface MetricDef {
@@ -60,6 +61,59 @@ export function compare(r: ScenarioResult): Comparison[] {
       spread: { faultline: [round(Math.min(...f)), round(Math.max(...f))], baseline: [round(Math.min(...b)), round(Math.max(...b))] },
     };
   });
+}
+
+/**
+ * A row about the copy floor. For the floor itself (a property of the machine, the same for both
+ * daemons) both columns hold it and there is no ratio; for "drain / floor" each column is that
+ * daemon's median drain over the floor, and the ratio is faultline's fraction over the baseline's.
+ */
+export interface FloorRow {
+  key: string;
+  label: string;
+  unit: string;
+  better?: 'higher';
+  faultline: number;
+  baseline: number;
+  ratio: number | null;
+  spread: { faultline: [number, number]; baseline: [number, number] };
+}
+
+/** The copy floor as the report keeps it under its scenario: the tool's output and the rows derived from it. */
+export interface FloorReport extends CopyFloor {
+  rows: FloorRow[];
+}
+
+export function floorRows(r: ScenarioResult, floor: CopyFloor): FloorRow[] {
+  const drains = { faultline: r.runs.faultline.map((m) => m.drainGBps), baseline: r.runs.baseline.map((m) => m.drainGBps) };
+  const rows: FloorRow[] = floor.results.map((f) => {
+    const runs: [number, number] = [round(Math.min(...f.runsGBps)), round(Math.max(...f.runsGBps))];
+    return {
+      key: `copyFloor${f.threads}`,
+      label: `copy floor, ${f.threads} thread${f.threads === 1 ? '' : 's'}`,
+      unit: 'GB/s',
+      faultline: round(f.gbps),
+      baseline: round(f.gbps),
+      ratio: null,
+      spread: { faultline: runs, baseline: runs },
+    };
+  });
+  for (const f of floor.results) {
+    const of = (xs: number[]): [number, number] => [round(Math.min(...xs) / f.gbps, 3), round(Math.max(...xs) / f.gbps, 3)];
+    const mf = median(drains.faultline) / f.gbps;
+    const mb = median(drains.baseline) / f.gbps;
+    rows.push({
+      key: `drainPerFloor${f.threads}`,
+      label: `drain / ${f.threads}-thread floor`,
+      unit: '',
+      better: 'higher',
+      faultline: round(mf, 3),
+      baseline: round(mb, 3),
+      ratio: mb > 0 ? round(mf / mb, 3) : null,
+      spread: { faultline: of(drains.faultline), baseline: of(drains.baseline) },
+    });
+  }
+  return rows;
 }
 
 function round(v: number, digits = 2): number {

@@ -5,13 +5,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as echarts from 'echarts';
 import type { ScenarioResult } from './harness';
-import { compare, type Comparison } from './metrics';
+import { compare, type Comparison, type FloorReport } from './metrics';
 
 export interface BenchReport {
   date: string;
   machine: { cpus: number; kernel: string; node: string };
   reps: number;
-  scenarios: (ScenarioResult & { comparison: Comparison[] })[];
+  scenarios: (ScenarioResult & { comparison: Comparison[]; floor?: FloorReport })[];
 }
 
 const COLORS = { faultline: '#d9480f', baseline: '#1c7ed6' };
@@ -61,6 +61,19 @@ export function timelineChart(s: ScenarioResult): string {
 
 const esc = (s: string) => s.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]!);
 
+/** The copy-floor rows of a scenario's values table (idle-drain scenarios only). */
+function floorHtml(f: FloorReport | undefined): string {
+  if (!f) return '';
+  const note = `UFFDIO_COPY alone from ${esc(path.basename(f.pagesFile))}, ${f.pages} pages in ${f.slice}-page slices, median of ${f.reps} verified reps (warm-up ${f.warmup.gbps.toFixed(2)} GB/s)`;
+  return [
+    `<tr class="floor"><th colspan="6" style="text-align:left">copy floor: ${note}</th></tr>`,
+    ...f.rows.map(
+      (c) =>
+        `<tr class="floor"><th>${esc(c.label)}${c.unit ? ` (${c.unit})` : ''}</th><td>${c.faultline}</td><td>${c.baseline}</td><td>${c.ratio !== null && Number.isFinite(c.ratio) ? c.ratio.toFixed(2) + '×' : '–'}</td><td>${c.spread.faultline.join('–')}</td><td>${c.spread.baseline.join('–')}</td></tr>`,
+    ),
+  ].join('\n');
+}
+
 export function renderHtml(r: BenchReport): string {
   const rows = r.scenarios
     .map((s) => {
@@ -80,6 +93,7 @@ export function renderHtml(r: BenchReport): string {
 <h2>${esc(s.name)}</h2><p>${esc(s.what)}</p>
 <table class="values"><tr><th></th><th>faultline (median)</th><th>baseline (median)</th><th>ratio</th><th>faultline min–max</th><th>baseline min–max</th></tr>
 ${s.comparison.map((c) => `<tr><th>${esc(c.label)}${c.unit ? ` (${c.unit})` : ""}</th><td>${c.faultline}</td><td>${c.baseline}</td><td>${Number.isFinite(c.ratio) ? c.ratio.toFixed(2) + '×' : '–'}</td><td>${c.spread.faultline.join('–')}</td><td>${c.spread.baseline.join('–')}</td></tr>`).join('\n')}
+${floorHtml(s.floor)}
 </table>
 <div class="chart cdf">${cdfChart(s)}</div>
 <div class="chart timeline">${timelineChart(s)}</div>

@@ -6,7 +6,8 @@ import { Command } from 'commander';
 import { defaultWorkRoot, imagesFor, runScenario } from './harness';
 import { runRestore } from '../src/target/run';
 import * as fs from 'node:fs';
-import { compare } from './metrics';
+import { compare, floorRows } from './metrics';
+import { runCopyFloor } from './floor';
 import { writeReport, type BenchReport } from './report';
 import { scenarios } from './scenarios';
 import { REMOTE, runRemoteScenario } from './remote';
@@ -40,7 +41,18 @@ export async function bench(argv: string[]): Promise<number> {
   for (const s of list) {
     process.stdout.write(`${s.name}: ${s.what}\n`);
     const r = await runScenario(s, { reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
-    report.scenarios.push({ ...r, comparison: compare(r) });
+    const entry: BenchReport['scenarios'][number] = { ...r, comparison: compare(r) };
+    if (s.name.startsWith('idle-drain-')) {
+      // The drain's physical limit on this machine, measured right after the drain itself (same pages
+      // file, same page cache, same neighbours on the VM), so the fraction compares like with like.
+      const floor = runCopyFloor(imagesFor(s, path.join(o.work, 'cache')));
+      entry.floor = { ...floor, rows: floorRows(r, floor) };
+      process.stdout.write(
+        `  ${s.name} copy floor: ${floor.results.map((f) => `${f.threads} thread${f.threads === 1 ? '' : 's'} ${f.gbps.toFixed(2)} GB/s`).join(', ')} ` +
+          `(median of ${floor.reps}, ${floor.slice}-page slices; warm-up ${floor.warmup.gbps.toFixed(2)} GB/s)\n`,
+      );
+    }
+    report.scenarios.push(entry);
     if (s.name === 'criu-like') {
       // Working-set replay: record the first-fault order of one restore, then restore again
       // filling those pages first (faultline only; the baseline runs as usual for the ratio).
@@ -76,12 +88,19 @@ export async function bench(argv: string[]): Promise<number> {
 }
 
 export function formatTable(r: BenchReport): string {
-  const lines = ['scenario              metric                      faultline     baseline     ratio (faultline/baseline)'];
+  const metric = (c: { label: string; unit: string }) => c.label + (c.unit ? ` (${c.unit})` : '');
+  // The copy floor's labels may be a little longer than the metrics'; the column grows to fit them.
+  const width = Math.max(27, ...r.scenarios.flatMap((s) => (s.floor?.rows ?? []).map((c) => metric(c).length)));
+  const lines = [`scenario              ${'metric'.padEnd(width)} faultline     baseline     ratio (faultline/baseline)`];
   for (const s of r.scenarios) {
     for (const c of s.comparison) {
       lines.push(
-        `${s.name.padEnd(21)} ${(c.label + (c.unit ? ` (${c.unit})` : '')).padEnd(27)} ${String(c.faultline).padStart(9)}    ${String(c.baseline).padStart(9)}    ${Number.isFinite(c.ratio) ? c.ratio.toFixed(2) + '×' : '–'} (${c.better} is better)`,
+        `${s.name.padEnd(21)} ${metric(c).padEnd(width)} ${String(c.faultline).padStart(9)}    ${String(c.baseline).padStart(9)}    ${Number.isFinite(c.ratio) ? c.ratio.toFixed(2) + '×' : '–'} (${c.better} is better)`,
       );
+    }
+    for (const c of s.floor?.rows ?? []) {
+      const ratio = c.ratio === null ? '– (UFFDIO_COPY alone, no daemon: the same limit for both)' : `${Number.isFinite(c.ratio) ? c.ratio.toFixed(2) + '×' : '–'} (${c.better} is better)`;
+      lines.push(`${s.name.padEnd(21)} ${metric(c).padEnd(width)} ${String(c.faultline).padStart(9)}    ${String(c.baseline).padStart(9)}    ${ratio}`);
     }
   }
   return lines.join('\n');
