@@ -172,7 +172,6 @@ static Napi::Value RingLayout(const Napi::CallbackInfo &info) {
   o.Set("RESTORE_FINISHED", (int)REC_RESTORE_FINISHED);
   o.Set("STOP", (int)REC_STOP);
   o.Set("UFFD_ERROR", (int)REC_UFFD_ERROR);
-  o.Set("FORGET", (int)REC_FORGET);
   o.Set("UFFD_MSG_BYTES", (int)sizeof(struct uffd_msg));
   return o;
 }

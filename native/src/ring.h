@@ -40,6 +40,5 @@ enum RecordKind {
   REC_RESTORE_FINISHED = 3,
   REC_STOP = 4,
   REC_UFFD_ERROR = 5,     // payload: i32 errno (0 = EOF) of a failed read of the uffd
-  REC_FORGET = 6,         // main thread no longer tracks this uffd
   REC_PAGES = 7,          // page-server data in the worker's arena (written by JS only)
 };

@@ -14,7 +14,8 @@ import { FailStop, ProtocolError } from './errors';
 import type { HandoverEvent } from './handover';
 import { Listener } from './listener';
 import { Poller } from './poller';
-import { DEFAULT_RING_CAPACITY, RecordKind } from './ring-layout';
+import { DEFAULT_RING_CAPACITY } from './ring-layout';
+import { pushPages, pushRestoreFinished, pushStop } from './ring-records';
 import { summarize, type RestoreSummary } from './summary';
 import { ProcessTree } from './tree';
 import { ArenaProducer, createArena } from '../source/arena';
@@ -167,7 +168,7 @@ export class LazyPagesDaemon {
         this.restoreFinished = true;
         this.finishedNs = native.monotonicNs();
         this.log.info('restore finished: filling in the background');
-        this.poller.broadcast(RecordKind.RESTORE_FINISHED);
+        this.poller.broadcast(pushRestoreFinished);
         this.checkDone();
         return;
     }
@@ -230,8 +231,7 @@ export class LazyPagesDaemon {
     const first = this.arenas[shard].put(data, pages);
     if (first < 0) return false;
     const ring = this.poller.rings[shard];
-    const lo = vaddr % 0x1_0000_0000;
-    if (!ring.push(RecordKind.PAGES, uffd, native.monotonicNs(), tag, pages, first | 0, lo | 0, (vaddr - lo) / 0x1_0000_0000)) {
+    if (!pushPages(ring, uffd, tag, pages, first, vaddr)) {
       throw new Error(`ring of worker ${shard} is full`);
     }
     ring.notify();
@@ -245,7 +245,7 @@ export class LazyPagesDaemon {
   }
 
   private async finish(): Promise<void> {
-    this.poller.broadcast(RecordKind.STOP, 0);
+    this.poller.broadcast((ring) => pushStop(ring, false));
     const results = await Promise.all(this.tasks);
     await this.remote?.close();
     await this.teardown();
@@ -295,7 +295,7 @@ export class LazyPagesDaemon {
     this.log.error({ killed }, `fail-stop: ${reason}`);
     void (async () => {
       try {
-        this.poller.broadcast(RecordKind.STOP, 1);
+        this.poller.broadcast((ring) => pushStop(ring, true));
       } catch {
         // a full ring: the pool is destroyed below; the processes are already killed
       }

@@ -4,7 +4,7 @@
 // running); READING in the ring header keeps the two from producing at once.
 import { native } from '../native';
 import { RingProducer, createRingBuffer } from './ring';
-import { RecordKind } from './ring-layout';
+import { pushProcess } from './ring-records';
 
 export class Poller {
   readonly epfds: number[];
@@ -26,7 +26,7 @@ export class Poller {
 
   /** The PROCESS record goes into the ring before the uffd joins epoll, so it precedes its faults. */
   addProcess(uffd: number, shard: number, pid: number, hostPid: number): void {
-    this.push(shard, RecordKind.PROCESS, uffd, pid, hostPid);
+    this.push(shard, (ring) => pushProcess(ring, uffd, pid, hostPid));
     native.epollAdd(this.epfds[shard], uffd, shard);
   }
 
@@ -39,13 +39,14 @@ export class Poller {
     native.epollDel(this.epfds[shard], uffd);
   }
 
-  broadcast(kind: RecordKind, ...payload: number[]): void {
-    for (let s = 0; s < this.rings.length; s++) this.push(s, kind, -1, ...payload);
+  /** One control record (ring-records.ts) into every worker's ring. */
+  broadcast(push: (ring: RingProducer) => boolean): void {
+    for (let s = 0; s < this.rings.length; s++) this.push(s, push);
   }
 
-  private push(shard: number, kind: RecordKind, fd: number, ...payload: number[]): void {
+  private push(shard: number, push: (ring: RingProducer) => boolean): void {
     const ring = this.rings[shard];
-    if (!ring.push(kind, fd, native.monotonicNs(), ...payload)) throw new Error(`ring of worker ${shard} is full`);
+    if (!push(ring)) throw new Error(`ring of worker ${shard} is full`);
     ring.notify();
   }
 

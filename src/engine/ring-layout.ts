@@ -1,4 +1,4 @@
-// Byte layout of the SharedArrayBuffer rings, mirrored from native/src/ring.h (test/unit/ring-layout
+// Byte layout of the SharedArrayBuffer rings (records are encoded and decoded in ring-records.ts), mirrored from native/src/ring.h (test/unit/ring-layout
 // checks that the addon agrees). Records are fixed-size so the producer never writes a partial one.
 export const RING = {
   HEAD_OFFSET: 0, // u32 records published (producer, release)
@@ -19,14 +19,13 @@ export const RING = {
 
 export const enum RecordKind {
   UFFD_MSG = 1,
-  /** payload: i32 pid, i32 host pid (0 = unknown), i32 parent uffd (-1 = none) */
+  /** payload: i32 pid, i32 host pid (0 = unknown) */
   PROCESS = 2,
   RESTORE_FINISHED = 3,
   /** payload: i32 1 = fail-stop (poison what is still missing), 0 = normal end */
   STOP = 4,
   /** payload: i32 errno (0 = EOF) */
   UFFD_ERROR = 5,
-  FORGET = 6,
   /** payload: i32 tag, i32 pages, u32 first arena slot, u64 image address (lo, hi) — page-server data */
   PAGES = 7,
 }

@@ -1,10 +1,10 @@
 // One restored process as its worker sees it: the lazy ranges still missing (run-time addresses
 // that follow mremap, each with the dump-time address of its data), its uffd, and its fill cursor.
 import { MemoryMap, type LazyRange } from '../memory';
-import { native, isErrno } from '../native';
+import { native } from '../native';
 import type { AddressRange, PageSource } from '../source/page-source';
 import type { Tuning } from './tuning';
-import { PAGE, WorkerError, copy as copyIoctl, wake, zeropage, type RunsResult } from './uffd-ops';
+import { PAGE, WorkerError, copy as copyIoctl, poison, unregister, wake, zeropage, type RunsResult } from './uffd-ops';
 
 export { PAGE, WorkerError };
 const pageDown = (a: number) => a - (a % PAGE);
@@ -481,14 +481,9 @@ export class LazyProcess {
 
   /** madvise(DONTNEED) and friends: afterwards the range reads as zeros, never as image data. */
   removed(start: number, end: number): CopyOutcome {
-    try {
-      native.uffdUnregister(this.uffd, start, end - start);
-    } catch (e) {
-      if (isErrno(e, 'ENOMEM', 'ESRCH')) {
-        this.gone = true;
-        return 'gone';
-      }
-      throw e;
+    if (unregister(this.uffd, start, end - start) === 'gone') {
+      this.gone = true;
+      return 'gone';
     }
     this.map.drop(start, end);
     this.inflight.drop(start, end);
@@ -514,13 +509,7 @@ export class LazyProcess {
   /** Fail-stop: make every still-missing page fault fatally (SIGBUS) rather than read zeros. */
   poisonRemaining(): number {
     let pages = 0;
-    for (const r of [...this.map, ...this.inflight]) {
-      try {
-        pages += native.uffdPoison(this.uffd, r.start, r.end - r.start) / PAGE;
-      } catch {
-        // the process may be gone or the page present: nothing more can be done for this range
-      }
-    }
+    for (const r of [...this.map, ...this.inflight]) pages += poison(this.uffd, r.start, r.end - r.start);
     return pages;
   }
 }

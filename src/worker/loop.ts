@@ -5,7 +5,7 @@
 // main thread talks to it only through the ring.
 import * as hdr from 'hdr-histogram-js';
 import { RingConsumer, RingWaker, type RingRecord } from '../engine/ring';
-import { RecordKind, UFFD_MSG } from '../engine/ring-layout';
+import { decode } from '../engine/ring-records';
 import { openLocalProcess } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
@@ -224,80 +224,80 @@ export default function runShard(task: WorkerTask): WorkerResult {
     return false;
   };
 
-  const onRecord = (r: RingRecord) => {
+  const onRecord = (record: RingRecord) => {
+    const r = decode(ring, record);
     switch (r.kind) {
-      case RecordKind.UFFD_MSG: {
-        const p = processes.get(r.fd);
-        if (!p) return; // a uffd already released: its late messages are moot
-        const event = ring.u8(r.at);
-        const a = r.at + 8;
-        switch (event) {
-          case UFFD_MSG.EVENT_PAGEFAULT:
-            serveFault(p, ring.u64(a + 8), r.timeNs);
-            break;
-          case UFFD_MSG.EVENT_FORK: {
-            const child = p.forkChild(ring.i32At(a));
-            processes.set(child.uffd, child);
-            if (restoreFinished) filling.push(child);
-            post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
-            settle(child, 'ok');
-            break;
-          }
-          case UFFD_MSG.EVENT_REMAP:
-            p.remapped(ring.u64(a), ring.u64(a + 8), ring.u64(a + 16));
-            break;
-          case UFFD_MSG.EVENT_REMOVE:
-            settle(p, p.removed(ring.u64(a), ring.u64(a + 8)));
-            break;
-          case UFFD_MSG.EVENT_UNMAP:
-            p.unmapped(ring.u64(a), ring.u64(a + 8));
-            settle(p, 'ok');
-            break;
-          default:
-            throw new Error(`pid ${p.pid}: unknown uffd event 0x${event.toString(16)}`);
-        }
+      case 'fault': {
+        const p = processes.get(r.uffd);
+        // A uffd already released: its late messages are moot.
+        if (p) serveFault(p, r.address, r.timeNs);
         return;
       }
-      case RecordKind.PROCESS: {
-        const pid = ring.i32At(r.at);
-        const parsed = preloaded.get(pid);
-        preloaded.delete(pid);
-        if (parsed instanceof Error) throw parsed;
-        const pages = parsed ?? openLocalProcess(task.imagesDir, pid, !!task.arena);
-        const p = LazyProcess.fromImages(r.fd, pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
-        if (remote) p.remote = remote;
-        if (task.recordFaults) p.trace = [];
-        const pre = prefetch.get(pid);
-        if (pre) p.setPrefetch(pre);
-        processes.set(r.fd, p);
-        if (restoreFinished) filling.push(p);
-        post({ type: 'loaded', uffd: r.fd, pid, lazyPages: p.map.pages });
+      case 'fork': {
+        const p = processes.get(r.uffd);
+        if (!p) return;
+        const child = p.forkChild(r.childUffd);
+        processes.set(child.uffd, child);
+        if (restoreFinished) filling.push(child);
+        post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
+        settle(child, 'ok');
+        return;
+      }
+      case 'remap':
+        processes.get(r.uffd)?.remapped(r.from, r.to, r.len);
+        return;
+      case 'remove': {
+        const p = processes.get(r.uffd);
+        if (p) settle(p, p.removed(r.start, r.end));
+        return;
+      }
+      case 'unmap': {
+        const p = processes.get(r.uffd);
+        if (!p) return;
+        p.unmapped(r.start, r.end);
         settle(p, 'ok');
         return;
       }
-      case RecordKind.PAGES: {
-        const tag = ring.i32At(r.at);
-        const got = ring.i32At(r.at + 4);
-        const first = ring.i32At(r.at + 8) >>> 0;
-        const imgStart = ring.u64(r.at + 12);
-        const p = processes.get(r.fd);
+      case 'unknown-event': {
+        const p = processes.get(r.uffd);
+        if (p) throw new Error(`pid ${p.pid}: unknown uffd event 0x${r.event.toString(16)}`);
+        return;
+      }
+      case 'process': {
+        const parsed = preloaded.get(r.pid);
+        preloaded.delete(r.pid);
+        if (parsed instanceof Error) throw parsed;
+        const pages = parsed ?? openLocalProcess(task.imagesDir, r.pid, !!task.arena);
+        const p = LazyProcess.fromImages(r.uffd, r.pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
+        if (remote) p.remote = remote;
+        if (task.recordFaults) p.trace = [];
+        const pre = prefetch.get(r.pid);
+        if (pre) p.setPrefetch(pre);
+        processes.set(r.uffd, p);
+        if (restoreFinished) filling.push(p);
+        post({ type: 'loaded', uffd: r.uffd, pid: r.pid, lazyPages: p.map.pages });
+        settle(p, 'ok');
+        return;
+      }
+      case 'pages': {
+        const p = processes.get(r.uffd);
         // A process released meanwhile (exited): its data is dropped, as CRIU does.
-        if (p) settle(p, p.received(tag, imgStart, got, arena!.data, arena!.offset(first)));
-        arena!.free(first, got);
+        if (p) settle(p, p.received(r.tag, r.imgStart, r.pages, arena!.data, arena!.offset(r.firstSlot)));
+        arena!.free(r.firstSlot, r.pages);
         return;
       }
-      case RecordKind.UFFD_ERROR: {
-        const p = processes.get(r.fd);
-        if (p) release(p, 'gone', `its uffd failed (${ring.i32At(r.at) || 'EOF'})`);
+      case 'uffd-error': {
+        const p = processes.get(r.uffd);
+        if (p) release(p, 'gone', `its uffd failed (${r.errno || 'EOF'})`);
         return;
       }
-      case RecordKind.RESTORE_FINISHED:
+      case 'restore-finished':
         restoreFinished = true;
         for (const p of processes.values()) if (!filling.includes(p)) filling.push(p);
         return;
-      case RecordKind.STOP:
+      case 'stop':
         stop = true;
-        failStop = ring.i32At(r.at) === 1;
+        failStop = r.failStop;
         return;
     }
   };
@@ -342,10 +342,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
     post({ type: 'fatal', message: (e as Error).message });
     // Wait for the main thread's STOP so that fail-stop can still poison what this shard misses.
     while (!stop) {
-      ring.consume((r) => {
-        if (r.kind === RecordKind.STOP) {
+      ring.consume((record) => {
+        const r = decode(ring, record);
+        if (r.kind === 'stop') {
           stop = true;
-          failStop = ring.i32At(r.at) === 1;
+          failStop = r.failStop;
         }
       });
       if (!stop) ring.wait(IDLE_WAIT_MS);

@@ -76,6 +76,48 @@ export function wake(uffd: number, dst: number, len: number): void {
   native.uffdWake(uffd, dst, len);
 }
 
+/** UFFDIO_UNREGISTER (after madvise(DONTNEED): the range must read as zeros); 'gone' if the mm is. */
+export function unregister(uffd: number, start: number, len: number): 'ok' | 'gone' {
+  try {
+    native.uffdUnregister(uffd, start, len);
+    return 'ok';
+  } catch (e) {
+    if (isErrno(e, 'ENOMEM', 'ESRCH')) return 'gone';
+    throw e;
+  }
+}
+
+/** How long poison() keeps retrying while an mm event is unread (EAGAIN). */
+const POISON_AGAIN_MS = 100;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * UFFDIO_POISON of a range for fail-stop: later accesses to still-missing pages raise SIGBUS
+ * instead of reading zeros. Steps over pages already present (EEXIST) and retries for a while
+ * when an event is unread (EAGAIN), as a copy would; returns the pages poisoned.
+ */
+export function poison(uffd: number, start: number, len: number): number {
+  let at = 0;
+  let pages = 0;
+  const until = Date.now() + POISON_AGAIN_MS;
+  while (at < len) {
+    try {
+      pages += native.uffdPoison(uffd, start + at, len - at) / PAGE;
+      return pages;
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+      const done = e.done ?? 0;
+      pages += done / PAGE;
+      at += done;
+      if (e.code === 'EEXIST') at += PAGE;
+      else if (e.code === 'EAGAIN' && Date.now() < until) {
+        if (done === 0) Atomics.wait(pause, 0, 0, 1);
+      } else return pages; // the process is gone (ESRCH, ENOENT): nothing left to protect
+    }
+  }
+  return pages;
+}
+
 export interface RunsResult {
   /** Bytes of the lease dealt with, from its start (copied or already present). */
   dealt: number;

@@ -12,7 +12,6 @@ t.test('TypeScript and C agree on every offset and record kind', async (t) => {
   t.equal(c.RESTORE_FINISHED, RecordKind.RESTORE_FINISHED);
   t.equal(c.STOP, RecordKind.STOP);
   t.equal(c.UFFD_ERROR, RecordKind.UFFD_ERROR);
-  t.equal(c.FORGET, RecordKind.FORGET);
   t.equal(c.UFFD_MSG_BYTES, UFFD_MSG.BYTES);
 });
 
