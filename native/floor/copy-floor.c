@@ -283,9 +283,12 @@ int main(int argc, char **argv)
 	const char *file = NULL;
 	uint64_t pages = 0, slice = 256, reps = 3;
 	unsigned threads[MAX_THREADS] = { 1, 2 }, nthreads = 2;
-	bool json = false, fresh_source = false;
+	bool json = false, fresh_source = false, pretouch = false;
+	int map_flags = MAP_SHARED;
 	static const struct option opts[] = {
 		{ "fresh-source", no_argument, NULL, 'F' },
+		{ "map-populate", no_argument, NULL, 'M' },
+		{ "pretouch", no_argument, NULL, 'T' },
 		{ "populate-source", required_argument, NULL, 'P' },
 		{ "pages-file", required_argument, NULL, 'f' },
 		{ "pages", required_argument, NULL, 'n' },
@@ -304,6 +307,8 @@ int main(int argc, char **argv)
 		case 'r': reps = parse_u64("--reps", optarg, 1, MAX_REPS); break;
 		case 'j': json = true; break;
 		case 'F': fresh_source = true; break;
+		case 'M': map_flags |= MAP_POPULATE; break;
+		case 'T': pretouch = true; break;
 		case 'P': populate_src = parse_u64("--populate-source", optarg, 1, UINT64_MAX / PAGE); break;
 		case 't': {
 			char *list = strdup(optarg), *save = NULL;
@@ -347,7 +352,7 @@ int main(int argc, char **argv)
 			die(2, "--threads %u: more threads than the %" PRIu64 " pages to copy", threads[i], pages);
 
 	/* Read-only shared mmap, as faultline and the baseline map pages files: the copy's source. */
-	const char *src = mmap(NULL, pages * PAGE, PROT_READ, MAP_SHARED, fd, 0);
+	const char *src = mmap(NULL, pages * PAGE, PROT_READ, map_flags, fd, 0);
 	if (src == MAP_FAILED)
 		die(1, "mmap of pages file %s: %s", file, strerror(errno));
 
@@ -363,9 +368,15 @@ int main(int argc, char **argv)
 				/* A daemon maps the pages file once per restore: its copies also pay the source
 				 * mapping's page-table faults (page cache warm), which a reused mapping hides. */
 				munmap((void *)src, pages * PAGE);
-				src = mmap(NULL, pages * PAGE, PROT_READ, MAP_SHARED, fd, 0);
+				src = mmap(NULL, pages * PAGE, PROT_READ, map_flags, fd, 0);
 				if (src == MAP_FAILED)
 					die(1, "mmap of pages file %s: %s", file, strerror(errno));
+				if (pretouch) {
+					volatile char sink = 0;
+					for (uint64_t p = 0; p < pages; p++)
+						sink ^= src[p * PAGE];
+					(void)sink;
+				}
 			}
 			runs[i * reps + r] = gb / one_rep(file, src, pages, slice, threads[i]);
 		}

@@ -16,6 +16,8 @@ export interface RestoreSummary {
   faults: number;
   copies: number;
   faultServiceUs: { p50: number; p90: number; p99: number; max: number; count: number };
+  /** The part of fault service spent before a worker started on the fault (the ring hop and what was ahead of it). */
+  faultPickupUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** From the first hand-over to the last process complete. */
   timeToRestoredMs: number;
   /** From RESTORE_FINISHED to the last process complete. */
@@ -36,9 +38,10 @@ export interface RestoreSummary {
 
 export function summarize(
   results: WorkerResult[],
-  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
+  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'faultPickupUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
 ): RestoreSummary {
   const total = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  const pickup = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   let poisoned = 0;
   let helped = 0;
@@ -49,10 +52,10 @@ export function summarize(
     leases += r.leases;
     leasesHelped += r.leasesHelped;
     total.add(hdr.decodeFromCompressedBase64(r.latency, 64));
+    pickup.add(hdr.decodeFromCompressedBase64(r.pickup, 64));
     for (const k of Object.keys(t) as (keyof ProcessCounters)[]) t[k] += r.totals[k];
     poisoned += r.poisonedPages;
   }
-  const us = (v: number) => Math.round(v / 10) / 100;
   return {
     ...extra,
     pagesByFault: t.faultPages,
@@ -61,13 +64,8 @@ export function summarize(
     existingPages: t.existingPages,
     faults: t.faults,
     copies: t.copies,
-    faultServiceUs: {
-      p50: us(total.getValueAtPercentile(50)),
-      p90: us(total.getValueAtPercentile(90)),
-      p99: us(total.getValueAtPercentile(99)),
-      max: us(total.maxValue),
-      count: total.totalCount,
-    },
+    faultServiceUs: percentilesUs(total),
+    faultPickupUs: percentilesUs(pickup),
     workers: results.length,
     pagesFilledByHelpers: helped,
     leases,
@@ -75,6 +73,11 @@ export function summarize(
     poisonedPages: poisoned,
     ...ownUsage(),
   };
+}
+
+function percentilesUs(h: hdr.Histogram): RestoreSummary['faultServiceUs'] {
+  const us = (v: number) => Math.round(v / 10) / 100;
+  return { p50: us(h.getValueAtPercentile(50)), p90: us(h.getValueAtPercentile(90)), p99: us(h.getValueAtPercentile(99)), max: us(h.maxValue), count: h.totalCount };
 }
 
 function ownUsage(): { cpuMs: number; maxRssKiB: number } {
@@ -94,6 +97,7 @@ export function formatSummary(s: RestoreSummary): string {
     `  zero pages       ${s.zeroPages} (holes)${s.existingPages ? `, ${s.existingPages} already present` : ''}`,
     `  UFFDIO_COPY      ${s.copies} ioctls`,
     `  fault service    p50 ${s.faultServiceUs.p50} µs, p90 ${s.faultServiceUs.p90} µs, p99 ${s.faultServiceUs.p99} µs, max ${s.faultServiceUs.max} µs (${s.faultServiceUs.count} served)`,
+    `  of which pickup  p50 ${s.faultPickupUs.p50} µs, p99 ${s.faultPickupUs.p99} µs, max ${s.faultPickupUs.max} µs (read from the uffd → a worker starts on it)`,
     `  fully restored   ${s.timeToRestoredMs.toFixed(1)} ms after the first hand-over (${s.fillAfterFinishedMs.toFixed(1)} ms after RESTORE_FINISHED), ${rate} MB/s`,
     `  fill leases      ${s.leases} taken, ${s.leasesHelped} by a worker that does not own the process (${s.pagesFilledByHelpers} pages)`,
     `  daemon           ${s.workers} workers, ${s.cpuMs} ms CPU, peak RSS ${(s.maxRssKiB / 1024).toFixed(0)} MiB`,

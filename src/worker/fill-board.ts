@@ -43,6 +43,7 @@ const PAGES = 4;
 const RESULT = 5;
 const ERRNO = 6;
 const EXISTING = 7;
+const IOCTLS = 8;
 // f64 fields of a slot (index in the Float64Array, relative to the slot)
 const DST = 4;
 const IMG = 5;
@@ -67,6 +68,8 @@ export interface LeaseOutcome {
   dealt: number;
   existing: number;
   errno: number;
+  /** UFFDIO_COPY calls the taker made. */
+  ioctls: number;
 }
 
 /** All boards; `shard` selects whose. Every worker holds the same one. */
@@ -127,6 +130,7 @@ export class FillBoards {
     this.i32[b + RESULT] = o.result;
     this.i32[b + ERRNO] = o.errno;
     this.i32[b + EXISTING] = o.existing;
+    this.i32[b + IOCTLS] = o.ioctls;
     this.f64[b / 2 + DEALT] = o.dealt;
     Atomics.store(this.i32, b + STATE, LeaseState.DONE);
   }
@@ -134,7 +138,7 @@ export class FillBoards {
   /** Owner: the outcome of a DONE slot, which becomes FREE. */
   collect(shard: number, slot: number): LeaseOutcome {
     const b = this.base(shard, slot);
-    const o = { result: this.i32[b + RESULT], errno: this.i32[b + ERRNO], existing: this.i32[b + EXISTING], dealt: this.f64[b / 2 + DEALT] };
+    const o = { result: this.i32[b + RESULT], errno: this.i32[b + ERRNO], existing: this.i32[b + EXISTING], ioctls: this.i32[b + IOCTLS], dealt: this.f64[b / 2 + DEALT] };
     Atomics.store(this.i32, b + STATE, LeaseState.FREE);
     return o;
   }

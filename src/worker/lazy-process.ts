@@ -232,7 +232,7 @@ export class LazyProcess {
    * are in place (copied by its taker, or present already); the rest goes back to the missing
    * ranges wherever events have moved it meanwhile.
    */
-  leaseSettled(imgStart: number, pages: number, r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'>): CopyOutcome {
+  leaseSettled(imgStart: number, pages: number, r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'> & { ioctls?: number }): CopyOutcome {
     this.leases--;
     const end = imgStart + pages * PAGE;
     const cut = imgStart + r.dealt;
@@ -246,7 +246,7 @@ export class LazyProcess {
     const copied = r.dealt / PAGE - r.existing;
     this.counters.fillPages += copied;
     this.counters.existingPages += existing;
-    if (copied > 0) this.counters.copies++;
+    this.counters.copies += r.ioctls ?? 0;
     for (const f of [...this.inflight]) {
       const fImgEnd = f.imgStart + (f.end - f.start);
       if (fImgEnd <= imgStart || f.imgStart >= end) continue;

@@ -59,6 +59,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let leasesHelped = 0;
   const budget = new FillBudget(task.tuning.fillShare, MAX_FILL_CREDIT_NS, native.monotonicNs);
   const latency = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
+  const pickup = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
   const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   const traces: FaultTrace[] = [];
   const arena = task.arena ? new ArenaConsumer(task.arena) : undefined;
@@ -79,7 +81,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     // may close the uffd (and reuse its number).
     for (let s = 0; s < BOARD_SLOTS; s++) {
       if (offered[s]?.p === p && boards.cancel(task.shard, s)) {
-        p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, stop: 'done' });
+        p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
         offered[s] = null;
       }
     }
@@ -109,6 +111,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   // may use while faults wait; beyond it, a waiting fault cuts the fill short at the next slice.
   const serveFault = (p: LazyProcess, address: number, timeNs: number, retried = false) => {
     const started = native.monotonicNs();
+    if (!retried) pickup.recordValue(Math.max(1, started - timeNs));
     if (FAULT_DELAY_NS > 0 && !retried) for (const until = started + FAULT_DELAY_NS; native.monotonicNs() < until; );
     const outcome = p.fault(address, retried);
     if (outcome === 'again') retry.push({ p, address, timeNs });
@@ -130,7 +133,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
         : o.result === LeaseResult.EVENT ? 'event'
         : o.result === LeaseResult.NO_DATA ? 'no-data'
         : (classify(errnoName(o.errno)) ?? 'gone');
-      const outcome = l.p.leaseSettled(l.imgStart, l.pages, { dealt: o.dealt, existing: o.existing, stop });
+      const outcome = l.p.leaseSettled(l.imgStart, l.pages, { dealt: o.dealt, existing: o.existing, ioctls: o.ioctls, stop });
       if (outcome === 'again') againUntil.set(l.p, native.monotonicNs() + AGAIN_WAIT_MS * 1e6);
       settle(l.p, outcome);
     }
@@ -204,7 +207,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
             : r.stop === 'event' ? LeaseResult.EVENT
             : r.stop === 'no-data' ? LeaseResult.NO_DATA
             : LeaseResult.ERRNO;
-          boards.finish(owner, s, { result, dealt: r.dealt, existing: r.existing, errno: r.errno });
+          boards.finish(owner, s, { result, dealt: r.dealt, existing: r.existing, errno: r.errno, ioctls: r.ioctls });
           leasesTaken++;
           if (owner === task.shard) collectLeases();
           else {
@@ -356,7 +359,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   // true before poisoning and no uffd is closed under a lease.
   for (let s = 0; s < BOARD_SLOTS; s++) {
     if (offered[s] && boards.cancel(task.shard, s)) {
-      offered[s]!.p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, stop: 'done' });
+      offered[s]!.p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
       offered[s] = null;
     }
   }
@@ -368,7 +371,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
   for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
   for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
-  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped };
+  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), pickup: hdr.encodeIntoCompressedBase64(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped };
 
   /**
    * Remote: one background request for the next process that can take one; processes with a

@@ -54,6 +54,8 @@ export interface WorkerResult {
   shard: number;
   /** Fault service latency (ring read → copy done), hdr-histogram compressed base64, ns. */
   latency: string;
+  /** Fault pickup latency (read from the uffd → this worker starts serving it), same encoding. */
+  pickup: string;
   totals: ProcessCounters;
   poisonedPages: number;
   traces: FaultTrace[];

@@ -42,9 +42,9 @@ t.test('fill board: offer, take once, finish, collect; an offer can be withdrawn
   t.same(l, { uffd: 17, pid: 4, epoch: 3, dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, 'the lease as offered, addresses above 2^32 intact');
   t.equal(boards.take(1, 0), null, 'a second taker gets nothing');
   t.notOk(boards.cancel(1, 0), 'a taken lease cannot be withdrawn');
-  boards.finish(1, 0, { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0 });
+  boards.finish(1, 0, { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.DONE);
-  t.same(boards.collect(1, 0), { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0 });
+  t.same(boards.collect(1, 0), { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.FREE);
   boards.offer(0, 5, { uffd: 3, pid: 1, epoch: 0, dst: 0, imgStart: 0, pages: 1 });
   t.ok(boards.cancel(0, 5), 'an untaken offer is withdrawn');
