@@ -103,6 +103,19 @@ export interface CriuRunMetrics {
   daemonExitMs: number;
   /** restore start → the first page a restored process verified (null: nothing touched it, drain). */
   firstVerifiedMs: number | null;
+  /** The lazy-pages daemon's spawn → its --status-fd byte (ready: `criu restore` may start). */
+  startToReadyMs: number;
+  /**
+   * Daemon spawn → the first page a restored process verified: start-up, `criu restore` (started as
+   * soon as the daemon is ready) and the first fault served (null for drain).
+   */
+  startToFirstVerifiedMs: number | null;
+  /**
+   * Daemon spawn → the daemon's first fault served, from its own log or summary: criu's -v4 log
+   * (seconds since its start) at its first `#PF`; faultline's summary when it reports it. Absent when
+   * the daemon does not say.
+   */
+  startToFirstFaultMs?: number;
   /** restore start → the last process finished its action (null for drain). */
   actionDoneMs: number | null;
   /** utime + stime of the lazy-pages daemon and every child it waited for (bash `times`). */
@@ -270,12 +283,24 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
   // The tree writes its results where it wrote them before the dump: clear the last run's.
   for (const f of fs.readdirSync(d.out)) if (f.startsWith('result-')) fs.rmSync(path.join(d.out, f));
   const images = s.remote ? d.dstImages! : d.images;
-  const failed = (error: string): CriuRunMetrics => ({ ok: false, error, restoreMs: NaN, daemonExitMs: NaN, firstVerifiedMs: null, actionDoneMs: null, daemonCpuMs: NaN, verifiedPages: 0 });
+  const failed = (error: string): CriuRunMetrics => ({
+    ok: false,
+    error,
+    restoreMs: NaN,
+    daemonExitMs: NaN,
+    firstVerifiedMs: null,
+    startToReadyMs: NaN,
+    startToFirstVerifiedMs: null,
+    actionDoneMs: null,
+    daemonCpuMs: NaN,
+    verifiedPages: 0,
+  });
 
   let lazy: Started | undefined;
   let server: Started | undefined;
   let relay: ChildProcess | undefined;
   let restored: { rootHostPid: number; rootStartTime?: string } | undefined;
+  let spawnAt = NaN;
   try {
     const timesFile = path.join(work, 'daemon.times');
     if (s.remote) {
@@ -293,6 +318,7 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
       await server.ready;
       const r = await startRelay(net, port);
       relay = r.child;
+      spawnAt = nowMs();
       lazy = fromLazyDaemon(
         startLazyDaemon(daemon, { imagesDir: images, workDir: work, pageServer: { address: net.srcIp, port: r.port }, wrap: timedWrap(timesFile, net.dst) }),
         timesFile,
@@ -301,12 +327,15 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
     } else if (daemon === 'baseline') {
       writeTargetPlan(images, path.join(work, 'target.plan'), path.join(work, 'lazy-pages.socket'));
       // startDaemon resolves once the baseline listens, so ready is already settled
+      spawnAt = nowMs();
       const b = await startDaemon(images, work, [], 'baseline', undefined, timedWrap(timesFile));
       lazy = { child: b.child, ready: Promise.resolve(), exit: b.exit, timesFile, name: 'faultline-baseline' };
     } else {
+      spawnAt = nowMs();
       lazy = fromLazyDaemon(startLazyDaemon(daemon, { imagesDir: images, workDir: work, wrap: timedWrap(timesFile) }), timesFile, `${daemon} lazy-pages`);
     }
     await lazy.ready;
+    const readyAt = nowMs();
     const lazyExit = lazy.exit;
     let lazyEnded: { code: number | null; signal: NodeJS.Signals | null; stderr: string } | undefined;
     void lazyExit.then((e) => (lazyEnded = e));
@@ -339,11 +368,16 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
       if (serverCpuMs === undefined) return failed(`${server.name}: no timing from the wrapper`);
     }
     const summary = daemon === 'faultline' && 'summary' in (e as object) ? (e as { summary?: FaultlineSummary }).summary : undefined;
+    const firstVerifiedAt = s.mode === 'drain' ? null : Math.min(...results.map((x) => x.t_first_verified_ns)) / 1e6;
+    const startToFirstFaultMs = daemon === 'criu' ? criuFirstFaultMs(readIf(lazy.logFile)) : summary?.startToFirstFaultMs;
     return {
       ok: true,
       restoreMs: r.restoreMs,
       daemonExitMs: t.endMs - r.startedAt,
-      firstVerifiedMs: s.mode === 'drain' ? null : Math.min(...results.map((x) => x.t_first_verified_ns)) / 1e6 - r.startedAt,
+      firstVerifiedMs: firstVerifiedAt === null ? null : firstVerifiedAt - r.startedAt,
+      startToReadyMs: readyAt - spawnAt,
+      startToFirstVerifiedMs: firstVerifiedAt === null ? null : firstVerifiedAt - spawnAt,
+      ...(startToFirstFaultMs !== undefined ? { startToFirstFaultMs } : {}),
       actionDoneMs: s.mode === 'drain' ? null : Math.max(...results.map((x) => x.t_done_ns)) / 1e6 - r.startedAt,
       daemonCpuMs: t.cpuMs,
       ...(serverCpuMs !== undefined ? { serverCpuMs } : {}),
@@ -362,7 +396,22 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
   }
 }
 
-type FaultlineSummary = { faults: number; pagesByFault: number; pagesByFill: number; lazyPages: number; cpuMs: number };
+type FaultlineSummary = { faults: number; pagesByFault: number; pagesByFill: number; lazyPages: number; cpuMs: number; startToFirstFaultMs?: number };
+
+/** Wall clock in ms (sub-ms), on the clock of Date.now() and the workload's CLOCK_REALTIME stamps. */
+function nowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/**
+ * criu lazy-pages at -v4: each line starts with "(SS.UUUUUU)", the time since criu started, and a
+ * fault it handles logs "#PF at 0x…" (criu/uffd.c) as it starts serving it. The first one's time, in
+ * ms, or undefined without one.
+ */
+export function criuFirstFaultMs(log: string): number | undefined {
+  const m = /^\((\d+)\.(\d{6})\)[^\n]*#PF/m.exec(log);
+  return m ? Number(m[1]) * 1000 + Number(m[2]) / 1000 : undefined;
+}
 
 /** Every process reported, with 0 mismatches, no failed call and exactly the pages it should have verified. */
 function verificationFailure(s: CriuScenario, results: WorkloadResult[]): string | undefined {

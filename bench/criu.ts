@@ -4,6 +4,10 @@
 // lazy-pages daemon alternating between `criu lazy-pages`, `faultline lazy-pages` and (locally) the
 // C baseline, warm-up first, then N interleaved repetitions. Medians, min–max and ratios to CRIU
 // from the same invocation; absolute times on this shared 2-vCPU VM mean little.
+// Start-up is measured from the daemon's spawn on the bench's wall clock, the same way for every
+// daemon: to its --status-fd byte (ready; `criu restore` starts right then) and to the first page a
+// restored process verified; and, from the daemon's own account, to its first fault (criu's -v4 log,
+// first "#PF" line; faultline's summary startToFirstFaultMs when it has one).
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -27,6 +31,9 @@ export const CRIU_METRICS: CriuMetricDef[] = [
   { key: 'daemonExitMs', label: 'restore → daemon exit', unit: 'ms', better: 'lower', get: (m) => m.daemonExitMs },
   { key: 'firstVerifiedMs', label: 'restore → first verified', unit: 'ms', better: 'lower', get: (m) => m.firstVerifiedMs },
   { key: 'actionDoneMs', label: 'restore → all verified', unit: 'ms', better: 'lower', get: (m) => m.actionDoneMs },
+  { key: 'startToReadyMs', label: 'daemon start → ready', unit: 'ms', better: 'lower', get: (m) => m.startToReadyMs },
+  { key: 'startToFirstFaultMs', label: 'daemon start → first #PF (own log)', unit: 'ms', better: 'lower', get: (m) => m.startToFirstFaultMs },
+  { key: 'startToFirstVerifiedMs', label: 'daemon start → first verified', unit: 'ms', better: 'lower', get: (m) => m.startToFirstVerifiedMs },
   { key: 'daemonCpuMs', label: 'daemon CPU', unit: 'ms', better: 'lower', get: (m) => m.daemonCpuMs },
   { key: 'serverCpuMs', label: 'page server CPU', unit: 'ms', better: 'lower', get: (m) => m.serverCpuMs },
   { key: 'restoreMs', label: 'criu restore itself', unit: 'ms', better: 'lower', get: (m) => m.restoreMs },
@@ -234,7 +241,7 @@ async function runCriuScenario(s: CriuScenario, o: CriuBenchOptions): Promise<Cr
           } else rep.failures.push({ daemon: d, rep: r + 1, error: m.error ?? '' });
           continue;
         }
-        const line = `restore ${m.restoreMs.toFixed(0)} ms, daemon exit ${m.daemonExitMs.toFixed(0)} ms, first verified ${m.firstVerifiedMs === null ? 'n/a' : m.firstVerifiedMs.toFixed(0) + ' ms'}, daemon CPU ${m.daemonCpuMs.toFixed(0)} ms${m.serverCpuMs !== undefined ? `, server CPU ${m.serverCpuMs.toFixed(0)} ms` : ''}, ${m.verifiedPages} pages verified`;
+        const line = `start → ready ${m.startToReadyMs.toFixed(0)} ms, restore ${m.restoreMs.toFixed(0)} ms, daemon exit ${m.daemonExitMs.toFixed(0)} ms, first verified ${m.firstVerifiedMs === null ? 'n/a' : m.firstVerifiedMs.toFixed(0) + ' ms'}, daemon CPU ${m.daemonCpuMs.toFixed(0)} ms${m.serverCpuMs !== undefined ? `, server CPU ${m.serverCpuMs.toFixed(0)} ms` : ''}, ${m.verifiedPages} pages verified`;
         o.log(`  ${s.name} ${d.padEnd(9)} ${r < 0 ? 'warm-up' : `rep ${r + 1}`}: ${line}`);
         if (r >= 0) (rep.runs[d] ??= []).push(m);
       }

@@ -12,8 +12,11 @@
 //   names; an IP address must be an IP entry.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as tls from 'node:tls';
+import type * as tlsTypes from 'node:tls';
 import { UsageError } from './usage-error';
+
+/** node:tls, loaded only where TLS is used (~10 ms of start-up otherwise). */
+const tls = (): typeof tlsTypes => require('node:tls') as typeof tlsTypes;
 
 export const CRIU_TLS_CACERT = '/etc/pki/CA/cacert.pem';
 export const CRIU_TLS_CACRL = '/etc/pki/CA/cacrl.pem';
@@ -71,7 +74,7 @@ export function criuTls(flags: CriuTlsFlags, workDir: string): CriuTls | undefin
     if (!/-----BEGIN CERTIFICATE-----/.test(pem.toString('latin1'))) throw new UsageError(`--tls-cacert ${flags.tlsCacert}: no PEM certificate in it`);
     ca = [pem];
   } else {
-    ca = [...tls.rootCertificates, ...(readable(CRIU_TLS_CACERT) ? [fs.readFileSync(CRIU_TLS_CACERT)] : [])];
+    ca = [...tls().rootCertificates, ...(readable(CRIU_TLS_CACERT) ? [fs.readFileSync(CRIU_TLS_CACERT)] : [])];
   }
   let crl: Buffer | undefined;
   if (flags.tlsCacrl !== undefined) crl = read(flags.tlsCacrl, '--tls-cacrl', workDir);
@@ -85,7 +88,7 @@ export function criuTls(flags: CriuTlsFlags, workDir: string): CriuTls | undefin
   };
   try {
     // Fails here, naming the flags, rather than at the first connection.
-    tls.createSecureContext({ key: out.key, cert: out.cert, ca: out.ca, ...(out.crl ? { crl: out.crl } : {}) });
+    tls().createSecureContext({ key: out.key, cert: out.cert, ca: out.ca, ...(out.crl ? { crl: out.crl } : {}) });
   } catch (e) {
     throw new UsageError(`--tls: the certificate/key/CA/CRL files do not load: ${(e as Error).message}`);
   }
@@ -93,13 +96,13 @@ export function criuTls(flags: CriuTlsFlags, workDir: string): CriuTls | undefin
 }
 
 /** Why `cert` does not carry `name`, or undefined when it does. */
-export function peerNameMismatch(name: string, cert: tls.PeerCertificate): string | undefined {
-  const err = tls.checkServerIdentity(name, cert);
+export function peerNameMismatch(name: string, cert: tlsTypes.PeerCertificate): string | undefined {
+  const err = tls().checkServerIdentity(name, cert);
   return err ? err.message.replace(/\s*\n\s*/g, '; ') : undefined;
 }
 
 /** Options for the client side (faultline lazy-pages --page-server --tls). */
-export function clientTlsOptions(t: CriuTls): tls.ConnectionOptions {
+export function clientTlsOptions(t: CriuTls): tlsTypes.ConnectionOptions {
   return {
     key: t.key,
     cert: t.cert,

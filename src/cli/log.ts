@@ -11,9 +11,13 @@
 // the message, and the record's fields as key=value. `--log-format json` gives pino's JSON lines.
 //
 // CRIU's verbosity levels map onto pino's: 0 fatal, 1 error, 2 warn (default, as CRIU), 3 info, 4+ debug.
+//
+// The text format is written directly (TextLogger: the same lines pino's records gave, without
+// loading pino, which costs ~25 ms of CPU at every start, and without a JSON round trip per line);
+// pino is loaded for --log-format json only.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { UsageError } from './usage-error';
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug'];
@@ -56,21 +60,81 @@ function openLogFd(o: LogOptions): number {
 }
 
 export function makeLogger(o: LogOptions): Logger {
-  const level = LEVELS[Math.max(0, Math.min(o.verbosity, LEVELS.length - 1))];
+  const levelIndex = Math.max(0, Math.min(o.verbosity, LEVELS.length - 1));
   const fd = openLogFd(o);
-  const format = o.format ?? 'text';
-  const dest = format === 'json' ? pino.destination({ fd, sync: true }) : textDestination(fd);
+  if ((o.format ?? 'text') === 'text') return new TextLogger(LEVEL_VALUES[levelIndex]!, fd) as unknown as Logger;
+  const { pino, destination } = require('pino') as typeof import('pino');
   return pino(
     {
-      level,
+      level: LEVELS[levelIndex],
       base: { pid: process.pid },
       name: 'faultline',
       // pino's base already has `pid` (ours); a record's own pid (a restored process's, from an
       // older call site) must not make a second key of that name.
       formatters: { log: (o) => ('pid' in o ? renamePid(o) : o) },
     },
-    dest,
+    destination({ fd, sync: true }),
   );
+}
+
+/** pino's numeric levels, in LEVELS' order. */
+const LEVEL_VALUES = [60, 50, 40, 30, 20];
+const LEVEL_OF: Record<string, number> = { fatal: 60, error: 50, warn: 40, info: 30, debug: 20, trace: 10 };
+
+type LogArgs = [msg: string] | [obj: Record<string, unknown> | Error, msg?: string];
+
+/**
+ * The subset of pino's Logger that faultline calls (fatal..trace with (msg) or (fields, msg),
+ * isLevelEnabled, level), writing criu-like text lines synchronously.
+ */
+export class TextLogger {
+  constructor(
+    private readonly threshold: number,
+    private readonly fd: number,
+  ) {}
+
+  get level(): string {
+    return Object.keys(LEVEL_OF).find((k) => LEVEL_OF[k] === this.threshold) ?? 'info';
+  }
+
+  isLevelEnabled(level: string): boolean {
+    return (LEVEL_OF[level] ?? Infinity) >= this.threshold;
+  }
+
+  fatal(...a: LogArgs): void {
+    this.write(60, a);
+  }
+  error(...a: LogArgs): void {
+    this.write(50, a);
+  }
+  warn(...a: LogArgs): void {
+    this.write(40, a);
+  }
+  info(...a: LogArgs): void {
+    this.write(30, a);
+  }
+  debug(...a: LogArgs): void {
+    this.write(20, a);
+  }
+  trace(...a: LogArgs): void {
+    this.write(10, a);
+  }
+
+  private write(level: number, [first, second]: LogArgs): void {
+    if (level < this.threshold) return;
+    let fields: Record<string, unknown> = {};
+    let msg = '';
+    if (typeof first === 'string') msg = first;
+    else if (first instanceof Error) {
+      // as pino: the error under `err`, its message as the message
+      fields = { err: first };
+      msg = second ?? first.message;
+    } else {
+      fields = first ?? {};
+      msg = second ?? '';
+    }
+    writeAll(this.fd, textLine(level, msg, 'pid' in fields ? renamePid(fields) : fields));
+  }
 }
 
 function renamePid(o: Record<string, unknown>): Record<string, unknown> {
@@ -100,24 +164,39 @@ function fieldValue(v: unknown): string {
   return JSON.stringify(v) ?? String(v);
 }
 
-/** One text line for one pino JSON record; exported for the tests. */
+/** One text line for one pino JSON record (--log-format json's records, read back as text). */
 export function formatTextLine(json: string, ts = timestamp()): string {
   const r = JSON.parse(json) as Record<string, unknown>;
-  const msg = String(r.msg ?? '').replace(/\s*\n\s*/g, '; ');
   const fields = Object.entries(r)
     .filter(([k]) => !SKIP.has(k))
     .map(([k, v]) => `${k}=${fieldValue(v)}`)
     .join(' ');
-  return `${ts} ${r.pid}: ${levelWord(Number(r.level))}${msg}${fields ? (msg ? ' ' : '') + fields : ''}\n`;
+  return joinLine(ts, r.pid, Number(r.level), String(r.msg ?? ''), fields);
 }
 
-function textDestination(fd: number): { write(s: string): void } {
-  return {
-    write(s: string) {
-      // pino hands over exactly one record per call.
-      writeAll(fd, formatTextLine(s));
-    },
-  };
+/** The line pino's record of (fields, msg) makes through formatTextLine, built without JSON. */
+function textLine(level: number, msg: string, fields: Record<string, unknown>): string {
+  const parts: string[] = [];
+  for (const k of Object.keys(fields)) {
+    if (SKIP.has(k)) continue;
+    const v = jsonValue(fields[k]);
+    if (v !== undefined) parts.push(`${k}=${fieldValue(v)}`);
+  }
+  return joinLine(timestamp(), process.pid, level, msg, parts.join(' '));
+}
+
+/** A field's value as it comes back from JSON (what pino's record held), or undefined: no key. */
+function jsonValue(v: unknown): unknown {
+  if (v === undefined || typeof v === 'function' || typeof v === 'symbol') return undefined;
+  if (typeof v === 'number') return Number.isFinite(v) ? v : null;
+  if (v instanceof Error) return { type: v.constructor.name, message: v.message };
+  if (v !== null && typeof v === 'object') return JSON.parse(JSON.stringify(v)) as unknown;
+  return v;
+}
+
+function joinLine(ts: string, pid: unknown, level: number, rawMsg: string, fields: string): string {
+  const msg = rawMsg.replace(/\s*\n\s*/g, '; ');
+  return `${ts} ${pid}: ${levelWord(level)}${msg}${fields ? (msg ? ' ' : '') + fields : ''}\n`;
 }
 
 function writeAll(fd: number, s: string): void {

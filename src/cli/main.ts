@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // faultline: lazy (post-copy) restore of CRIU-checkpointed process trees.
 import { Command, Option } from 'commander';
-import { ImageError } from '../images';
+import { ImageError } from '../images/errors';
 import { DEFAULT_VERBOSITY, translateCriuArgv, type CriuCommand } from './criu-options';
 import { lazyPages, type LazyPagesFlags } from './lazy-pages';
 import { closeQuietly } from './log';

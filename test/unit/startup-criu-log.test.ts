@@ -1,0 +1,19 @@
+// The real-CRIU bench's start-up metric from criu's own side: the time of the first "#PF" line of
+// `criu lazy-pages -v4` (its timestamps count from criu's start).
+import t from 'tap';
+import { criuFirstFaultMs } from '../../bench/criu-scenarios';
+
+t.test('the first #PF line of a criu lazy-pages log, in ms since criu started', async (t) => {
+  const log = [
+    '(00.000000) CRIU run id = e05afe49-e6db-4eac-b2dc-d77fc94ff016',
+    '(00.000180) Version: 4.2 (gitid 0)',
+    '(00.071022) uffd: 1-11: 0x7f511bf18000/4096 -> lazy',
+    '(00.155718) uffd: 1-11: #PF at 0x7f511bf18000',
+    '(00.162453) uffd: 1-11: #PF at 0x7ffd7db04000',
+    '(12.000001) uffd: 1-11: #PF at 0x7ffd7db06000',
+  ].join('\n');
+  t.equal(criuFirstFaultMs(log), 155.718);
+  t.equal(criuFirstFaultMs('(01.500000) uffd: 7-9: #PF at 0x1000\n'), 1500);
+  t.equal(criuFirstFaultMs('(00.000000) CRIU run id = x\n(00.100000) Lazy pages daemon started\n'), undefined, 'no fault: no value');
+  t.equal(criuFirstFaultMs(''), undefined);
+});
