@@ -1,5 +1,5 @@
 // The end-of-restore summary: one screen for people, JSON for machines.
-import * as hdr from 'hdr-histogram-js';
+import { addPairs, newHistogram, percentilesUs } from './histogram';
 import type { ProcessCounters } from '../worker/lazy-process';
 import type { WorkerResult } from '../worker/messages';
 
@@ -40,8 +40,8 @@ export function summarize(
   results: WorkerResult[],
   extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'faultPickupUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
 ): RestoreSummary {
-  const total = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
-  const pickup = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  const total = newHistogram();
+  const pickup = newHistogram();
   const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   let poisoned = 0;
   let helped = 0;
@@ -51,8 +51,8 @@ export function summarize(
     helped += r.filledForOthers;
     leases += r.leases;
     leasesHelped += r.leasesHelped;
-    total.add(hdr.decodeFromCompressedBase64(r.latency, 64));
-    pickup.add(hdr.decodeFromCompressedBase64(r.pickup, 64));
+    addPairs(total, r.latency);
+    addPairs(pickup, r.pickup);
     for (const k of Object.keys(t) as (keyof ProcessCounters)[]) t[k] += r.totals[k];
     poisoned += r.poisonedPages;
   }
@@ -73,11 +73,6 @@ export function summarize(
     poisonedPages: poisoned,
     ...ownUsage(),
   };
-}
-
-function percentilesUs(h: hdr.Histogram): RestoreSummary['faultServiceUs'] {
-  const us = (v: number) => Math.round(v / 10) / 100;
-  return { p50: us(h.getValueAtPercentile(50)), p90: us(h.getValueAtPercentile(90)), p99: us(h.getValueAtPercentile(99)), max: us(h.maxValue), count: h.totalCount };
 }
 
 function ownUsage(): { cpuMs: number; maxRssKiB: number } {

@@ -3,7 +3,7 @@
 // fill leases (fill-board.ts): the worker offers ranges of its own processes, and takes leases from
 // every board, its own first, so every worker fills every process. It blocks in Atomics.wait, so the
 // main thread talks to it only through the ring.
-import * as hdr from 'hdr-histogram-js';
+import { newHistogram, toPairs } from '../engine/histogram';
 import { RingConsumer, RingWaker, type RingRecord } from '../engine/ring';
 import { decode } from '../engine/ring-records';
 import { openLocalProcess } from '../source/local';
@@ -58,9 +58,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let leasesTaken = 0;
   let leasesHelped = 0;
   const budget = new FillBudget(task.tuning.fillShare, MAX_FILL_CREDIT_NS, native.monotonicNs);
-  const latency = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  const latency = newHistogram();
   /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
-  const pickup = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+  const pickup = newHistogram();
   const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
   const traces: FaultTrace[] = [];
   const arena = task.arena ? new ArenaConsumer(task.arena) : undefined;
@@ -371,7 +371,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
   for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
   for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
-  return { shard: task.shard, latency: hdr.encodeIntoCompressedBase64(latency), pickup: hdr.encodeIntoCompressedBase64(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped };
+  return { shard: task.shard, latency: toPairs(latency), pickup: toPairs(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped };
 
   /**
    * Remote: one background request for the next process that can take one; processes with a

@@ -52,10 +52,10 @@ export interface FaultTrace {
 
 export interface WorkerResult {
   shard: number;
-  /** Fault service latency (ring read → copy done), hdr-histogram compressed base64, ns. */
-  latency: string;
-  /** Fault pickup latency (read from the uffd → this worker starts serving it), same encoding. */
-  pickup: string;
+  /** Fault service latency (ring read → copy done), ns, as histogram (value, count) pairs (engine/histogram.ts). */
+  latency: number[];
+  /** Fault pickup latency (read from the uffd → this worker starts serving it), the same way. */
+  pickup: number[];
   totals: ProcessCounters;
   poisonedPages: number;
   traces: FaultTrace[];
