@@ -52,7 +52,7 @@ export interface NativeCore {
   /**
    * UFFDIO_COPY of `nRuns` runs ([dst, srcOffset, len] triples in `runs`) from `src`, in slices of
    * `slicePages`, entering `gate`'s copy gate for every ioctl with the owner's event `epoch`. Stops
-   * early when a record waits in `watch` after `yieldAtNs`. Returns a FillStatus; `out` gets
+   * early when a record waits in `watch`, or a uffd in `epfd` is readable, after `yieldAtNs`. Returns a FillStatus; `out` gets
    * [bytes dealt with, pages already present, errno, ioctls].
    */
   fillRuns(
@@ -66,8 +66,11 @@ export interface NativeCore {
     watch: Uint8Array | null,
     yieldAtNs: number,
     out: Float64Array,
+    epfd?: number,
   ): number;
   fillStatus: { DONE: number; YIELDED: number; EVENT: number; ERRNO: number };
+  /** Involuntary context switches of the calling thread so far. */
+  threadPreemptions(): number;
 }
 
 function load(): NativeCore {

@@ -15,6 +15,7 @@
 #define RING_CAPACITY_OFFSET 128  // u32, power of two, set once at creation
 #define RING_READING_OFFSET 132   // u32, main thread: 1 while it reads this ring's uffds
 #define RING_SLEEPING_OFFSET 136  // u32, consumer: 1 while it is about to sleep (it sleeps on this word)
+#define RING_WANT_READ_OFFSET 140 // u32, a drain found copies in flight: fill copies hold off until it reads
 // COPYING and READING make reading a uffd and copying into its mm mutually exclusive (Dekker, all
 // seq_cst). COPYING is a count: the shard's own worker and any worker filling one of its processes
 // on lease (src/worker/fill-board.ts) may copy at once. A copier also holds back while EVENTS is

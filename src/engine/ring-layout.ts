@@ -8,6 +8,7 @@ export const RING = {
   CAPACITY_OFFSET: 128, // u32 power of two
   READING_OFFSET: 132, // u32 main: 1 while reading this ring's uffds
   SLEEPING_OFFSET: 136, // u32 consumer: 1 while about to sleep; the word it sleeps on (see ring.h)
+  WANT_READ_OFFSET: 140, // u32 a drain found copies in flight: new copies hold off until it has read (see ring.h)
   HEADER_BYTES: 192,
   RECORD_BYTES: 48,
   KIND_OFFSET: 0, // u32 RecordKind

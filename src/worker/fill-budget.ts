@@ -35,3 +35,42 @@ export class FillBudget {
     return this.credit;
   }
 }
+
+/**
+ * Whether a worker may help fill processes other workers own. Helping pays only with a CPU to
+ * spare: on this 2-vCPU machine kind the restored threads, the fault-serving owner and the main
+ * thread already compete, and a helper that takes their CPU makes faults wait behind fill (isolated
+ * faults: pickup p99 ≈ 4-10 ms with a helper, each worker ≈ 40 % of its life runnable but not
+ * running, /proc/thread-self/schedstat). A helper preempted while it helped (involuntary context
+ * switches, getrusage) stays off for a while, doubling up to a cap, and is back at once when a
+ * lease goes by without preemption.
+ */
+export class HelpThrottle {
+  private backoffNs = 0;
+  private untilNs = 0;
+
+  constructor(
+    private readonly minNs: number,
+    private readonly maxNs: number,
+    private readonly now: () => number,
+  ) {}
+
+  mayHelp(): boolean {
+    return this.now() >= this.untilNs;
+  }
+
+  /** ns until helping is allowed again (0 if it is). */
+  get waitNs(): number {
+    return Math.max(0, this.untilNs - this.now());
+  }
+
+  /** A lease of another worker's was copied; `preempted`: this thread lost its CPU meanwhile. */
+  helped(preempted: boolean): void {
+    if (!preempted) {
+      this.backoffNs = 0;
+      return;
+    }
+    this.backoffNs = Math.min(Math.max(this.backoffNs * 2, this.minNs), this.maxNs);
+    this.untilNs = this.now() + this.backoffNs;
+  }
+}

@@ -12,7 +12,7 @@ import type { MemoryMap } from '../memory';
 import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
 import { BOARD_SLOTS, FillBoards, LeaseResult, LeaseState } from './fill-board';
-import { FillBudget } from './fill-budget';
+import { FillBudget, HelpThrottle } from './fill-budget';
 import { RunCopier, classify, errnoName, type RunsResult } from './uffd-ops';
 import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
@@ -25,9 +25,13 @@ const IDLE_WAIT_MS = 1000;
  * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
  */
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
-const AGAIN_WAIT_MS = 1;
+/** A fault held back (EAGAIN, or the copy gate) is retried after this long at most. */
+const AGAIN_WAIT_MS = 0.2;
 /** After fail-stop, how long an owner waits for leases other workers are copying before poisoning. */
 const LEASE_DRAIN_MS = 2000;
+/** A helper preempted while helping stays off 1 ms, doubling up to 64 ms (HelpThrottle). */
+const HELP_BACKOFF_MIN_NS = 1_000_000;
+const HELP_BACKOFF_MAX_NS = 64_000_000;
 /** Fill credit never banks more than this: a fault waits at most about this long behind the fill. */
 const MAX_FILL_CREDIT_NS = 1_000_000;
 interface PendingFault {
@@ -58,6 +62,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let leasesTaken = 0;
   let leasesHelped = 0;
   const budget = new FillBudget(task.tuning.fillShare, MAX_FILL_CREDIT_NS, native.monotonicNs);
+  const throttle = new HelpThrottle(HELP_BACKOFF_MIN_NS, HELP_BACKOFF_MAX_NS, native.monotonicNs);
   const latency = newHistogram();
   /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
   const pickup = newHistogram();
@@ -191,14 +196,16 @@ export default function runShard(task: WorkerTask): WorkerResult {
     for (let i = 0; i < wakers.length; i++) {
       // Own board first, then the others, each worker from the next one on.
       const owner = (task.shard + i) % wakers.length;
+      if (owner !== task.shard && !throttle.mayHelp()) break;
       for (let s = 0; s < BOARD_SLOTS; s++) {
         if (boards.state(owner, s) !== LeaseState.OFFERED) continue;
         const l = boards.take(owner, s);
         if (!l) continue;
         const started = native.monotonicNs();
+        const preemptions = owner === task.shard ? 0 : native.threadPreemptions();
         let r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'event', errno: 0 };
         try {
-          r = copier.copyRange(sourceOf(l.pid), l.uffd, wakers[owner].bytes, l.epoch, l.dst, l.imgStart, l.pages, task.tuning.fillSlice, ring.bytes, budget.yieldAt());
+          r = copier.copyRange(sourceOf(l.pid), l.uffd, wakers[owner].bytes, l.epoch, l.dst, l.imgStart, l.pages, task.tuning.fillSlice, ring.bytes, budget.yieldAt(), processes.size ? task.epfd : -1);
         } finally {
           budget.spend(started);
           const result =
@@ -213,6 +220,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
           else {
             leasesHelped++;
             filledForOthers += r.dealt / 4096 - r.existing;
+            throttle.helped(native.threadPreemptions() > preemptions);
             wakers[owner].wake();
           }
         }
@@ -221,7 +229,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
     return false;
   };
-  const hasFillWork = () => boards.anyOffered() || ownLeasesDone();
+  const hasFillWork = () => ownLeasesDone() || (throttle.mayHelp() ? boards.anyOffered() : ownOffered());
+  const ownOffered = () => {
+    for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.OFFERED) return true;
+    return false;
+  };
   const ownLeasesDone = () => {
     for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.DONE) return true;
     return false;
@@ -313,6 +325,12 @@ export default function runShard(task: WorkerTask): WorkerResult {
       if (stop) break;
       collectLeases();
       if (retry.length) {
+        // A fault held back by the copy gate: read what is pending in this shard first (the event
+        // that made the mm change, or the messages a drain was waiting to read).
+        if (processes.size && native.drain(task.epfd, [ring.bytes], task.shard)) {
+          ring.consume(onRecord);
+          if (stop) break;
+        }
         const again = retry;
         retry = [];
         for (const f of again) if (processes.has(f.p.uffd)) serveFault(f.p, f.address, f.timeNs, true);
@@ -339,7 +357,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
       offerLeases();
       if (takeLease()) continue;
       if (arena && fillRemote()) continue;
-      ring.wait(againUntil.size ? AGAIN_WAIT_MS : IDLE_WAIT_MS, hasFillWork);
+      const throttled = throttle.waitNs > 0 && boards.anyOffered() ? Math.max(1, Math.ceil(throttle.waitNs / 1e6)) : IDLE_WAIT_MS;
+      ring.wait(againUntil.size ? AGAIN_WAIT_MS : Math.min(IDLE_WAIT_MS, throttled), hasFillWork);
     }
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });

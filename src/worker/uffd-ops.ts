@@ -152,6 +152,7 @@ export class RunCopier {
     slicePages: number,
     watch: Uint8Array | null,
     yieldAtNs: number,
+    epfd = -1,
   ): RunsResult {
     const r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'done', errno: 0 };
     const total = pages * PAGE;
@@ -180,7 +181,7 @@ export class RunCopier {
         r.stop = 'no-data';
         return r;
       }
-      const status = native.fillRuns(uffd, gate, epoch, buf, this.runs, n, slicePages, watch, yieldAtNs, this.out);
+      const status = native.fillRuns(uffd, gate, epoch, buf, this.runs, n, slicePages, watch, yieldAtNs, this.out, epfd);
       r.dealt += this.out[0];
       r.existing += this.out[1];
       r.ioctls += this.out[3];
