@@ -21,9 +21,11 @@ export async function bench(argv: string[]): Promise<number> {
     .option('--only <names>', 'comma-separated scenario names')
     .option('--out <dir>', 'where the JSON and HTML go', path.resolve(__dirname, '../../bench/results'))
     .option('--work <dir>', 'image cache and scratch', defaultWorkRoot())
+    .option('--faultline-args <args>', "extra flags for faultline's daemon in every scenario, e.g. '--workers 1' (to measure a variant against the same baseline)")
     .option('--criu', `also the real-CRIU scenarios (bench/criu.ts: ${criuScenarioNames().join(', ')}); naming one in --only selects it too`)
     .parse(argv, { from: 'user' })
-    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string; criu?: boolean }>();
+    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string; criu?: boolean; faultlineArgs?: string }>();
+  const faultlineArgs = o.faultlineArgs?.split(' ').filter(Boolean);
   checkUffdAvailable();
   const only = o.only?.split(',');
   // The real-CRIU scenarios run after the others, with their own table and criu-results.json.
@@ -40,7 +42,7 @@ export async function bench(argv: string[]): Promise<number> {
   };
   for (const s of list) {
     process.stdout.write(`${s.name}: ${s.what}\n`);
-    const r = await runScenario(s, { reps, workRoot: o.work, log: (l) => process.stdout.write(l + '\n') });
+    const r = await runScenario(s, { reps, workRoot: o.work, faultlineArgs, log: (l) => process.stdout.write(l + '\n') });
     const entry: BenchReport['scenarios'][number] = { ...r, comparison: compare(r) };
     if (s.name.startsWith('idle-drain-')) {
       // The drain's physical limit on this machine, measured right after the drain itself (same pages

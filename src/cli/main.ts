@@ -59,6 +59,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--page-server', 'page contents come from a page server at --address/--port (remote lazy restore)')
     .option('--json', 'print the summary as JSON')
     .option('--workers <n>', 'worker threads (default: CPUs)')
+    .option('--nice <n>', "the daemon threads' nice value, above the restored tree's (default -10; root)")
     .option('--fault-around <pages>', 'largest copy per fault')
     .option('--fill-chunk <pages>', 'largest background copy')
     .option('--record-faults <file>', 'write the order in which each process first faulted its pages')

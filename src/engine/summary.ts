@@ -28,6 +28,8 @@ export interface RestoreSummary {
   /** Fill leases taken, and how many of those were another worker's. */
   leases: number;
   leasesHelped: number;
+  /** Each worker thread's nice value. */
+  workerNice: number[];
   poisonedPages: number;
   /** The daemon's own CPU time (user + system, all threads) and peak RSS, for the benchmarks. */
   cpuMs: number;
@@ -38,7 +40,7 @@ export interface RestoreSummary {
 
 export function summarize(
   results: WorkerResult[],
-  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'faultPickupUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
+  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'faultPickupUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'workerNice' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
 ): RestoreSummary {
   const total = newHistogram();
   const pickup = newHistogram();
@@ -70,6 +72,7 @@ export function summarize(
     pagesFilledByHelpers: helped,
     leases,
     leasesHelped,
+    workerNice: results.map((r) => r.nice),
     poisonedPages: poisoned,
     ...ownUsage(),
   };
@@ -95,6 +98,6 @@ export function formatSummary(s: RestoreSummary): string {
     `  of which pickup  p50 ${s.faultPickupUs.p50} µs, p99 ${s.faultPickupUs.p99} µs, max ${s.faultPickupUs.max} µs (read from the uffd → a worker starts on it)`,
     `  fully restored   ${s.timeToRestoredMs.toFixed(1)} ms after the first hand-over (${s.fillAfterFinishedMs.toFixed(1)} ms after RESTORE_FINISHED), ${rate} MB/s`,
     `  fill leases      ${s.leases} taken, ${s.leasesHelped} by a worker that does not own the process (${s.pagesFilledByHelpers} pages)`,
-    `  daemon           ${s.workers} workers, ${s.cpuMs} ms CPU, peak RSS ${(s.maxRssKiB / 1024).toFixed(0)} MiB`,
+    `  daemon           ${s.workers} workers (nice ${[...new Set(s.workerNice)].join(', ')}), ${s.cpuMs} ms CPU, peak RSS ${(s.maxRssKiB / 1024).toFixed(0)} MiB`,
   ].join('\n');
 }

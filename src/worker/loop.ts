@@ -17,6 +17,7 @@ import { RunCopier, classify, errnoName, type RunsResult } from './uffd-ops';
 import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import type { FaultTrace, WorkerMessage, WorkerResult, WorkerTask } from './messages';
 
 const IDLE_WAIT_MS = 1000;
@@ -390,7 +391,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
   for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
   for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
-  return { shard: task.shard, latency: toPairs(latency), pickup: toPairs(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped };
+  return { shard: task.shard, latency: toPairs(latency), pickup: toPairs(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped, nice: os.getPriority() };
 
   /**
    * Remote: one background request for the next process that can take one; processes with a

@@ -64,4 +64,6 @@ export interface WorkerResult {
   /** Leases this worker took, and how many of them were other workers'. */
   leases: number;
   leasesHelped: number;
+  /** This worker thread's nice value (Linux: per thread; inherited from the main thread, see --nice). */
+  nice: number;
 }

@@ -159,4 +159,9 @@ t.test('usage errors exit 2 with one line', async (t) => {
   const f = spawnSync(process.execPath, [CLI, 'lazy-pages', '--log-format', 'xml'], { encoding: 'utf8' });
   t.equal(f.status, 2);
   t.equal(f.stderr, "faultline: error: --log-format must be 'text' or 'json', got 'xml'\n");
+  for (const bad of ['abc', '-30', '1.5']) {
+    const n = spawnSync(process.execPath, [CLI, 'lazy-pages', '-D', '/tmp', '--nice', bad], { encoding: 'utf8' });
+    t.equal(n.status, 2, `--nice ${bad}`);
+    t.equal(n.stderr, `faultline: error: --nice must be an integer from -20 to 19, got '${bad}'\n`);
+  }
 });
