@@ -30,6 +30,7 @@ export interface LazyPagesFlags extends CommonFlags {
   json?: boolean;
   workers?: string;
   nice?: string;
+  fillNice?: string;
   faultAround?: string;
   fillChunk?: string;
   recordFaults?: string;
@@ -66,9 +67,9 @@ export function parseStatusFd(v: string | undefined): number {
  * the daemon goes on at its own priority and says so at debug level.
  */
 export const DEFAULT_NICE = -10;
-function parseNice(v: string | undefined): number {
+function parseNice(v: string | undefined, flag = '--nice'): number {
   const nice = v === undefined ? DEFAULT_NICE : Number(v);
-  if (!/^-?\d+$/.test(v ?? '0') || nice < -20 || nice > 19) throw new UsageError(`--nice must be an integer from -20 to 19, got '${v}'`);
+  if (!/^-?\d+$/.test(v ?? '0') || nice < -20 || nice > 19) throw new UsageError(`${flag} must be an integer from -20 to 19, got '${v}'`);
   return nice;
 }
 function raisePriority(nice: number, log: { debug(msg: string): void }): void {
@@ -87,6 +88,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const faultAround = positiveInt(flags.faultAround, '--fault-around');
   const fillChunk = positiveInt(flags.fillChunk, '--fill-chunk');
   const nice = parseNice(flags.nice);
+  const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
   const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;
   if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
   if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', resolveLogFile(flags.logFile, workDir), statusFd);
@@ -101,6 +103,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     recordFaults: flags.recordFaults,
     prefetch: flags.prefetch,
     remote,
+    fillNice,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),

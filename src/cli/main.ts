@@ -60,6 +60,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--json', 'print the summary as JSON')
     .option('--workers <n>', 'worker threads (default: CPUs)')
     .option('--nice <n>', "the daemon threads' nice value, above the restored tree's (default -10; root)")
+    .option('--fill-nice <n>', 'nice value of the background fill (default: --nice); higher leaves more CPU to restored threads that have their pages')
     .option('--fault-around <pages>', 'largest copy per fault')
     .option('--fill-chunk <pages>', 'largest background copy')
     .option('--record-faults <file>', 'write the order in which each process first faulted its pages')

@@ -35,6 +35,8 @@ export interface DaemonOptions {
   prefetch?: string;
   /** Page contents come from a page server (remote lazy restore). */
   remote?: RemoteOptions;
+  /** The background fill's nice value (default: the daemon's own). */
+  fillNice?: number;
 }
 
 /** Per-worker arena for page-server data: 32 MiB, far above the largest request (256 pages). */
@@ -117,6 +119,7 @@ export class LazyPagesDaemon {
         imagesDir: path.resolve(opts.imagesDir),
         tuning,
         recordFaults: !!opts.recordFaults,
+        fillNice: opts.fillNice,
         preloadPids: this.pstree.filter((_, i) => i % opts.workers === shard).map((t) => t.pid),
         warmUpPid: this.pstree[0]?.pid,
         prefetchFile: opts.prefetch && path.resolve(opts.prefetch),

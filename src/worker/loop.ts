@@ -64,6 +64,20 @@ export default function runShard(task: WorkerTask): WorkerResult {
   let leasesHelped = 0;
   const budget = new FillBudget(task.tuning.fillShare, MAX_FILL_CREDIT_NS, native.monotonicNs);
   const throttle = new HelpThrottle(HELP_BACKOFF_MIN_NS, HELP_BACKOFF_MAX_NS, native.monotonicNs);
+  // Faults are served at the daemon's priority (--nice, above the restored tree). The background
+  // fill runs at --fill-nice, by default the same: a tree waiting on its memory gains more from a
+  // fill that finishes sooner (tree-4 restored in 285 ms with the fill at nice -10, 415 ms at -5,
+  // 599 ms at 0) than a restored thread that already has its pages loses (one thread pinned to a
+  // vCPU, isolated faults: p99 6× the baseline's at -10, 3.6× at 0). See docs/DESIGN.md.
+  const serveNice = os.getPriority();
+  const fillNice = task.fillNice ?? serveNice;
+  const setNice = (n: number) => {
+    try {
+      os.setPriority(n);
+    } catch {
+      // lowering is always allowed; raising back needs the privilege the main thread had
+    }
+  };
   const latency = newHistogram();
   /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
   const pickup = newHistogram();
@@ -205,9 +219,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
         const started = native.monotonicNs();
         const preemptions = owner === task.shard ? 0 : native.threadPreemptions();
         let r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'event', errno: 0 };
+        if (fillNice !== serveNice) setNice(fillNice);
         try {
           r = copier.copyRange(sourceOf(l.pid), l.uffd, wakers[owner].bytes, l.epoch, l.dst, l.imgStart, l.pages, task.tuning.fillSlice, ring.bytes, budget.yieldAt(), processes.size ? task.epfd : -1);
         } finally {
+          if (fillNice !== serveNice) setNice(serveNice);
           budget.spend(started);
           const result =
             r.stop === 'done' ? LeaseResult.DONE

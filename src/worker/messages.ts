@@ -37,6 +37,8 @@ export interface WorkerTask {
   preloadPids: number[];
   /** With no pid of its own, a pid whose images the worker reads once at start, to compile the decoders. */
   warmUpPid?: number;
+  /** The nice value for background fill copies (--fill-nice); faults are served at the thread's own. */
+  fillNice?: number;
   /** Record the first-fault order per process (--record-faults). */
   recordFaults: boolean;
   /** A trace written by --record-faults: pages to fill first (--prefetch). */
