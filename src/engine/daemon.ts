@@ -39,6 +39,9 @@ export interface DaemonOptions {
   fillNice?: number;
 }
 
+/** CLOCK_MONOTONIC at this process's start (performance.now() counts from it). */
+const PROCESS_START_NS = native.monotonicNs() - performance.now() * 1e6;
+
 /** Per-worker arena for page-server data: 32 MiB, far above the largest request (256 pages). */
 const ARENA_PAGES = 8192;
 
@@ -258,7 +261,14 @@ export class LazyPagesDaemon {
     if (this.opts.recordFaults) writeTrace(this.opts.recordFaults, results);
     const end = this.lastCompleteNs || native.monotonicNs();
     const finished = this.tree.finished;
+    const firstFault = Math.min(...results.map((r) => r.firstFaultNs || Infinity));
     const summary = summarize(results, {
+      ...(Number.isFinite(firstFault)
+        ? {
+            handoverToFirstFaultMs: this.firstHandoverNs ? (firstFault - this.firstHandoverNs) / 1e6 : undefined,
+            startToFirstFaultMs: (firstFault - PROCESS_START_NS) / 1e6,
+          }
+        : {}),
       ok: true,
       processes: finished.length,
       zombies: this.tree.zombies,

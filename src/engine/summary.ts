@@ -20,6 +20,10 @@ export interface RestoreSummary {
   faultPickupUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** From the first hand-over to the last process complete. */
   timeToRestoredMs: number;
+  /** From the first hand-over to the first fault served: how long the first faulting thread waited on start-up work. */
+  handoverToFirstFaultMs?: number;
+  /** From the daemon process's start to the first fault served (criu lazy-pages' log gives the same for CRIU). */
+  startToFirstFaultMs?: number;
   /** From RESTORE_FINISHED to the last process complete. */
   fillAfterFinishedMs: number;
   workers: number;
@@ -96,6 +100,7 @@ export function formatSummary(s: RestoreSummary): string {
     `  UFFDIO_COPY      ${s.copies} ioctls`,
     `  fault service    p50 ${s.faultServiceUs.p50} µs, p90 ${s.faultServiceUs.p90} µs, p99 ${s.faultServiceUs.p99} µs, max ${s.faultServiceUs.max} µs (${s.faultServiceUs.count} served)`,
     `  of which pickup  p50 ${s.faultPickupUs.p50} µs, p99 ${s.faultPickupUs.p99} µs, max ${s.faultPickupUs.max} µs (read from the uffd → a worker starts on it)`,
+    ...(s.handoverToFirstFaultMs !== undefined ? [`  first fault      served ${s.handoverToFirstFaultMs.toFixed(1)} ms after the first hand-over, ${s.startToFirstFaultMs?.toFixed(0)} ms after the daemon started`] : []),
     `  fully restored   ${s.timeToRestoredMs.toFixed(1)} ms after the first hand-over (${s.fillAfterFinishedMs.toFixed(1)} ms after RESTORE_FINISHED), ${rate} MB/s`,
     `  fill leases      ${s.leases} taken, ${s.leasesHelped} by a worker that does not own the process (${s.pagesFilledByHelpers} pages)`,
     `  daemon           ${s.workers} workers (nice ${[...new Set(s.workerNice)].join(', ')}), ${s.cpuMs} ms CPU, peak RSS ${(s.maxRssKiB / 1024).toFixed(0)} MiB`,

@@ -59,6 +59,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
   /** Processes to release once their taken leases are back (a uffd is never closed under a lease). */
   const releasing = new Map<LazyProcess, { how: 'complete' | 'gone'; reason: string }>();
   const copier = new RunCopier();
+  /** When this worker served its first fault (CLOCK_MONOTONIC ns), 0 if none. */
+  let firstFaultNs = 0;
   let filledForOthers = 0;
   let leasesTaken = 0;
   let leasesHelped = 0;
@@ -135,7 +137,10 @@ export default function runShard(task: WorkerTask): WorkerResult {
     if (FAULT_DELAY_NS > 0 && !retried) for (const until = started + FAULT_DELAY_NS; native.monotonicNs() < until; );
     const outcome = p.fault(address, retried);
     if (outcome === 'again') retry.push({ p, address, timeNs });
-    else latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
+    else {
+      latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
+      firstFaultNs ||= p.releasedAtNs;
+    }
     settle(p, outcome);
     budget.earn(native.monotonicNs() - started);
   };
@@ -407,7 +412,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
   for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
   for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
-  return { shard: task.shard, latency: toPairs(latency), pickup: toPairs(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped, nice: os.getPriority() };
+  return { shard: task.shard, latency: toPairs(latency), pickup: toPairs(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped, nice: os.getPriority(), firstFaultNs };
 
   /**
    * Remote: one background request for the next process that can take one; processes with a

@@ -68,4 +68,6 @@ export interface WorkerResult {
   leasesHelped: number;
   /** This worker thread's nice value (Linux: per thread; inherited from the main thread, see --nice). */
   nice: number;
+  /** When this worker served its first fault (CLOCK_MONOTONIC ns), 0 if it served none. */
+  firstFaultNs: number;
 }
