@@ -37,6 +37,9 @@ export interface RunMetrics {
   faultUs: Percentiles;
   /** total time the restored threads spent stalled in faults (sum of faulting touches), ms */
   stalledMs: number;
+  /** the daemon's own fault service time (uffd read → page copied), p50 and p99, µs */
+  serviceP50Us: number;
+  serviceP99Us: number;
 }
 
 export interface Percentiles {
@@ -127,6 +130,8 @@ export function metricsOf(r: RestoreResult, lat: { all: hdr.Histogram; faults: h
     touchUs: percentiles(lat.all),
     faultUs: percentiles(lat.faults),
     stalledMs: Math.round(lat.stalledNs / 1e4) / 100,
+    serviceP50Us: s?.faultServiceUs?.p50 ?? 0,
+    serviceP99Us: s?.faultServiceUs?.p99 ?? 0,
   };
 }
 

@@ -106,7 +106,7 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
         // Copies in flight: leave this ring's uffds unread (epoll is level-triggered and reports
         // them again), and ask copiers to hold off so the next try gets in. Without it a steady
         // stream of fill slices from several workers kept a fault unread for milliseconds; waiting
-        // here instead burnt the main thread's CPU (745 of 1853 ms in tree-4) on 2 vCPUs.
+        // here instead burns a CPU the copiers need (docs/DESIGN.md, "The fault tail").
         __atomic_store_n(r->want_read, 1, __ATOMIC_SEQ_CST);
         __atomic_store_n(r->reading, 0, __ATOMIC_SEQ_CST);
         r->state = -1;

@@ -5,8 +5,8 @@
 // process's pages files (any of them may fill any process on lease), and separate mappings would
 // each pay their own page-table faults on the first copy from every page. A new mapping's page
 // tables are filled in the background (MADV_POPULATE_READ): the fill's copies then find the source
-// mapped instead of taking a fault per 16 pages inside UFFDIO_COPY, which measured 1.2 against
-// 2.6 GB/s for the copy (native/bin/faultline-copy-floor --fresh-source; bench/floor.ts).
+// mapped instead of taking faults on it inside UFFDIO_COPY (a fresh source mapping halves the copy
+// rate: `faultline-copy-floor --fresh-source`, docs/DESIGN.md).
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>

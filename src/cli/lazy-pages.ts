@@ -60,11 +60,10 @@ export function parseStatusFd(v: string | undefined): number {
 /**
  * The daemon's threads run at a higher priority than the restored tree: every fault of the tree
  * waits on them, and on a host with fewer CPUs than runnable threads a worker that a restored
- * thread preempts makes every other fault wait too. tree-4 (4 processes, 8 threads touching at
- * once, 2 vCPUs): restored in 193 ms at nice -10 against 507 ms at nice 0, the C baseline at nice 0
- * 493 ms (bench: node ab runs, see docs/DESIGN.md). Set on the main thread before the workers
- * exist, so that they inherit it (Linux: nice is per thread). Root only; without the privilege
- * the daemon goes on at its own priority and says so at debug level.
+ * thread preempts makes every other fault wait too (measurements: docs/DESIGN.md, "The fault
+ * tail"). Set on the main thread before the workers exist, so that they inherit it (Linux: nice is
+ * per thread). Root only; without the privilege the daemon goes on at its own priority and says so
+ * at debug level.
  */
 export const DEFAULT_NICE = -10;
 function parseNice(v: string | undefined, flag = '--nice'): number {

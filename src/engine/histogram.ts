@@ -1,8 +1,7 @@
 // Latency histograms (HdrHistogram) for the daemon's hot threads. The package's index loads its
-// WASM build, pako and the log writer: ~100 ms of CPU in every thread that imports it (measured:
-// `node -e "require('hdr-histogram-js')"` with process.cpuUsage). The plain typed-array class
-// alone costs ~8 ms, and a worker hands its histogram to the main thread as (value, count) pairs
-// instead of the compressed encoding.
+// WASM build, pako and the log writer in every thread that imports it, a start-up cost many times
+// that of the plain typed-array class used here (docs/DESIGN.md, "Start-up"); a worker hands its
+// histogram to the main thread as (value, count) pairs instead of the compressed encoding.
 import Float64Histogram from 'hdr-histogram-js/dist/Float64Histogram';
 import type JsHistogram from 'hdr-histogram-js/dist/JsHistogram';
 

@@ -38,12 +38,10 @@ export class FillBudget {
 
 /**
  * Whether a worker may help fill processes other workers own. Helping pays only with a CPU to
- * spare: on this 2-vCPU machine kind the restored threads, the fault-serving owner and the main
- * thread already compete, and a helper that takes their CPU makes faults wait behind fill (isolated
- * faults: pickup p99 ≈ 4-10 ms with a helper, each worker ≈ 40 % of its life runnable but not
- * running, /proc/thread-self/schedstat). A helper preempted while it helped (involuntary context
- * switches, getrusage) stays off for a while, doubling up to a cap, and is back at once when a
- * lease goes by without preemption.
+ * spare: the restored threads, the fault-serving owner and the main thread may already want every
+ * CPU, and a helper that takes one makes faults wait behind fill. A helper preempted while it
+ * helped (involuntary context switches, getrusage) stays off for a while, doubling up to a cap, and
+ * is back at once when a lease goes by without preemption.
  */
 export class HelpThrottle {
   private backoffNs = 0;

@@ -68,9 +68,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const throttle = new HelpThrottle(HELP_BACKOFF_MIN_NS, HELP_BACKOFF_MAX_NS, native.monotonicNs);
   // Faults are served at the daemon's priority (--nice, above the restored tree). The background
   // fill runs at --fill-nice, by default the same: a tree waiting on its memory gains more from a
-  // fill that finishes sooner (tree-4 restored in 285 ms with the fill at nice -10, 415 ms at -5,
-  // 599 ms at 0) than a restored thread that already has its pages loses (one thread pinned to a
-  // vCPU, isolated faults: p99 6× the baseline's at -10, 3.6× at 0). See docs/DESIGN.md.
+  // fill that finishes sooner than a restored thread that already has its pages loses (the
+  // trade-off is measured in docs/DESIGN.md, "The fault tail").
   const serveNice = os.getPriority();
   const fillNice = task.fillNice ?? serveNice;
   const setNice = (n: number) => {

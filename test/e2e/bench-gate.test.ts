@@ -27,7 +27,7 @@ t.test('an injected delay per fault makes the gate fail', async (t) => {
     timeout: 180_000,
   });
   t.equal(r.status, 1, `gate exits 1 ${r.stdout}`);
-  t.match(r.stderr, /gate: isolated\.(faultP50|timeToRestored) \([^)]+\) regressed/, 'names the metric');
+  t.match(r.stderr, /gate: isolated\.(faultP50|timeToRestored|stalledMs|serviceP50) \([^)]+\) regressed/, 'names the metric');
   t.match(r.stdout, /FAIL, measuring again/, 'a failing scenario is measured a second time before it counts');
   t.match(r.stdout, /gate: FAILED/);
 });

@@ -15,6 +15,7 @@ function run(scale: number): RunMetrics {
   return {
     ok: true, faults: 1000 * scale, pagesByFault: 4000, pagesByFill: 12000, zeroPages: 10, lazyPages: 16000, timeToRestoredMs: 300 * scale,
     drainGBps: 1 / scale, faultsPerSec: 3000 / scale, cpuMs: 250 * scale, maxRssKiB: 80000, touches: 5000, touchUs: p, faultUs: p, stalledMs: 100 * scale,
+    serviceP50Us: 40 * scale, serviceP99Us: 300 * scale,
   };
 }
 
