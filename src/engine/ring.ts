@@ -9,7 +9,6 @@ const COPYING = RING.COPYING_OFFSET / 4;
 const EVENTS = RING.EVENTS_OFFSET / 4;
 const READING = RING.READING_OFFSET / 4;
 const SLEEPING = RING.SLEEPING_OFFSET / 4;
-const WANT_READ = RING.WANT_READ_OFFSET / 4;
 /** ≈ 50 µs of Atomics.load: far longer than one drain holds READING. */
 const MAX_READING_SPINS = 20_000;
 
@@ -150,8 +149,6 @@ export class RingConsumer extends RingView {
    * delivered is still unknown to us. False: handle the ring first, then retry.
    */
   beginCopy(): boolean {
-    // A drain is waiting for copies to end: let this worker's loop drain instead (retry path).
-    if (Atomics.load(this.i32, WANT_READ) !== 0) return false;
     // The main thread holds READING for the few µs of one drain: wait it out rather than giving up
     // (giving up sends a fault to the retry path, which may sleep).
     // COPYING is a count: workers filling this shard's processes on lease copy too (ring.h).

@@ -138,7 +138,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else {
       latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
-      firstFaultNs ||= p.releasedAtNs;
+      // Remote: the fault is served when its request leaves (the reply's copy wakes the thread).
+      firstFaultNs ||= p.remote ? started : p.releasedAtNs;
     }
     settle(p, outcome);
     budget.earn(native.monotonicNs() - started);
@@ -418,16 +419,17 @@ export default function runShard(task: WorkerTask): WorkerResult {
    * request already on its way are 'busy' and skipped (their reply arrives through the ring).
    */
   function fillRemote(): boolean {
-    let outcome: ReturnType<LazyProcess['fillNext']> = 'busy';
-    let p: LazyProcess | undefined;
-    for (let tries = 0; tries < filling.length && outcome === 'busy'; tries++) {
+    // Every process gets its turn: one with a request on its way ('busy') or nothing left to ask
+    // for ('empty') must not keep the others from asking (one request per round trip otherwise).
+    for (let tries = 0; tries < filling.length; tries++) {
       fillIndex = fillIndex % filling.length;
-      p = filling[fillIndex++];
-      outcome = p.fillNext();
+      const p = filling[fillIndex++];
+      const outcome = p.fillNext();
+      if (outcome === 'busy' || outcome === 'empty') continue;
+      settle(p, outcome);
+      return true;
     }
-    if (outcome === 'busy' || !p) return false;
-    if (outcome !== 'empty') settle(p, outcome);
-    return outcome !== 'empty';
+    return false;
   }
 }
 
