@@ -33,7 +33,10 @@ export const enum LeaseResult {
 }
 
 export const BOARD_SLOTS = 16;
-const SLOT_BYTES = 64;
+/** Runs one lease may carry: a real dump's lazy memory is many short ranges (docs/DESIGN.md). */
+export const LEASE_RUNS = 16;
+const HEADER_BYTES = 64;
+const SLOT_BYTES = HEADER_BYTES + LEASE_RUNS * 24;
 // i32 fields of a slot
 const STATE = 0;
 const UFFD = 1;
@@ -44,22 +47,29 @@ const RESULT = 5;
 const ERRNO = 6;
 const EXISTING = 7;
 const IOCTLS = 8;
-// f64 fields of a slot (index in the Float64Array, relative to the slot)
-const DST = 4;
-const IMG = 5;
+const NRUNS = 9;
+// f64 fields of a slot (index in the Float64Array, relative to the slot); runs follow the header
+// as [dst, imgStart, pages] triples.
 const DEALT = 6;
+const RUNS = HEADER_BYTES / 8;
 
 export function createBoards(shards: number): SharedArrayBuffer {
   return new SharedArrayBuffer(shards * BOARD_SLOTS * SLOT_BYTES);
+}
+
+/** Pages at run-time address `dst` whose data is at image address `imgStart`. */
+export interface LeaseRun {
+  dst: number;
+  imgStart: number;
+  pages: number;
 }
 
 export interface Lease {
   uffd: number;
   pid: number;
   epoch: number;
-  dst: number;
-  imgStart: number;
-  pages: number;
+  /** In copy order; `dealt` counts bytes through them in this order. */
+  runs: LeaseRun[];
 }
 
 export interface LeaseOutcome {
@@ -100,13 +110,19 @@ export class FillBoards {
 
   /** Owner: publishes a lease in a FREE slot (fields first, state last). */
   offer(shard: number, slot: number, l: Lease): void {
+    if (l.runs.length < 1 || l.runs.length > LEASE_RUNS) throw new RangeError(`a lease carries 1 to ${LEASE_RUNS} runs, got ${l.runs.length}`);
     const b = this.base(shard, slot);
     this.i32[b + UFFD] = l.uffd;
     this.i32[b + PID] = l.pid;
     this.i32[b + EPOCH] = l.epoch | 0;
-    this.i32[b + PAGES] = l.pages;
-    this.f64[b / 2 + DST] = l.dst;
-    this.f64[b / 2 + IMG] = l.imgStart;
+    this.i32[b + PAGES] = l.runs.reduce((n, r) => n + r.pages, 0);
+    this.i32[b + NRUNS] = l.runs.length;
+    l.runs.forEach((r, i) => {
+      const at = b / 2 + RUNS + 3 * i;
+      this.f64[at] = r.dst;
+      this.f64[at + 1] = r.imgStart;
+      this.f64[at + 2] = r.pages;
+    });
     Atomics.store(this.i32, b + STATE, LeaseState.OFFERED);
   }
 
@@ -114,14 +130,12 @@ export class FillBoards {
   take(shard: number, slot: number): Lease | null {
     const b = this.base(shard, slot);
     if (Atomics.compareExchange(this.i32, b + STATE, LeaseState.OFFERED, LeaseState.TAKEN) !== LeaseState.OFFERED) return null;
-    return {
-      uffd: this.i32[b + UFFD],
-      pid: this.i32[b + PID],
-      epoch: this.i32[b + EPOCH] >>> 0,
-      pages: this.i32[b + PAGES],
-      dst: this.f64[b / 2 + DST],
-      imgStart: this.f64[b / 2 + IMG],
-    };
+    const runs: LeaseRun[] = [];
+    for (let i = 0; i < this.i32[b + NRUNS]; i++) {
+      const at = b / 2 + RUNS + 3 * i;
+      runs.push({ dst: this.f64[at], imgStart: this.f64[at + 1], pages: this.f64[at + 2] });
+    }
+    return { uffd: this.i32[b + UFFD], pid: this.i32[b + PID], epoch: this.i32[b + EPOCH] >>> 0, runs };
   }
 
   /** The taker: reports how far it got (results first, state last). */

@@ -216,52 +216,52 @@ export class LazyProcess {
   }
 
   /**
-   * Local: the next background range for a fill lease (see fill-board.ts). It stays missing, as in
-   * flight: events move or drop it, a fork gives it to the child, a fault copies from it at once.
+   * Local: the next background ranges for a fill lease (see fill-board.ts), up to `maxRuns` runs and
+   * the chunk size in pages, across the holes between lazy ranges. They stay missing, as in flight:
+   * events move or drop them, a fork gives them to the child, a fault copies from them at once.
    */
-  leaseNext(): LazyRange | undefined {
-    const piece = this.nextFillRange();
-    if (!piece) return undefined;
-    this.inflight.insert(piece);
+  leaseNext(maxRuns = 1): LazyRange[] {
+    const first = this.nextFillRange();
+    if (!first) return [];
+    const runs = [first];
+    let pages = (first.end - first.start) / PAGE;
+    const budget = this.fillChunk; // nextFillRange already doubled it: the size this lease may reach
+    while (runs.length < maxRuns && pages < budget && this.prefetchAt >= this.prefetch.length) {
+      const r = this.map.nextAtOrAfter(this.fillCursor);
+      if (!r) break;
+      const end = Math.min(r.end, r.start + (budget - pages) * PAGE);
+      const [piece] = this.map.take(r.start, end);
+      this.fillCursor = end;
+      runs.push(piece);
+      pages += (piece.end - piece.start) / PAGE;
+    }
+    for (const r of runs) this.inflight.insert(r);
     this.leases++;
-    return piece;
+    return runs;
   }
 
   /**
-   * A fill lease of `pages` pages at image address `imgStart` came back: the first `dealt` bytes
-   * are in place (copied by its taker, or present already); the rest goes back to the missing
-   * ranges wherever events have moved it meanwhile.
+   * A fill lease came back: the first `dealt` bytes of its runs, in order, are in place (copied by
+   * its taker, or present already); the rest goes back to the missing ranges wherever events have
+   * moved it meanwhile.
    */
-  leaseSettled(imgStart: number, pages: number, r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'> & { ioctls?: number }): CopyOutcome {
+  leaseSettled(runs: { imgStart: number; pages: number }[], r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'> & { ioctls?: number }): CopyOutcome {
     this.leases--;
-    const end = imgStart + pages * PAGE;
-    const cut = imgStart + r.dealt;
-    // Pages a fault copied while leased were counted then; the lease's EEXIST on them is no news.
     let existing = r.existing;
-    for (const a of this.faultedInLease) {
-      if (a < imgStart || a >= end) continue;
-      if (a < cut) existing--;
-      this.faultedInLease.delete(a);
+    let offset = 0;
+    let cutAt = -1;
+    for (const run of runs) {
+      const len = run.pages * PAGE;
+      const dealt = Math.max(0, Math.min(len, r.dealt - offset));
+      if (dealt < len && cutAt < 0) cutAt = run.imgStart + dealt;
+      existing -= this.settleRun(run.imgStart, run.pages, dealt);
+      offset += len;
     }
     const copied = r.dealt / PAGE - r.existing;
     this.counters.fillPages += copied;
     this.counters.existingPages += existing;
     this.counters.copies += r.ioctls ?? 0;
-    for (const f of [...this.inflight]) {
-      const fImgEnd = f.imgStart + (f.end - f.start);
-      if (fImgEnd <= imgStart || f.imgStart >= end) continue;
-      const lo = Math.max(f.imgStart, imgStart);
-      const hi = Math.min(fImgEnd, end);
-      const dst = f.start + (lo - f.imgStart);
-      this.inflight.take(dst, dst + (hi - lo));
-      if (hi > cut) {
-        const from = Math.max(lo, cut);
-        const back = { start: dst + (from - lo), end: dst + (hi - lo), imgStart: from };
-        this.map.insert(back);
-        // Resume the fill where this lease stopped, not after the leases offered since.
-        this.fillCursor = Math.min(this.fillCursor, back.start);
-      }
-    }
+    const cut = cutAt < 0 ? (runs.at(-1)!.imgStart + runs.at(-1)!.pages * PAGE) : cutAt;
     switch (r.stop) {
       case 'done':
       case 'yielded':
@@ -278,6 +278,38 @@ export class LazyProcess {
       default:
         return 'again';
     }
+  }
+
+  /**
+   * One run of a settled lease: its first `dealt` bytes leave the in-flight map, the rest goes back
+   * to the missing ranges. Returns how many of its present pages a fault had copied first (their
+   * EEXIST is no news).
+   */
+  private settleRun(imgStart: number, pages: number, dealt: number): number {
+    const end = imgStart + pages * PAGE;
+    const cut = imgStart + dealt;
+    let faulted = 0;
+    for (const a of this.faultedInLease) {
+      if (a < imgStart || a >= end) continue;
+      if (a < cut) faulted++;
+      this.faultedInLease.delete(a);
+    }
+    for (const f of [...this.inflight]) {
+      const fImgEnd = f.imgStart + (f.end - f.start);
+      if (fImgEnd <= imgStart || f.imgStart >= end) continue;
+      const lo = Math.max(f.imgStart, imgStart);
+      const hi = Math.min(fImgEnd, end);
+      const dst = f.start + (lo - f.imgStart);
+      this.inflight.take(dst, dst + (hi - lo));
+      if (hi > cut) {
+        const from = Math.max(lo, cut);
+        const back = { start: dst + (from - lo), end: dst + (hi - lo), imgStart: from };
+        this.map.insert(back);
+        // Resume the fill where this lease stopped, not after the leases offered since.
+        this.fillCursor = Math.min(this.fillCursor, back.start);
+      }
+    }
+    return faulted;
   }
 
   /** A fault on a page leased to the fill: copy it now (the lease's copy then finds it present). */

@@ -11,7 +11,7 @@ import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
 import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
-import { BOARD_SLOTS, FillBoards, LeaseResult, LeaseState } from './fill-board';
+import { BOARD_SLOTS, FillBoards, LEASE_RUNS, LeaseResult, LeaseState, type LeaseRun } from './fill-board';
 import { FillBudget, HelpThrottle } from './fill-budget';
 import { RunCopier, classify, errnoName, type RunsResult } from './uffd-ops';
 import type { PageSource } from '../source/page-source';
@@ -55,7 +55,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const boards = new FillBoards(task.boards, task.rings.length);
   const wakers = task.rings.map((r) => new RingWaker(r));
   /** What each slot of this worker's own board was offered for. */
-  const offered: ({ p: LazyProcess; imgStart: number; pages: number } | null)[] = new Array(BOARD_SLOTS).fill(null);
+  const offered: ({ p: LazyProcess; runs: LeaseRun[] } | null)[] = new Array(BOARD_SLOTS).fill(null);
   /** Processes to release once their taken leases are back (a uffd is never closed under a lease). */
   const releasing = new Map<LazyProcess, { how: 'complete' | 'gone'; reason: string }>();
   const copier = new RunCopier();
@@ -102,7 +102,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     // may close the uffd (and reuse its number).
     for (let s = 0; s < BOARD_SLOTS; s++) {
       if (offered[s]?.p === p && boards.cancel(task.shard, s)) {
-        p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
+        p.leaseSettled(offered[s]!.runs, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
         offered[s] = null;
       }
     }
@@ -158,7 +158,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
         : o.result === LeaseResult.EVENT ? 'event'
         : o.result === LeaseResult.NO_DATA ? 'no-data'
         : (classify(errnoName(o.errno)) ?? 'gone');
-      const outcome = l.p.leaseSettled(l.imgStart, l.pages, { dealt: o.dealt, existing: o.existing, ioctls: o.ioctls, stop });
+      const outcome = l.p.leaseSettled(l.runs, { dealt: o.dealt, existing: o.existing, ioctls: o.ioctls, stop });
       if (outcome === 'again') againUntil.set(l.p, native.monotonicNs() + AGAIN_WAIT_MS * 1e6);
       settle(l.p, outcome);
     }
@@ -187,12 +187,12 @@ export default function runShard(task: WorkerTask): WorkerResult {
         if (now < until) continue;
         againUntil.delete(p);
       }
-      const piece = p.leaseNext();
-      if (!piece) continue;
+      const pieces = p.leaseNext(LEASE_RUNS);
+      if (!pieces.length) continue;
       tries = 0;
-      const pages = (piece.end - piece.start) / 4096;
-      offered[slot] = { p, imgStart: piece.imgStart, pages };
-      boards.offer(task.shard, slot, { uffd: p.uffd, pid: p.pid, epoch: ring.epoch, dst: piece.start, imgStart: piece.imgStart, pages });
+      const runs = pieces.map((r) => ({ dst: r.start, imgStart: r.imgStart, pages: (r.end - r.start) / 4096 }));
+      offered[slot] = { p, runs };
+      boards.offer(task.shard, slot, { uffd: p.uffd, pid: p.pid, epoch: ring.epoch, runs });
       untaken++;
       made++;
     }
@@ -223,13 +223,25 @@ export default function runShard(task: WorkerTask): WorkerResult {
         if (!l) continue;
         const started = native.monotonicNs();
         const preemptions = owner === task.shard ? 0 : native.threadPreemptions();
-        let r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'event', errno: 0 };
+        let r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'done', errno: 0 };
+        let finished = false;
         if (fillNice !== serveNice) setNice(fillNice);
         try {
-          r = copier.copyRange(sourceOf(l.pid), l.uffd, wakers[owner].bytes, l.epoch, l.dst, l.imgStart, l.pages, task.tuning.fillSlice, ring.bytes, budget.yieldAt(), processes.size ? task.epfd : -1);
+          const source = sourceOf(l.pid);
+          const yieldAt = budget.yieldAt();
+          const epfd = processes.size ? task.epfd : -1;
+          // The runs in order; the first that stops short ends the lease there.
+          for (const run of l.runs) {
+            const one = copier.copyRange(source, l.uffd, wakers[owner].bytes, l.epoch, run.dst, run.imgStart, run.pages, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
+            r = { dealt: r.dealt + one.dealt, existing: r.existing + one.existing, ioctls: r.ioctls + one.ioctls, stop: one.stop, errno: one.errno };
+            if (one.stop !== 'done') break;
+          }
+          finished = true;
         } finally {
           if (fillNice !== serveNice) setNice(serveNice);
           budget.spend(started);
+          // A throw mid-copy: the owner gets the lease back as stopped by an event, so the map is true.
+          if (!finished) r = { ...r, stop: 'event' };
           const result =
             r.stop === 'done' ? LeaseResult.DONE
             : r.stop === 'yielded' ? LeaseResult.YIELDED
@@ -400,7 +412,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   // true before poisoning and no uffd is closed under a lease.
   for (let s = 0; s < BOARD_SLOTS; s++) {
     if (offered[s] && boards.cancel(task.shard, s)) {
-      offered[s]!.p.leaseSettled(offered[s]!.imgStart, offered[s]!.pages, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
+      offered[s]!.p.leaseSettled(offered[s]!.runs, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
       offered[s] = null;
     }
   }

@@ -15,6 +15,9 @@ t.test('the CRIU 4.2 two-process dump restores lazily and byte for byte', async 
   assertRestored(t, r, 2);
   const s = r.daemon.summary!;
   t.equal(s.processes, 2);
-  t.ok(s.pagesByFault > 0, `pages by fault: ${s.pagesByFault}`);
+  // The dump is a few pages: whether the fill or a fault gets to one first is timing (every worker
+  // fills on leases of several runs now, often all of it before the first touch). What must hold is
+  // that each page arrived exactly once and that every byte verified.
+  t.comment(`pages by fault: ${s.pagesByFault}, by fill: ${s.pagesByFill}`);
   t.equal(s.pagesByFault + s.pagesByFill + s.existingPages, s.lazyPages, 'every lazy page copied exactly once');
 });

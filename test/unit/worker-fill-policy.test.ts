@@ -34,22 +34,23 @@ t.test('fill board: offer, take once, finish, collect; an offer can be withdrawn
   const boards = new FillBoards(createBoards(2), 2);
   t.equal(boards.freeSlot(1), 0);
   t.notOk(boards.anyOffered());
-  boards.offer(1, 0, { uffd: 17, pid: 4, epoch: 3, dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 });
+  boards.offer(1, 0, { uffd: 17, pid: 4, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] });
   t.equal(boards.state(1, 0), LeaseState.OFFERED);
   t.ok(boards.anyOffered());
   t.equal(boards.freeSlot(1), 1, 'the next free slot');
   const l = boards.take(1, 0);
-  t.same(l, { uffd: 17, pid: 4, epoch: 3, dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, 'the lease as offered, addresses above 2^32 intact');
+  t.same(l, { uffd: 17, pid: 4, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] }, 'the lease as offered, its runs in order, addresses above 2^32 intact');
   t.equal(boards.take(1, 0), null, 'a second taker gets nothing');
   t.notOk(boards.cancel(1, 0), 'a taken lease cannot be withdrawn');
   boards.finish(1, 0, { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.DONE);
   t.same(boards.collect(1, 0), { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.FREE);
-  boards.offer(0, 5, { uffd: 3, pid: 1, epoch: 0, dst: 0, imgStart: 0, pages: 1 });
+  boards.offer(0, 5, { uffd: 3, pid: 1, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
+  t.throws(() => boards.offer(0, 6, { uffd: 3, pid: 1, epoch: 0, runs: [] }), RangeError, 'a lease has at least one run');
   t.ok(boards.cancel(0, 5), 'an untaken offer is withdrawn');
   t.equal(boards.take(0, 5), null, 'and cannot be taken after');
-  for (let s = 0; s < BOARD_SLOTS; s++) boards.offer(0, s, { uffd: 3, pid: 1, epoch: 0, dst: 0, imgStart: 0, pages: 1 });
+  for (let s = 0; s < BOARD_SLOTS; s++) boards.offer(0, s, { uffd: 3, pid: 1, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
   t.equal(boards.freeSlot(0), -1, 'a full board has no free slot');
 });
 
@@ -62,24 +63,25 @@ function process(pages = 1024): LazyProcess {
 
 t.test('a lease stays missing (in flight) until its owner settles it', async (t) => {
   const p = process();
-  const a = p.leaseNext()!;
+  const [a] = p.leaseNext();
   t.same(a, { start: BASE, end: BASE + DEFAULT_TUNING.fillChunkMin * PAGE, imgStart: BASE }, 'the first lease is the smallest chunk, from the start');
-  const b = p.leaseNext()!;
+  const [b] = p.leaseNext();
   t.equal((b.end - b.start) / PAGE, DEFAULT_TUNING.fillChunkMin * 2, 'chunks double');
   t.equal(b.start, a.end, 'in address order');
   t.equal(p.leases, 2);
   t.equal(p.map.pages + p.inflight.pages, 1024, 'nothing is lost from sight while leased');
   t.notOk(p.complete);
-  t.equal(p.leaseSettled(a.imgStart, 16, { dealt: 16 * PAGE, existing: 0, stop: 'done' }), 'ok');
+  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 16 * PAGE, existing: 0, stop: 'done' }), 'ok');
   t.equal(p.counters.fillPages, 16);
   t.equal(p.inflight.pages, 32, 'only the other lease is still out');
-  t.equal(p.leaseSettled(b.imgStart, 32, { dealt: 32 * PAGE, existing: 3, stop: 'done' }), 'ok');
+  t.equal(p.leaseSettled([{ imgStart: b.imgStart, pages: 32 }], { dealt: 32 * PAGE, existing: 3, stop: 'done' }), 'ok');
   t.equal(p.counters.fillPages, 16 + 29, 'pages found present are not counted as copied');
   t.equal(p.counters.existingPages, 3);
   t.equal(p.leases, 0);
   let n = 0;
-  for (let l = p.leaseNext(); l; l = p.leaseNext()) {
-    p.leaseSettled(l.imgStart, (l.end - l.start) / PAGE, { dealt: l.end - l.start, existing: 0, stop: 'done' });
+  for (let l = p.leaseNext(4); l.length; l = p.leaseNext(4)) {
+    const runs = l.map((r) => ({ imgStart: r.imgStart, pages: (r.end - r.start) / PAGE }));
+    p.leaseSettled(runs, { dealt: runs.reduce((x, r) => x + r.pages * PAGE, 0), existing: 0, stop: 'done' });
     n++;
   }
   t.ok(p.complete, `complete after ${n} more leases`);
@@ -88,45 +90,61 @@ t.test('a lease stays missing (in flight) until its owner settles it', async (t)
 
 t.test('a lease cut short gives its remainder back, and the fill resumes there', async (t) => {
   const p = process();
-  const a = p.leaseNext()!;
-  t.equal(p.leaseSettled(a.imgStart, 16, { dealt: 5 * PAGE, existing: 0, stop: 'yielded' }), 'ok');
+  const [a] = p.leaseNext();
+  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 5 * PAGE, existing: 0, stop: 'yielded' }), 'ok');
   t.same(p.map.find(BASE + 5 * PAGE), { start: BASE + 5 * PAGE, end: BASE + 16 * PAGE, imgStart: BASE + 5 * PAGE }, 'the remainder is missing again');
-  t.equal(p.leaseNext()!.start, BASE + 5 * PAGE, 'the next lease starts where this one stopped');
+  t.equal(p.leaseNext()[0].start, BASE + 5 * PAGE, 'the next lease starts where this one stopped');
   t.equal(p.counters.fillPages, 5);
 });
 
 t.test('a lease that met an mm event: the remainder follows mremap, munmap drops it, a fork inherits it', async (t) => {
   const p = process();
-  const a = p.leaseNext()!; // 16 pages at BASE
+  const [a] = p.leaseNext(); // 16 pages at BASE
   const child = p.forkChild(-2);
   t.equal(child.map.pages, 1024, 'a forked child misses everything its parent still misses, leased ranges too');
   t.equal(child.leases, 0, 'but none of its parent\'s leases are its own');
   const to = BASE + 0x1000_0000;
   p.remapped(BASE, to, 8 * PAGE);
-  t.equal(p.leaseSettled(a.imgStart, 16, { dealt: 2 * PAGE, existing: 0, stop: 'event' }), 'again', 'an event stopped it: retry after the events');
+  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 2 * PAGE, existing: 0, stop: 'event' }), 'again', 'an event stopped it: retry after the events');
   t.same(p.map.find(to + 2 * PAGE), { start: to + 2 * PAGE, end: to + 8 * PAGE, imgStart: BASE + 2 * PAGE }, 'the moved part of the remainder is missing at its new address, with its image data');
   t.same(p.map.find(BASE + 8 * PAGE), { start: BASE + 8 * PAGE, end: BASE + 16 * PAGE, imgStart: BASE + 8 * PAGE }, 'the rest where it was');
   t.equal(p.counters.fillPages, 2);
 
   const q = process();
-  const l = q.leaseNext()!;
+  const [l] = q.leaseNext();
   q.unmapped(BASE, BASE + 16 * PAGE);
-  t.equal(q.leaseSettled(l.imgStart, 16, { dealt: 0, existing: 0, stop: 'event' }), 'again');
+  t.equal(q.leaseSettled([{ imgStart: l.imgStart, pages: 16 }], { dealt: 0, existing: 0, stop: 'event' }), 'again');
   t.equal(q.map.find(BASE), undefined, 'an unmapped lease does not come back');
   t.equal(q.map.pages, 1024 - 16);
 });
 
 t.test('a lease whose process is gone, or whose images hold no data', async (t) => {
   const p = process();
-  const l = p.leaseNext()!;
-  t.equal(p.leaseSettled(l.imgStart, 16, { dealt: PAGE, existing: 0, stop: 'gone' }), 'gone');
+  const [l] = p.leaseNext();
+  t.equal(p.leaseSettled([{ imgStart: l.imgStart, pages: 16 }], { dealt: PAGE, existing: 0, stop: 'gone' }), 'gone');
   t.ok(p.gone);
   const q = process();
-  const m = q.leaseNext()!;
+  const [m] = q.leaseNext();
   try {
-    q.leaseSettled(m.imgStart, 16, { dealt: 0, existing: 0, stop: 'no-data' });
+    q.leaseSettled([{ imgStart: m.imgStart, pages: 16 }], { dealt: 0, existing: 0, stop: 'no-data' });
     t.fail('a lease over pages the images hold no data for must fail the restore');
   } catch (e) {
     t.ok(e instanceof WorkerError && /pid 7: the images hold no data for lazy page 0x200000000000/.test(e.message), (e as Error).message);
   }
+});
+
+t.test('a lease of several runs skips the holes between lazy ranges; a cut in its second run returns the rest', async (t) => {
+  const ranges = [0, 1, 2, 3].map((i) => ({ start: BASE + i * 8 * PAGE, end: BASE + (i * 8 + 4) * PAGE })); // 4 pages, 4-page hole, ...
+  const p = LazyProcess.fromImages(-1, 7, noData, ranges, [{ start: BASE, end: BASE + 32 * PAGE }], DEFAULT_TUNING, gate);
+  const runs = p.leaseNext(16);
+  t.same(runs.map((r) => r.start), [BASE, BASE + 8 * PAGE, BASE + 16 * PAGE, BASE + 24 * PAGE], 'one lease takes the four ranges, not the holes');
+  t.equal(p.map.pages, 0);
+  t.equal(p.inflight.pages, 16);
+  // Stopped 2 pages into the second run: the first run and 2 pages are done, the rest comes back.
+  p.leaseSettled(runs.map((r) => ({ imgStart: r.imgStart, pages: 4 })), { dealt: 6 * PAGE, existing: 0, stop: 'event' });
+  t.equal(p.counters.fillPages, 6);
+  t.equal(p.inflight.pages, 0);
+  t.same([...p.map].map((r) => [r.start, r.end]), [[BASE + 10 * PAGE, BASE + 12 * PAGE], [BASE + 16 * PAGE, BASE + 20 * PAGE], [BASE + 24 * PAGE, BASE + 28 * PAGE]], 'the rest of the second run and the later runs are missing again');
+  const board = new FillBoards(createBoards(1), 1);
+  t.throws(() => board.offer(0, 0, { uffd: 1, pid: 1, epoch: 0, runs: Array.from({ length: 17 }, () => ({ dst: 0, imgStart: 0, pages: 1 })) }), RangeError, 'at most LEASE_RUNS runs');
 });
