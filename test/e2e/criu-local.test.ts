@@ -10,11 +10,12 @@ const PROCS = 4;
 const MIB = 32;
 
 /** What faultline's summary must account for, beyond every word verified by the tree itself. */
-function assertSummary(t: Test, run: LazyRun, processes: number): void {
+function assertSummary(t: Test, run: LazyRun, processes: number, atLeast = processes): void {
   const s = run.daemon.summary;
   t.ok(s, 'faultline printed its summary');
   if (!s) return;
-  t.equal(s.processes, processes, `the daemon restored ${processes} processes`);
+  if (atLeast === processes) t.equal(s.processes, processes, `the daemon restored ${processes} processes`);
+  else t.ok(s.processes >= atLeast && s.processes <= processes, `the daemon restored ${s.processes} processes (${atLeast} to ${processes})`);
   // what the workload itself wrote is in the images as lazy pages (stacks, heap and libraries add more)
   const l = workloadLayout(MIB);
   const written = PROCS * (l.dense + l.sparse / 4 + l.zero + l.ro + l.inherit);
@@ -44,6 +45,7 @@ t.test('the same with fork, mremap, swap, DONTNEED and munmap while pages are st
     t.same(kinds, ['fork', 'move', 'grow', 'shrink', 'swap', 'dontneed', 'munmap'], `process ${r.index} ran the whole event script`);
   }
   assertExits(t, run, o);
-  // the forked children arrive through UFFD_EVENT_FORK
-  assertSummary(t, run, 2 * PROCS);
+  // The forked children arrive through UFFD_EVENT_FORK, unless the fill completed their parent
+  // first: its uffd is closed then, and the child inherits every page (the kernel copies them).
+  assertSummary(t, run, 2 * PROCS, PROCS);
 });

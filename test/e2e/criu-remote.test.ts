@@ -43,7 +43,9 @@ async function pairing(t: Test, action: 'verify' | 'events', o: LazyRunOptions):
   assertExits(t, run, o);
   const s = run.daemon.summary;
   if (s) {
-    t.equal(s.processes, action === 'events' ? 2 * PROCS : PROCS, `faultline restored ${s.processes} processes`);
+    // Forked children arrive through UFFD_EVENT_FORK unless the fill completed their parent first.
+    if (action === 'events') t.ok(s.processes >= PROCS && s.processes <= 2 * PROCS, `faultline restored ${s.processes} processes (${PROCS} to ${2 * PROCS})`);
+    else t.equal(s.processes, PROCS, `faultline restored ${s.processes} processes`);
     t.ok(s.pagesByFault > 0, `faultline: ${s.pagesByFault} pages by fault, ${s.pagesByFill} by fill`);
   }
   t.comment(`${o.name}: every result ${run.resultsMs.toFixed(0)} ms after criu restore started, daemon exit at ${run.daemonExitMs.toFixed(0)} ms`);
