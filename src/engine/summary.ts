@@ -13,6 +13,8 @@ export interface RestoreSummary {
   pagesByFill: number;
   zeroPages: number;
   existingPages: number;
+  /** Remote restores: pages asked of the page server; more than the lazy pages means some were asked twice. */
+  pagesRequested: number;
   faults: number;
   copies: number;
   faultServiceUs: { p50: number; p90: number; p99: number; max: number; count: number };
@@ -44,11 +46,11 @@ export interface RestoreSummary {
 
 export function summarize(
   results: WorkerResult[],
-  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'faultPickupUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'workerNice' | 'existingPages' | 'cpuMs' | 'maxRssKiB'>,
+  extra: Omit<RestoreSummary, keyof ProcessCounters | 'faultServiceUs' | 'faultPickupUs' | 'pagesByFault' | 'pagesByFill' | 'poisonedPages' | 'workers' | 'pagesFilledByHelpers' | 'leases' | 'leasesHelped' | 'workerNice' | 'existingPages' | 'pagesRequested' | 'cpuMs' | 'maxRssKiB'>,
 ): RestoreSummary {
   const total = newHistogram();
   const pickup = newHistogram();
-  const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+  const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 };
   let poisoned = 0;
   let helped = 0;
   let leases = 0;
@@ -68,6 +70,7 @@ export function summarize(
     pagesByFill: t.fillPages,
     zeroPages: t.zeroPages,
     existingPages: t.existingPages,
+    pagesRequested: t.requestedPages,
     faults: t.faults,
     copies: t.copies,
     faultServiceUs: percentilesUs(total),

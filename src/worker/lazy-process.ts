@@ -23,6 +23,8 @@ export interface ProcessCounters {
   /** Pages the kernel already had (EEXIST): counted as done. */
   existingPages: number;
   copies: number;
+  /** Remote: pages asked of the page server (a page asked twice counts twice). */
+  requestedPages: number;
 }
 
 /** Remote lazy restore: asks the main thread to GET pages from the page server. */
@@ -40,7 +42,7 @@ export interface CopyGate {
 
 export class LazyProcess {
   readonly map: MemoryMap;
-  readonly counters: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+  readonly counters: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 };
   private faultAround: number;
   private lastFaultEnd = -1;
   private fillCursor = 0;
@@ -345,6 +347,7 @@ export class LazyProcess {
     const tag = this.nextTag++;
     const pages = (piece.end - piece.start) / PAGE;
     this.inflight.insert(piece);
+    this.counters.requestedPages += pages;
     this.requests.set(tag, { imgStart: piece.imgStart, pages, urgent });
     if (!urgent) this.fillsInFlight++;
     this.remote!.request(this, tag, piece.imgStart, pages, urgent);

@@ -82,7 +82,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const latency = newHistogram();
   /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
   const pickup = newHistogram();
-  const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0 };
+  const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 };
   const traces: FaultTrace[] = [];
   const arena = task.arena ? new ArenaConsumer(task.arena) : undefined;
   const remote: RemoteLink | undefined = task.arena
