@@ -53,9 +53,11 @@ t.test('between two network namespaces', { skip: netnsWhy && `network namespaces
     assertRestored(t, r, 3);
     t.ok(r.daemon.summary!.pagesByFault > 0 && r.daemon.summary!.pagesByFill > 0, `pages by fault ${r.daemon.summary!.pagesByFault}, by fill ${r.daemon.summary!.pagesByFill}`);
     t.equal(r.daemon.summary!.lazyPages, 3 * (96 * MiB - 1024 + 256), "every lazy page of the three processes");
-    // Nothing forks, moves or unmaps here: a page asked twice would be a reply dropped and asked
-    // again (as a copy that gave up on a waiting drain once did, tripling the remote restore's time).
-    t.equal(r.daemon.summary!.pagesRequested, r.daemon.summary!.lazyPages, 'every lazy page asked of the page server exactly once');
+    // Nothing forks, moves or unmaps here: a page asked twice is a reply whose copy gave up and was
+    // asked again. That may happen to a few under load (the copy gate held by a preempted drain), but
+    // a copy that gave up whenever a drain was waiting once tripled the remote restore's time.
+    const s = r.daemon.summary!;
+    t.ok(s.pagesRequested >= s.lazyPages && s.pagesRequested <= s.lazyPages * 1.001, `pages asked of the page server: ${s.pagesRequested} for ${s.lazyPages} lazy pages (at most 0.1 % asked again; that regression asked 0.57 % again here)`);
   });
 
   t.test('over an emulated WAN link: 200 Mbit/s (tc tbf) and +2 ms each way (delay relay), one lane', async (t) => {
