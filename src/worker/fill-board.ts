@@ -32,6 +32,40 @@ export const enum LeaseResult {
   NO_DATA = 4,
 }
 
+import { classify, errnoName, type RunsResult } from './uffd-ops';
+
+/** The taker's stop reason as a board result (an errno outcome travels as its errno). */
+export function leaseResultOf(stop: RunsResult['stop']): LeaseResult {
+  switch (stop) {
+    case 'done':
+      return LeaseResult.DONE;
+    case 'yielded':
+      return LeaseResult.YIELDED;
+    case 'event':
+      return LeaseResult.EVENT;
+    case 'no-data':
+      return LeaseResult.NO_DATA;
+    default:
+      return LeaseResult.ERRNO;
+  }
+}
+
+/** The owner's reading of a board result: the stop reason the taker had. */
+export function stopOf(o: Pick<LeaseOutcome, 'result' | 'errno'>): RunsResult['stop'] {
+  switch (o.result) {
+    case LeaseResult.DONE:
+      return 'done';
+    case LeaseResult.YIELDED:
+      return 'yielded';
+    case LeaseResult.EVENT:
+      return 'event';
+    case LeaseResult.NO_DATA:
+      return 'no-data';
+    default:
+      return classify(errnoName(o.errno)) ?? 'gone';
+  }
+}
+
 export const BOARD_SLOTS = 16;
 /** Runs one lease may carry: a real dump's lazy memory is many short ranges (docs/DESIGN.md). */
 export const LEASE_RUNS = 16;
@@ -162,9 +196,15 @@ export class FillBoards {
     return Atomics.compareExchange(this.i32, this.base(shard, slot) + STATE, LeaseState.OFFERED, LeaseState.FREE) === LeaseState.OFFERED;
   }
 
-  /** Whether any board, looked at from `from` on, has an offer. */
+  /** Whether `shard`'s board has a slot in `state`. */
+  has(shard: number, state: LeaseState): boolean {
+    for (let s = 0; s < BOARD_SLOTS; s++) if (this.state(shard, s) === state) return true;
+    return false;
+  }
+
+  /** Whether any board has an offer. */
   anyOffered(): boolean {
-    for (let sh = 0; sh < this.shards; sh++) for (let s = 0; s < BOARD_SLOTS; s++) if (this.state(sh, s) === LeaseState.OFFERED) return true;
+    for (let sh = 0; sh < this.shards; sh++) if (this.has(sh, LeaseState.OFFERED)) return true;
     return false;
   }
 }

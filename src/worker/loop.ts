@@ -11,9 +11,9 @@ import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
 import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
-import { BOARD_SLOTS, FillBoards, LEASE_RUNS, LeaseResult, LeaseState, type LeaseRun } from './fill-board';
+import { BOARD_SLOTS, FillBoards, LEASE_RUNS, LeaseState, leaseResultOf, stopOf, type LeaseRun } from './fill-board';
 import { FillBudget, HelpThrottle } from './fill-budget';
-import { RunCopier, classify, errnoName, type RunsResult } from './uffd-ops';
+import { RunCopier, type RunsResult } from './uffd-ops';
 import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
@@ -152,12 +152,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       const o = boards.collect(task.shard, s);
       const l = offered[s]!;
       offered[s] = null;
-      const stop: RunsResult['stop'] =
-        o.result === LeaseResult.DONE ? 'done'
-        : o.result === LeaseResult.YIELDED ? 'yielded'
-        : o.result === LeaseResult.EVENT ? 'event'
-        : o.result === LeaseResult.NO_DATA ? 'no-data'
-        : (classify(errnoName(o.errno)) ?? 'gone');
+      const stop = stopOf(o);
       const outcome = l.p.leaseSettled(l.runs, { dealt: o.dealt, existing: o.existing, ioctls: o.ioctls, stop });
       if (outcome === 'again') againUntil.set(l.p, native.monotonicNs() + AGAIN_WAIT_MS * 1e6);
       settle(l.p, outcome);
@@ -242,12 +237,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
           budget.spend(started);
           // A throw mid-copy: the owner gets the lease back as stopped by an event, so the map is true.
           if (!finished) r = { ...r, stop: 'event' };
-          const result =
-            r.stop === 'done' ? LeaseResult.DONE
-            : r.stop === 'yielded' ? LeaseResult.YIELDED
-            : r.stop === 'event' ? LeaseResult.EVENT
-            : r.stop === 'no-data' ? LeaseResult.NO_DATA
-            : LeaseResult.ERRNO;
+          const result = leaseResultOf(r.stop);
           boards.finish(owner, s, { result, dealt: r.dealt, existing: r.existing, errno: r.errno, ioctls: r.ioctls });
           leasesTaken++;
           if (owner === task.shard) collectLeases();
@@ -263,15 +253,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
     return false;
   };
-  const hasFillWork = () => ownLeasesDone() || (throttle.mayHelp() ? boards.anyOffered() : ownOffered());
-  const ownOffered = () => {
-    for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.OFFERED) return true;
-    return false;
-  };
-  const ownLeasesDone = () => {
-    for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.DONE) return true;
-    return false;
-  };
+  const ownLeasesDone = () => boards.has(task.shard, LeaseState.DONE);
+  const hasFillWork = () => ownLeasesDone() || (throttle.mayHelp() ? boards.anyOffered() : boards.has(task.shard, LeaseState.OFFERED));
 
   const onRecord = (record: RingRecord) => {
     const r = decode(ring, record);

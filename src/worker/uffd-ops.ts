@@ -3,6 +3,7 @@
 import * as os from 'node:os';
 import { native, isErrno } from '../native';
 import type { PageSource } from '../source/page-source';
+import { hex } from '../images/errors';
 
 export const PAGE = 4096;
 
@@ -53,7 +54,6 @@ function failed(e: unknown, what: () => string): IoctlResult {
   return { outcome, done: e.done ?? 0 };
 }
 
-const hex = (a: number) => '0x' + a.toString(16);
 
 export function copy(uffd: number, pid: number, dst: number, buf: Buffer, off: number, len: number): IoctlResult {
   try {
