@@ -17,6 +17,7 @@ import { findCriu } from '../src/criu/find';
 import { ROOT, criuDump, withPipeMaxSize } from '../src/criu/run';
 import { killTree, startWorkload } from '../src/criu/workload';
 import { criuScenarios, fingerprint, runOnce, type CriuBenchDaemon, type CriuRunMetrics, type CriuScenario, type DumpedScenario, type RemoteNet } from './criu-scenarios';
+import { runCopyFloor } from './floor';
 import { median } from './metrics';
 
 export interface CriuMetricDef {
@@ -71,6 +72,11 @@ export interface CriuScenarioReport {
   runs: Partial<Record<CriuBenchDaemon, CriuRunMetrics[]>>;
   failures: { daemon: CriuBenchDaemon; rep: number; error: string }[];
   comparison: CriuComparison[];
+  /**
+   * Drain scenarios: the copy floor on this dump's pages file, and the restore → daemon exit that a
+   * daemon copying every lazy byte at the all-CPU floor, with no start-up or teardown, would reach.
+   */
+  floor?: { threadsGBps: Record<number, number>; lazyBytes: number; restoreMs: number; boundMs: number; boundToCriu: number | null };
 }
 
 export interface CriuBenchReport {
@@ -161,6 +167,8 @@ export interface CriuBenchOptions {
   only?: string[];
   out: string;
   work: string;
+  /** Keep every scenario's dump under work/criu/<scenario>/images, to restore it again by hand. */
+  keepDumps?: boolean;
   log: (line: string) => void;
 }
 
@@ -250,12 +258,37 @@ async function runCriuScenario(s: CriuScenario, o: CriuBenchOptions): Promise<Cr
     }
     rep.imagesUnchanged = true;
     rep.comparison = compareCriu(rep.runs);
+    if (s.mode === 'drain') rep.floor = floorBound(rep, dumped.images, o.log);
     // the dump of a 1 GiB scenario is large: keep only the last scenario's scratch
-    fs.rmSync(path.join(root, s.name), { recursive: true, force: true });
+    if (!o.keepDumps) fs.rmSync(path.join(root, s.name), { recursive: true, force: true });
   } finally {
     net?.down();
   }
   return rep;
+}
+
+/**
+ * What bounds a drain on this machine: criu restore's own time (the same for every daemon) plus the
+ * lazy bytes at the copy floor of all CPUs. The floor copies the pages file as one region, so the
+ * bound is optimistic for a dump of many short runs.
+ */
+function floorBound(rep: CriuScenarioReport, images: string, log: (l: string) => void): CriuScenarioReport['floor'] {
+  const fl = rep.runs.faultline?.[0]?.faultline;
+  const restore = rep.comparison.find((c) => c.key === 'restoreMs')?.values;
+  const exit = rep.comparison.find((c) => c.key === 'daemonExitMs')?.values.criu?.median;
+  const lazyBytes = (fl?.lazyPages ?? 0) * 4096;
+  if (!lazyBytes || !restore) return undefined;
+  const floor = runCopyFloor(images);
+  const all = floor.results[floor.results.length - 1]!;
+  const restoreMs = Math.min(...Object.values(restore).map((v) => v!.median));
+  const boundMs = restoreMs + lazyBytes / 1e9 / all.gbps * 1000;
+  const boundToCriu = exit ? boundMs / exit : null;
+  log(
+    `  ${rep.name} copy floor on this dump: ${floor.results.map((f) => `${f.threads} thread${f.threads === 1 ? '' : 's'} ${f.gbps.toFixed(2)} GB/s`).join(', ')}; ` +
+      `criu restore ${restoreMs.toFixed(0)} ms + ${(lazyBytes / 2 ** 20).toFixed(0)} MiB at ${all.gbps.toFixed(2)} GB/s = ${boundMs.toFixed(0)} ms ` +
+      `as the least restore → daemon exit${boundToCriu ? ` (${boundToCriu.toFixed(2)}× criu's)` : ''}`,
+  );
+  return { threadsGBps: Object.fromEntries(floor.results.map((f) => [f.threads, f.gbps])), lazyBytes, restoreMs, boundMs, boundToCriu };
 }
 
 const COLS: CriuBenchDaemon[] = ['criu', 'faultline', 'baseline'];
@@ -267,6 +300,7 @@ export function formatCriuTable(r: CriuBenchReport): string {
   const notes: string[] = [];
   for (const s of r.scenarios) {
     if (s.skipped) notes.push(`${s.name}: skipped: ${s.skipped}`);
+    if (s.floor) notes.push(`${s.name}: at the ${Object.keys(s.floor.threadsGBps).pop()}-thread copy floor (${Object.values(s.floor.threadsGBps).pop()!.toFixed(2)} GB/s) restore → daemon exit could be no less than ${s.floor.boundMs.toFixed(0)} ms${s.floor.boundToCriu ? ` = ${s.floor.boundToCriu.toFixed(2)}× criu's` : ''}`);
     for (const c of s.comparison) {
       rows.push([s.name, `${c.label} (${c.unit})`, ...COLS.map((k) => cell(c.values[k])), ratio(c.ratioToCriu.faultline), ratio(c.ratioToCriu.baseline)]);
     }
@@ -295,12 +329,13 @@ export async function criuBench(argv: string[]): Promise<number> {
     .option('--only <names>', `comma-separated scenario names (${criuScenarioNames().join(', ')})`)
     .option('--out <dir>', 'where criu-results.json goes', path.resolve(__dirname, '../../bench/results'))
     .option('--work <dir>', 'dumps and scratch', path.join(os.tmpdir(), 'faultline-bench'))
+    .option('--keep-dumps', 'keep each dump in --work/criu/<scenario>/images (removed by default: 1 GiB each)')
     .parse(argv, { from: 'user' })
-    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string }>();
+    .opts<{ quick?: boolean; reps: string; only?: string; out: string; work: string; keepDumps?: boolean }>();
   const only = o.only?.split(',').filter(Boolean);
   const unknown = only?.filter((n) => !criuScenarioNames().includes(n)) ?? [];
   if (unknown.length) throw new Error(`unknown scenario ${unknown.join(', ')} (have ${criuScenarioNames().join(', ')})`);
-  const report = await runCriuBench({ quick: !!o.quick, reps: Number(o.reps), only, out: o.out, work: o.work, log: (l) => process.stdout.write(l + '\n') });
+  const report = await runCriuBench({ quick: !!o.quick, reps: Number(o.reps), only, out: o.out, work: o.work, keepDumps: !!o.keepDumps, log: (l) => process.stdout.write(l + '\n') });
   process.stdout.write('\n' + formatCriuTable(report) + `\nresults: ${path.join(o.out, 'criu-results.json')}\n`);
   return criuBenchFailed(report) ? 1 : 0;
 }

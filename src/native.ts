@@ -33,6 +33,7 @@ export interface NativeCore {
   epollAdd(epfd: number, fd: number, ring: number): void;
   epollDel(epfd: number, fd: number): void;
   drain(epfd: number, rings: Uint8Array[], firstRing?: number): number;
+  setGuardian(fd: number): void;
   ringLayout(): Record<string, number>;
   monotonicNs(): number;
   FdWatcher: new (fd: number, onReady: (status: number) => void) => { stop(): void };
@@ -42,6 +43,7 @@ export interface NativeCore {
   unixRecv(fd: number, maxBytes: number): RecvResult | null;
   unixConnect(path: string): number;
   unixSend(fd: number, data: Buffer, fds: number[]): number;
+  unixSocketpair(): [number, number];
   closeFd(fd: number): void;
   shutdownFd(fd: number): void;
   pidfdOpen(pid: number): number;

@@ -5,12 +5,47 @@
 #include <string.h>
 #include <linux/userfaultfd.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 #include <napi.h>
 #include "args.h"
 #include "errors.h"
 #include "ring.h"
+
+// The guardian's control socket (native/guardian/guardian.c), or -1. A forked child's uffd is born
+// in the read() below; it goes to the guardian from here, before anything else runs, so that a
+// daemon killed at any later moment cannot leave the child's missing pages to be read as zeros.
+static int guardian_fd = -1;
+
+static void GuardChild(int child_uffd, int parent_uffd) {
+  if (guardian_fd < 0) return;
+  uint32_t msg[3] = {2 /* CHILD */, (uint32_t)child_uffd, (uint32_t)parent_uffd};
+  union {
+    char space[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct iovec iov = {msg, sizeof msg};
+  struct msghdr m = {};
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = control.space;
+  m.msg_controllen = sizeof control.space;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &child_uffd, sizeof child_uffd);
+  // A guardian that is gone or stuck must not stall the drain: the daemon still serves the child.
+  sendmsg(guardian_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// setGuardian(fd): where forked children's uffds are sent as they are read (-1: nowhere).
+static Napi::Value SetGuardian(const Napi::CallbackInfo &info) {
+  if (!CheckArgs(info, 1, "setGuardian")) return info.Env().Undefined();
+  guardian_fd = ArgInt(info, 0);
+  return info.Env().Undefined();
+}
 
 static Napi::Value EpollCreate(const Napi::CallbackInfo &info) {
   int fd = epoll_create1(EPOLL_CLOEXEC);
@@ -137,6 +172,7 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
         // Counted before head is published, under READING: a worker that sees the count ahead of
         // what it handled knows an mm change it has not caught up with is queued.
         if (msgs[k].event != UFFD_EVENT_PAGEFAULT) __atomic_add_fetch(r->events, 1, __ATOMIC_SEQ_CST);
+        if (msgs[k].event == UFFD_EVENT_FORK) GuardChild((int)msgs[k].arg.fork.ufd, fd);
         uint8_t *s = Slot(r, head++);
         *(uint32_t *)(s + REC_KIND_OFFSET) = REC_UFFD_MSG;
         *(int32_t *)(s + REC_FD_OFFSET) = fd;
@@ -245,6 +281,7 @@ void InitEpoll(Napi::Env env, Napi::Object exports) {
   exports.Set("epollAdd", Napi::Function::New(env, EpollAdd));
   exports.Set("epollDel", Napi::Function::New(env, EpollDel));
   exports.Set("drain", Napi::Function::New(env, Drain));
+  exports.Set("setGuardian", Napi::Function::New(env, SetGuardian));
   exports.Set("ringLayout", Napi::Function::New(env, RingLayout));
   exports.Set("monotonicNs", Napi::Function::New(env, Now));
   exports.Set("FdWatcher", FdWatcher::Define(env));

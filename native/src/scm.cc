@@ -164,6 +164,17 @@ static Napi::Value Send(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, (double)n);
 }
 
+// unixSocketpair() -> [a, b]: a SOCK_SEQPACKET pair (close-on-exec; a child given one end through
+// its stdio gets a copy without the flag). The daemon's control line to its guardian.
+static Napi::Value Socketpair(const Napi::CallbackInfo &info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return ThrowErrno(info.Env(), "socketpair", errno);
+  Napi::Array out = Napi::Array::New(info.Env(), 2);
+  out.Set(0u, Napi::Number::New(info.Env(), sv[0]));
+  out.Set(1u, Napi::Number::New(info.Env(), sv[1]));
+  return out;
+}
+
 static Napi::Value Close(const Napi::CallbackInfo &info) {
   if (close(ArgInt(info, 0)) < 0) return ThrowErrno(info.Env(), "close", errno);
   return info.Env().Undefined();
@@ -192,6 +203,7 @@ void InitScm(Napi::Env env, Napi::Object exports) {
   exports.Set("unixRecv", Napi::Function::New(env, Recv));
   exports.Set("unixConnect", Napi::Function::New(env, Connect));
   exports.Set("unixSend", Napi::Function::New(env, Send));
+  exports.Set("unixSocketpair", Napi::Function::New(env, Socketpair));
   exports.Set("closeFd", Napi::Function::New(env, Close));
   exports.Set("shutdownFd", Napi::Function::New(env, Shutdown));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));

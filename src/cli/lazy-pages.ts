@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { LazyPagesDaemon, FailStop } from '../engine/daemon';
+import { Guardian } from '../engine/guardian';
 import { formatSummary } from '../engine/summary';
 import { clientTlsOptions, criuTls, type CriuTlsFlags } from './criu-tls';
 import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
@@ -39,6 +40,8 @@ export interface LazyPagesFlags extends CommonFlags {
   lanes?: string;
   connectTimeoutMs?: string;
   requestOrder?: string;
+  /** commander's --no-guardian */
+  guardian?: boolean;
 }
 
 /** criu's rule: -D and -W relative to the current directory, -W defaulting to -D. */
@@ -79,6 +82,17 @@ function raisePriority(nice: number, log: { debug(msg: string): void }): void {
   }
 }
 
+function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: string): void }): Guardian {
+  try {
+    const g = Guardian.start((why) => log.warn(`${why}; the restore goes on, but a daemon that dies now leaves the tree unguarded`));
+    log.debug({ pid: g.pid }, 'guardian started');
+    return g;
+  } catch (e) {
+    // A coded error: main prints it as one line and exits 1.
+    throw Object.assign(new Error(`${(e as Error).message}; refusing to restore without it (--no-guardian to do so anyway)`), { code: 'EGUARDIAN' });
+  }
+}
+
 export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const workDir = workDirOf(flags);
   const statusFd = parseStatusFd(flags.statusFd);
@@ -93,6 +107,8 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', resolveLogFile(flags.logFile, workDir), statusFd);
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
   raisePriority(nice, log);
+  // Before the socket listens: no uffd ever reaches this daemon without the guardian holding a copy.
+  const guardian = flags.guardian === false ? undefined : startGuardian(log);
 
   const daemon = new LazyPagesDaemon({
     imagesDir: flags.imagesDir,
@@ -103,6 +119,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     prefetch: flags.prefetch,
     remote,
     fillNice,
+    guardian,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),

@@ -68,6 +68,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--lanes <n>', '1: one connection (a CRIU page server); 2: a second one for faults (faultline page-server)')
     .option('--request-order <order>', "priority (faults first; default) or fifo (CRIU's client order, for comparison)")
     .option('--connect-timeout-ms <ms>', 'keep retrying a page server that is not up yet this long (default 10000)')
+    .option('--no-guardian', 'unsafe: no guardian process (a daemon killed outright then leaves the tree reading zeros)')
     .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;
       code = await lazyPages(flags);

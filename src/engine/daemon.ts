@@ -17,6 +17,7 @@ import { Poller } from './poller';
 import { DEFAULT_RING_CAPACITY } from './ring-layout';
 import { pushPages, pushRestoreFinished, pushStop } from './ring-records';
 import { summarize, type RestoreSummary } from './summary';
+import type { Guardian } from './guardian';
 import { ProcessTree } from './tree';
 import { ArenaProducer, createArena } from '../source/arena';
 import type { PageServerClient, PageRequest, RemoteOptions } from '../source/remote-client';
@@ -37,6 +38,8 @@ export interface DaemonOptions {
   remote?: RemoteOptions;
   /** The background fill's nice value (default: the daemon's own). */
   fillNice?: number;
+  /** Holds copies of the uffds and fail-stops the tree if this process dies (engine/guardian.ts). */
+  guardian?: Guardian;
 }
 
 /** CLOCK_MONOTONIC at this process's start (performance.now() counts from it). */
@@ -161,6 +164,7 @@ export class LazyPagesDaemon {
         const why = !this.pstree.some((t) => t.pid === e.pid) ? 'not in pstree.img' : this.tree.hasPid(e.pid) ? 'handed over twice' : '';
         // Tracked even when refused, so that the fail-stop below stops this process too.
         const p = this.tree.add(e.uffd, e.pid, e.senderPid, this.shardOf(e.pid));
+        this.opts.guardian?.add(e.uffd, e.senderPid, p.pidfd);
         if (this.stopping) return this.tree.kill(p);
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
         this.log.debug({ vpid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
@@ -205,6 +209,7 @@ export class LazyPagesDaemon {
         const p = this.tree.release(m.uffd, m.type);
         if (p) this.poller.unwatch(m.uffd, p.shard);
         if (p) this.remote?.forget(p);
+        this.opts.guardian?.release(m.uffd);
         native.closeFd(m.uffd);
         this.lastCompleteNs = native.monotonicNs();
         if (m.type === 'gone') this.log.info({ vpid: m.pid, reason: m.reason }, 'process gone before completion');
@@ -253,6 +258,8 @@ export class LazyPagesDaemon {
   }
 
   private async finish(): Promise<void> {
+    // Every process is complete: nothing is missing that a dying daemon could leave to zeros.
+    this.opts.guardian?.done();
     this.poller.broadcast((ring) => pushStop(ring, false));
     const results = await Promise.all(this.tasks);
     await this.remote?.close();
@@ -314,10 +321,13 @@ export class LazyPagesDaemon {
       } catch {
         // a full ring: the pool is destroyed below; the processes are already killed
       }
-      await Promise.all([
+      const [, settled] = await Promise.all([
         this.listener.stop(),
-        Promise.race([Promise.allSettled(this.tasks), new Promise((r) => setTimeout(r, 5000).unref())]),
+        Promise.race([Promise.allSettled(this.tasks).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000).unref())]),
       ]);
+      // The workers poisoned what was missing: the guardian may let go. Workers that did not answer
+      // leave it to the guardian, which fail-stops the tree again when this process is gone.
+      if (settled) this.opts.guardian?.stopped();
       await this.teardown();
       this.rejectDone(new FailStop(reason));
     })();

@@ -46,28 +46,48 @@ function slice(r: LazyRange, start: number, end: number): LazyRange {
 
 const pagesOf = (r: LazyRange): number => (r.end - r.start) / PAGE_SIZE;
 
+/** Most ranges per block of a MemoryMap (a splice moves at most this many). */
+const BLOCK = 512;
+
 /**
  * The lazy ranges of one process that still have to be copied. Ranges are kept sorted and disjoint;
  * adjacent ranges are deliberately not merged (CRIU keeps pagemap-entry boundaries, and a merged range
  * could straddle a VMA boundary that UFFDIO_COPY must not cross).
  */
 export class MemoryMap implements Iterable<LazyRange> {
-  private ranges: LazyRange[] = [];
+  /**
+   * The sorted ranges, in blocks of at most BLOCK: a real dump's lazy memory is often tens of
+   * thousands of short ranges, and the fill takes them one by one from the front, so one flat array
+   * made every take a memmove of all the ranges after it (quadratic in the number of ranges).
+   * Blocks are never empty.
+   */
+  private blocks: LazyRange[][] = [];
+  private rangeCount = 0;
   private pageCount = 0;
+  /** Most ranges per block (tests use tiny blocks to cross block boundaries on every operation). */
+  private readonly block: number;
 
-  constructor(ranges?: Iterable<LazyRange>) {
+  constructor(ranges?: Iterable<LazyRange>, opts: { block?: number } = {}) {
+    this.block = Math.max(2, opts.block ?? BLOCK);
     if (ranges === undefined) return;
     let prev: LazyRange | undefined;
+    let block: LazyRange[] = [];
     for (const r of ranges) {
       checkRange(r);
       if (prev !== undefined && r.start < prev.end) {
         throw new RangeOverlapError(r.start, r.end, prev.start, prev.end);
       }
       const own = mk(r.start, r.end, r.imgStart);
-      this.ranges.push(own);
+      if (block.length === this.block) {
+        this.blocks.push(block);
+        block = [];
+      }
+      block.push(own);
+      this.rangeCount++;
       this.pageCount += pagesOf(own);
       prev = own;
     }
+    if (block.length) this.blocks.push(block);
   }
 
   /** Remaining pages to copy. */
@@ -77,16 +97,17 @@ export class MemoryMap implements Iterable<LazyRange> {
 
   /** Number of ranges. */
   get size(): number {
-    return this.ranges.length;
+    return this.rangeCount;
   }
 
-  /** Index of the first range with end > addr (ranges.length if none). */
-  private upper(addr: number): number {
+  /** The first block whose last range ends above addr (blocks.length if none). */
+  private blockAbove(addr: number): number {
     let lo = 0;
-    let hi = this.ranges.length;
+    let hi = this.blocks.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.ranges[mid]!.end > addr) hi = mid;
+      const b = this.blocks[mid]!;
+      if (b[b.length - 1]!.end > addr) hi = mid;
       else lo = mid + 1;
     }
     return lo;
@@ -94,13 +115,14 @@ export class MemoryMap implements Iterable<LazyRange> {
 
   /** The range containing addr; addr need not be aligned (raw fault addresses are accepted). */
   find(addr: number): LazyRange | undefined {
-    const r = this.ranges[this.upper(addr)];
+    const r = this.nextAtOrAfter(addr);
     return r !== undefined && r.start <= addr ? r : undefined;
   }
 
   /** First range with end > addr: the range under addr, or else the next one above it. */
   nextAtOrAfter(addr: number): LazyRange | undefined {
-    return this.ranges[this.upper(addr)];
+    const b = this.blocks[this.blockAbove(addr)];
+    return b === undefined ? undefined : b[lowerBound(b, addr)];
   }
 
   /**
@@ -131,20 +153,36 @@ export class MemoryMap implements Iterable<LazyRange> {
   take(start: number, end: number): LazyRange[] {
     checkBounds(start, end);
     if (start === end) return [];
-    const lo = this.upper(start);
-    let hi = lo;
     const taken: LazyRange[] = [];
-    const kept: LazyRange[] = [];
-    while (hi < this.ranges.length && this.ranges[hi]!.start < end) {
-      const r = this.ranges[hi]!;
-      if (r.start < start) kept.push(slice(r, r.start, start));
-      const piece = slice(r, Math.max(r.start, start), Math.min(r.end, end));
-      taken.push(piece);
-      this.pageCount -= pagesOf(piece);
-      if (r.end > end) kept.push(slice(r, end, r.end));
-      hi++;
+    let bi = this.blockAbove(start);
+    while (bi < this.blocks.length) {
+      const b = this.blocks[bi]!;
+      if (b[0]!.start >= end) break;
+      const lo = lowerBound(b, start);
+      let hi = lo;
+      const kept: LazyRange[] = [];
+      while (hi < b.length && b[hi]!.start < end) {
+        const r = b[hi]!;
+        if (r.start < start) kept.push(slice(r, r.start, start));
+        const piece = slice(r, Math.max(r.start, start), Math.min(r.end, end));
+        taken.push(piece);
+        this.pageCount -= pagesOf(piece);
+        if (r.end > end) kept.push(slice(r, end, r.end));
+        hi++;
+      }
+      // A range at or past `end` ended the walk inside this block: the next blocks lie above.
+      const done = hi < b.length;
+      if (hi > lo) {
+        b.splice(lo, hi - lo, ...kept);
+        this.rangeCount += kept.length - (hi - lo);
+      }
+      if (b.length === 0) this.blocks.splice(bi, 1);
+      else {
+        this.splitIfLarge(bi);
+        bi++;
+      }
+      if (done) break;
     }
-    if (hi > lo) this.ranges.splice(lo, hi - lo, ...kept);
     return taken;
   }
 
@@ -174,33 +212,71 @@ export class MemoryMap implements Iterable<LazyRange> {
     const delta = to - from;
     const shifted = moved.map((r) => mk(r.start + delta, r.end + delta, r.imgStart));
     // [to,to+len) is now empty and every shifted piece lies inside it, so they go in as one block.
-    this.ranges.splice(this.upper(to), 0, ...shifted);
+    this.place(to, shifted);
     for (const r of shifted) this.pageCount += pagesOf(r);
   }
 
   /** Put a range back (e.g. after a failed or partial copy); it must not overlap anything present. */
   insert(r: LazyRange): void {
     checkRange(r);
-    const i = this.upper(r.start);
-    const next = this.ranges[i];
+    const next = this.nextAtOrAfter(r.start);
     if (next !== undefined && next.start < r.end) {
       throw new RangeOverlapError(r.start, r.end, next.start, next.end);
     }
     const own = mk(r.start, r.end, r.imgStart);
-    this.ranges.splice(i, 0, own);
+    this.place(own.start, [own]);
     this.pageCount += pagesOf(own);
+  }
+
+  /** Inserts sorted ranges that all lie in a gap of the map at `at`. */
+  private place(at: number, rs: LazyRange[]): void {
+    this.rangeCount += rs.length;
+    if (this.blocks.length === 0) {
+      this.blocks.push(rs.slice());
+      this.splitIfLarge(0);
+      return;
+    }
+    // Into the block that holds the next range above; past the last range, into the last block.
+    let bi = this.blockAbove(at);
+    if (bi === this.blocks.length) bi--;
+    const b = this.blocks[bi]!;
+    b.splice(lowerBound(b, at), 0, ...rs);
+    this.splitIfLarge(bi);
+  }
+
+  /** Keeps blocks at most `block` long, so one splice never moves more than that. */
+  private splitIfLarge(bi: number): void {
+    const b = this.blocks[bi]!;
+    if (b.length <= this.block) return;
+    const half = this.block >> 1;
+    const parts: LazyRange[][] = [];
+    for (let i = 0; i < b.length; i += half) parts.push(b.slice(i, i + half));
+    this.blocks.splice(bi, 1, ...parts);
   }
 
   /** Independent copy (for FORK); ranges are immutable, so sharing them is safe. */
   clone(): MemoryMap {
-    const c = new MemoryMap();
-    c.ranges = this.ranges.slice();
+    const c = new MemoryMap(undefined, { block: this.block });
+    c.blocks = this.blocks.map((b) => b.slice());
+    c.rangeCount = this.rangeCount;
     c.pageCount = this.pageCount;
     return c;
   }
 
   [Symbol.iterator](): Iterator<LazyRange> {
     // Iterate a snapshot so mutating the map while iterating (take inside a fill loop) is safe.
-    return this.ranges.slice()[Symbol.iterator]();
+    return this.blocks.flat()[Symbol.iterator]();
   }
+}
+
+/** Index of the first range in sorted rs whose end is above addr (rs.length if none). */
+function lowerBound(rs: readonly LazyRange[], addr: number): number {
+  let lo = 0;
+  let hi = rs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (rs[mid]!.end > addr) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
 }

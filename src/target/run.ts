@@ -97,6 +97,8 @@ export interface RestoreRunOptions {
   planImagesDir?: string;
   /** Sees the daemon's stderr as it comes (tests that act at a point of the restore). */
   onDaemonStderr?: (chunk: string) => void;
+  /** Called once the daemon is ready and the target started (tests that kill one of them). */
+  onStarted?: (daemon: ChildProcess, target: ChildProcess) => void;
   /** Re-run when the target could not map a VMA at its dump-time address (ASLR collision). */
   retries?: number;
 }
@@ -232,6 +234,7 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
   const target = spawn(...wrapped(opts.targetWrap ?? [], TARGET, targetArgs(planPath, opts.target ?? {})), { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
+  opts.onStarted?.(daemon, target);
   const timeline: TimelineSample[] = [];
   const sampler = opts.sampleEveryMs ? startSampler(target.pid!, opts.sampleEveryMs, timeline) : undefined;
   const timer = setTimeout(() => {

@@ -247,7 +247,7 @@ export class LazyProcess {
    * its taker, or present already); the rest goes back to the missing ranges wherever events have
    * moved it meanwhile.
    */
-  leaseSettled(runs: { imgStart: number; pages: number }[], r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'> & { ioctls?: number }): CopyOutcome {
+  leaseSettled(runs: { dst?: number; imgStart: number; pages: number }[], r: Pick<RunsResult, 'dealt' | 'existing' | 'stop'> & { ioctls?: number }): CopyOutcome {
     this.leases--;
     let existing = r.existing;
     let offset = 0;
@@ -256,7 +256,7 @@ export class LazyProcess {
       const len = run.pages * PAGE;
       const dealt = Math.max(0, Math.min(len, r.dealt - offset));
       if (dealt < len && cutAt < 0) cutAt = run.imgStart + dealt;
-      existing -= this.settleRun(run.imgStart, run.pages, dealt);
+      existing -= this.settleRun(run, dealt);
       offset += len;
     }
     const copied = r.dealt / PAGE - r.existing;
@@ -287,7 +287,8 @@ export class LazyProcess {
    * to the missing ranges. Returns how many of its present pages a fault had copied first (their
    * EEXIST is no news).
    */
-  private settleRun(imgStart: number, pages: number, dealt: number): number {
+  private settleRun(run: { dst?: number; imgStart: number; pages: number }, dealt: number): number {
+    const { imgStart, pages } = run;
     const end = imgStart + pages * PAGE;
     const cut = imgStart + dealt;
     let faulted = 0;
@@ -296,22 +297,33 @@ export class LazyProcess {
       if (a < cut) faulted++;
       this.faultedInLease.delete(a);
     }
+    // Where it was leased, unmoved and whole (no event touched it): an image page lies in one place
+    // only, so no other in-flight piece can hold part of it.
+    const at = run.dst === undefined ? undefined : this.inflight.find(run.dst);
+    if (at && run.dst! + pages * PAGE <= at.end && at.imgStart + (run.dst! - at.start) === imgStart) {
+      this.settlePiece(run.dst!, imgStart, end, cut);
+      return faulted;
+    }
+    // Moved, cut or partly dropped by events meanwhile: find its pieces by image address.
     for (const f of [...this.inflight]) {
       const fImgEnd = f.imgStart + (f.end - f.start);
       if (fImgEnd <= imgStart || f.imgStart >= end) continue;
       const lo = Math.max(f.imgStart, imgStart);
       const hi = Math.min(fImgEnd, end);
-      const dst = f.start + (lo - f.imgStart);
-      this.inflight.take(dst, dst + (hi - lo));
-      if (hi > cut) {
-        const from = Math.max(lo, cut);
-        const back = { start: dst + (from - lo), end: dst + (hi - lo), imgStart: from };
-        this.map.insert(back);
-        // Resume the fill where this lease stopped, not after the leases offered since.
-        this.fillCursor = Math.min(this.fillCursor, back.start);
-      }
+      this.settlePiece(f.start + (lo - f.imgStart), lo, hi, cut);
     }
     return faulted;
+  }
+
+  /** The in-flight piece at dst holding image [lo,hi): done below `cut`, back to the missing ranges above. */
+  private settlePiece(dst: number, lo: number, hi: number, cut: number): void {
+    this.inflight.take(dst, dst + (hi - lo));
+    if (hi <= cut) return;
+    const from = Math.max(lo, cut);
+    const back = { start: dst + (from - lo), end: dst + (hi - lo), imgStart: from };
+    this.map.insert(back);
+    // Resume the fill where this lease stopped, not after the leases offered since.
+    this.fillCursor = Math.min(this.fillCursor, back.start);
   }
 
   /** A fault on a page leased to the fill: copy it now (the lease's copy then finds it present). */

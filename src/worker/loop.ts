@@ -162,15 +162,17 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const againUntil = new Map<LazyProcess, number>();
   let offerIndex = 0;
   /**
-   * Keeps this worker's board stocked with leases of its filling processes, round robin, one more
-   * untaken offer than there are other workers, so a taker that finishes finds the next at once.
+   * Keeps this worker's board stocked with leases of its filling processes, round robin: two untaken
+   * offers per worker, so that a taker that finishes finds the next at once even while the owner is
+   * inside a copy of its own (one per worker left the helper waiting for a wake-up after most leases
+   * of a real dump, whose leases are short: docs/DESIGN.md, "A lease of several runs").
    */
   const offerLeases = () => {
     let untaken = 0;
     for (let s = 0; s < BOARD_SLOTS; s++) if (boards.state(task.shard, s) === LeaseState.OFFERED) untaken++;
     let made = 0;
     const now = native.monotonicNs();
-    for (let tries = 0; tries < filling.length && untaken < task.rings.length; ) {
+    for (let tries = 0; tries < filling.length && untaken < 2 * task.rings.length; ) {
       const slot = boards.freeSlot(task.shard);
       if (slot < 0) break;
       offerIndex %= filling.length;
@@ -226,11 +228,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
           const yieldAt = budget.yieldAt();
           const epfd = processes.size ? task.epfd : -1;
           // The runs in order; the first that stops short ends the lease there.
-          for (const run of l.runs) {
-            const one = copier.copyRange(source, l.uffd, wakers[owner].bytes, l.epoch, run.dst, run.imgStart, run.pages, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
-            r = { dealt: r.dealt + one.dealt, existing: r.existing + one.existing, ioctls: r.ioctls + one.ioctls, stop: one.stop, errno: one.errno };
-            if (one.stop !== 'done') break;
-          }
+          r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
           finished = true;
         } finally {
           if (fillNice !== serveNice) setNice(serveNice);

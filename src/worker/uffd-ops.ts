@@ -132,43 +132,44 @@ export interface RunsResult {
 const MAX_RUNS = 256;
 
 /**
- * Copies `pages` pages of image data from `imgStart` to `dst` in one native call per source
- * buffer (a parent chain may spread a range over several pages files): each run is a contiguous
- * stretch of one buffer. Enters `gate`'s copy gate with `epoch` for every slice; gives way to a
+ * Copies ranges of image data (each `pages` pages from `imgStart` to `dst`, in order) in one native
+ * call per source buffer (a parent chain may spread a range over several pages files): each run is
+ * a contiguous stretch of one buffer. Enters `gate`'s copy gate with `epoch` for every slice; gives way to a
  * record in `watch` after `yieldAtNs`.
  */
 export class RunCopier {
   private readonly runs = new Float64Array(MAX_RUNS * 3);
   private readonly out = new Float64Array(4);
 
-  copyRange(
+  copyRuns(
     source: PageSource,
     uffd: number,
     gate: Uint8Array,
     epoch: number,
-    dst: number,
-    imgStart: number,
-    pages: number,
+    ranges: readonly { dst: number; imgStart: number; pages: number }[],
     slicePages: number,
     watch: Uint8Array | null,
     yieldAtNs: number,
     epfd = -1,
   ): RunsResult {
     const r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'done', errno: 0 };
-    const total = pages * PAGE;
-    while (r.dealt < total) {
-      // Gather runs from one buffer.
+    // Where the next native call starts: range k, `at` bytes into it. A lease's ranges are short
+    // (a real dump's lazy memory is mostly runs of a few pages), so they go down in one call.
+    let k = 0;
+    let at = 0;
+    while (k < ranges.length) {
       let n = 0;
       let buf: Buffer | null = null;
-      let at = r.dealt;
-      while (at < total && n < MAX_RUNS) {
+      while (k < ranges.length && n < MAX_RUNS) {
+        const { dst, imgStart, pages } = ranges[k]!;
+        const total = pages * PAGE;
         const d = source.locate(imgStart + at, (total - at) / PAGE);
-        if (!d) break;
-        if (buf && d.buf !== buf) break;
+        if (!d || (buf && d.buf !== buf)) break;
         buf = d.buf;
         const len = d.pages * PAGE;
-        if (n > 0 && this.runs[3 * (n - 1)] + this.runs[3 * (n - 1) + 2] === dst + at && this.runs[3 * (n - 1) + 1] + this.runs[3 * (n - 1) + 2] === d.offset) {
-          this.runs[3 * (n - 1) + 2] += len;
+        const last = 3 * (n - 1);
+        if (n > 0 && this.runs[last] + this.runs[last + 2] === dst + at && this.runs[last + 1] + this.runs[last + 2] === d.offset) {
+          this.runs[last + 2] += len;
         } else {
           this.runs[3 * n] = dst + at;
           this.runs[3 * n + 1] = d.offset;
@@ -176,6 +177,10 @@ export class RunCopier {
           n++;
         }
         at += len;
+        if (at === total) {
+          k++;
+          at = 0;
+        }
       }
       if (!buf) {
         r.stop = 'no-data';
@@ -191,7 +196,8 @@ export class RunCopier {
       else {
         r.errno = this.out[2];
         const outcome = classify(errnoName(this.out[2]));
-        if (!outcome) throw new WorkerError(`UFFDIO_COPY of ${pages} pages to ${hex(dst + r.dealt)}: ${errnoName(this.out[2])}`);
+        const failed = ranges[k] ? ranges[k]!.dst + at : 0;
+        if (!outcome) throw new WorkerError(`UFFDIO_COPY to ${hex(failed)} (${ranges.length} runs): ${errnoName(this.out[2])}`);
         r.stop = outcome;
       }
       return r;

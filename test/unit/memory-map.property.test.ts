@@ -131,8 +131,8 @@ function applyModelRemap(model: Model, from: number, to: number, len: number): v
   for (const [p, v] of moved) model.set(p, v);
 }
 
-function run(initial: LazyRange[], ops: Op[]): void {
-  let m = new MemoryMap(initial);
+function run(initial: LazyRange[], ops: Op[], block?: number): void {
+  let m = new MemoryMap(initial, { block });
   const model = expand(initial);
   const pool: LazyRange[] = []; // pieces taken earlier, candidates for insert
   checkInvariants(m, model);
@@ -216,4 +216,20 @@ t.test('MemoryMap matches a page-by-page model', async (t) => {
     { seed, numRuns: 5000 },
   );
   t.pass(`5000 runs in ${Date.now() - started} ms`);
+  // The same with blocks of 2 or 3 ranges: every operation then spans, splits or empties blocks.
+  fc.assert(
+    fc.property(initialArb, fc.array(opArb, { maxLength: 60 }), fc.integer({ min: 2, max: 3 }), (initial, ops, block) => run(initial, ops, block)),
+    { seed, numRuns: 3000 },
+  );
+  t.pass('3000 runs with blocks of 2-3 ranges');
+});
+
+t.test('a map of 20,000 one-page ranges taken from the front one by one, as the fill takes them', async (t) => {
+  // A real 1 GiB dump had 16,592 pagemap entries; one flat array made the fill's takes quadratic.
+  const n = 20_000;
+  const m = new MemoryMap(Array.from({ length: n }, (_, i) => ({ start: 2 * i * P, end: (2 * i + 1) * P, imgStart: i * P })));
+  let pages = 0;
+  for (let i = 0; i < n; i++) for (const r of m.take(2 * i * P, (2 * i + 1) * P)) pages += (r.end - r.start) / P;
+  t.equal(pages, n, 'every range taken once');
+  t.equal(m.size, 0, 'nothing left');
 });

@@ -1,0 +1,439 @@
+/*
+ * faultline-guardian: the restored tree's last line of defence against silent zero pages.
+ *
+ * A closed userfaultfd turns every page it still had missing into a zero page. The daemon holds the
+ * uffds, so a daemon that dies without fail-stop (SIGKILL, OOM kill, a crash in native code) would
+ * leave the restored processes running on zeros. The guardian, started by `faultline lazy-pages`
+ * before it says it is ready, holds a duplicate of every uffd and a pidfd of every restored process
+ * it is told about, so that those pages stay missing (a faulting thread just waits) for as long as
+ * the guardian lives. When its control socket reaches EOF without the daemon having said DONE (or
+ * STOPPED: it fail-stopped by itself), the guardian fail-stops the tree:
+ *   1. it reads the registered ranges of every process it can name (/proc/PID/smaps, "um"),
+ *   2. SIGKILLs them and every descendant it can find, until no new one appears,
+ *   3. UFFDIO_POISONs those ranges (pages already present answer EEXIST and are stepped over), so a
+ *      task it could not name (a forked child whose fork event the daemon never read) gets SIGBUS
+ *      instead of zeros,
+ *   4. waits for the named processes to be gone, and only then lets go of the uffds.
+ *
+ * Control protocol (SOCK_SEQPACKET, one message per record, little endian u32 fields):
+ *   ADD     {1, id, hostPid}       + SCM_RIGHTS [uffd, pidfd?]   a process handed over
+ *   CHILD   {2, id, parentId}      + SCM_RIGHTS [uffd]           a forked child's uffd (no pid)
+ *   RELEASE {3, id, 0}                                           complete or gone: close its uffd
+ *   DONE    {4, 0, 0}                                            restored cleanly: exit 0
+ *   STOPPED {5, 0, 0}                                            the daemon fail-stopped the tree
+ *                                                                itself (killed, poisoned): exit 0
+ * usage: faultline-guardian CONTROL_FD DAEMON_PID
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+struct uffdio_poison {
+	struct uffdio_range range;
+	uint64_t mode;
+	int64_t updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+enum { MSG_ADD = 1, MSG_CHILD = 2, MSG_RELEASE = 3, MSG_DONE = 4, MSG_STOPPED = 5 };
+
+struct range {
+	uint64_t start, end;
+};
+
+struct proc {
+	uint32_t id;
+	uint32_t parent; /* CHILD: the id it was forked from */
+	int host_pid;    /* 0: unknown (forked child) */
+	int uffd;
+	int pidfd;
+	struct range *ranges;
+	size_t nranges;
+	int live;
+};
+
+static struct proc *procs;
+static size_t nprocs, cap;
+static int daemon_pid;
+
+static void say(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if (n > (int)sizeof line - 2)
+		n = sizeof line - 2;
+	line[n++] = '\n';
+	/* one write: the line is not interleaved with the daemon's */
+	if (write(2, line, n) < 0) {
+		/* stderr gone: nothing else to tell */
+	}
+}
+
+static struct proc *find(uint32_t id)
+{
+	for (size_t i = 0; i < nprocs; i++)
+		if (procs[i].live && procs[i].id == id)
+			return &procs[i];
+	return NULL;
+}
+
+static struct proc *add(void)
+{
+	if (nprocs == cap) {
+		size_t ncap = cap ? cap * 2 : 64;
+		struct proc *p = realloc(procs, ncap * sizeof *p);
+		if (!p)
+			return NULL;
+		procs = p;
+		cap = ncap;
+	}
+	struct proc *p = &procs[nprocs++];
+	memset(p, 0, sizeof *p);
+	p->uffd = p->pidfd = -1;
+	p->live = 1;
+	return p;
+}
+
+static void release(struct proc *p)
+{
+	if (p->uffd >= 0)
+		close(p->uffd);
+	if (p->pidfd >= 0)
+		close(p->pidfd);
+	free(p->ranges);
+	p->ranges = NULL;
+	p->uffd = p->pidfd = -1;
+	p->live = 0;
+}
+
+/* One control message; 0 on EOF, -1 on error, 1 otherwise. Sets *type. */
+static int recv_one(int sock, uint32_t *type)
+{
+	uint32_t hdr[3];
+	union {
+		char space[CMSG_SPACE(sizeof(int) * 4)];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { hdr, sizeof hdr };
+	struct msghdr msg = { 0 };
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = control.space;
+	msg.msg_controllen = sizeof control.space;
+	ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	if (n == 0)
+		return 0;
+	if (n < 0)
+		return errno == EINTR ? 1 : -1;
+	int fds[4], nfds = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (int i = 0; i < k && nfds < 4; i++)
+			memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+	}
+	*type = n == (ssize_t)sizeof hdr ? hdr[0] : 0;
+	struct proc *p;
+	switch (*type) {
+	case MSG_ADD:
+	case MSG_CHILD:
+		if (nfds < 1 || !(p = add())) {
+			say("faultline-guardian: error: %s without a uffd, or out of memory", *type == MSG_ADD ? "ADD" : "CHILD");
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return -1;
+		}
+		p->id = hdr[1];
+		p->uffd = fds[0];
+		if (*type == MSG_ADD) {
+			p->host_pid = (int)hdr[2];
+			p->pidfd = nfds > 1 ? fds[1] : -1;
+		} else {
+			p->parent = hdr[2];
+		}
+		for (int i = *type == MSG_ADD ? 2 : 1; i < nfds; i++)
+			close(fds[i]);
+		return 1;
+	case MSG_RELEASE:
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
+		/* Every page is in place (or it is gone): the uffd copy goes, so the guardian never pins
+		 * an mm, but the pidfd stays: a tree missing some of its processes is not a restore anyone
+		 * wants to keep running, so a later fail-stop kills it too (as the daemon's own does). */
+		if ((p = find(hdr[1]))) {
+			if (p->uffd >= 0)
+				close(p->uffd);
+			p->uffd = -1;
+			p->id = UINT32_MAX - 1;
+		}
+		return 1;
+	case MSG_DONE:
+	case MSG_STOPPED:
+		return 1;
+	default:
+		say("faultline-guardian: error: control message of %zd bytes, type %u: not from faultline", n, n >= 4 ? hdr[0] : 0);
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
+		return -1;
+	}
+}
+
+/* The ranges registered with userfaultfd for missing pages ("um" in VmFlags) of a live process. */
+static void read_ranges(struct proc *p)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/smaps", p->host_pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return;
+	char line[512];
+	uint64_t start = 0, end = 0;
+	size_t cap_r = 0;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long long a, b;
+		if (sscanf(line, "%llx-%llx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			start = a;
+			end = b;
+			continue;
+		}
+		if (strncmp(line, "VmFlags:", 8) != 0 || !strstr(line, " um"))
+			continue;
+		if (p->nranges == cap_r) {
+			size_t ncap = cap_r ? cap_r * 2 : 16;
+			struct range *r = realloc(p->ranges, ncap * sizeof *r);
+			if (!r)
+				break;
+			p->ranges = r;
+			cap_r = ncap;
+		}
+		p->ranges[p->nranges++] = (struct range){ start, end };
+	}
+	fclose(f);
+}
+
+static int parent_of(int pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	char *rp = strrchr(buf, ')');
+	int ppid;
+	if (!rp || sscanf(rp + 2, "%*c %d", &ppid) != 1)
+		return -1;
+	return ppid;
+}
+
+/* SIGKILLs every descendant of the killed set, repeatedly, until a scan finds no new one. */
+static int kill_descendants(int *killed, int nkilled, int max)
+{
+	for (int round = 0; round < 50; round++) {
+		int found = 0;
+		DIR *d = opendir("/proc");
+		if (!d)
+			break;
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			int pid = atoi(e->d_name);
+			if (pid <= 0)
+				continue;
+			int known = 0;
+			for (int i = 0; i < nkilled && !known; i++)
+				known = killed[i] == pid;
+			if (known)
+				continue;
+			int ppid = parent_of(pid);
+			for (int i = 0; i < nkilled; i++) {
+				if (killed[i] != ppid || pid == daemon_pid || pid == getpid())
+					continue;
+				kill(pid, SIGKILL);
+				if (nkilled < max)
+					killed[nkilled++] = pid;
+				found++;
+				break;
+			}
+		}
+		closedir(d);
+		if (!found)
+			break;
+	}
+	return nkilled;
+}
+
+/* Reads the events the daemon never read: a FORK event carries a child's uffd to poison too. */
+static void take_unread_forks(struct proc *p)
+{
+	struct pollfd pfd = { p->uffd, POLLIN, 0 };
+	for (int i = 0; i < 4096 && poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLIN); i++) {
+		struct uffd_msg m;
+		if (read(p->uffd, &m, sizeof m) != sizeof m)
+			break;
+		if (m.event != UFFD_EVENT_FORK)
+			continue;
+		size_t at = p - procs;
+		struct proc *c = add();
+		p = &procs[at]; /* add() may move the array */
+		if (!c) {
+			close((int)m.arg.fork.ufd);
+			continue;
+		}
+		c->uffd = (int)m.arg.fork.ufd;
+		c->id = UINT32_MAX;
+		c->parent = p->id;
+	}
+}
+
+static uint64_t poison_range(int uffd, uint64_t start, uint64_t end)
+{
+	uint64_t poisoned = 0;
+	struct timespec pause = { 0, 1000000 };
+	int again = 0;
+	while (start < end) {
+		struct uffdio_poison u = { { start, end - start }, 0, 0 };
+		int rc = ioctl(uffd, UFFDIO_POISON, &u);
+		uint64_t done = u.updated > 0 ? (uint64_t)u.updated : 0;
+		poisoned += done / 4096;
+		start += done;
+		if (rc == 0)
+			break;
+		if (errno == EEXIST) {
+			start += 4096; /* present: its data is real */
+		} else if (errno == EAGAIN && done == 0 && again++ < 100) {
+			nanosleep(&pause, NULL); /* an event nobody has read yet: take_unread_forks drains them */
+		} else if (errno != EAGAIN) {
+			break; /* gone (ESRCH), unregistered (ENOENT/EINVAL): nothing left to protect */
+		}
+	}
+	return poisoned;
+}
+
+static void fail_stop(const char *why)
+{
+	int max = 4096 + (int)nprocs;
+	int *killed = calloc(max, sizeof(int));
+	int nkilled = 0;
+	/* the ranges first: once a process is dead its smaps is gone */
+	for (size_t i = 0; i < nprocs; i++)
+		if (procs[i].live && procs[i].host_pid > 0)
+			read_ranges(&procs[i]);
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (!p->live || p->host_pid <= 0)
+			continue;
+		if (p->pidfd >= 0)
+			syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0);
+		else
+			kill(p->host_pid, SIGKILL);
+		if (killed && nkilled < max)
+			killed[nkilled++] = p->host_pid;
+	}
+	if (killed)
+		nkilled = kill_descendants(killed, nkilled, max);
+	size_t named = nprocs;
+	for (size_t i = 0; i < named; i++)
+		if (procs[i].live && procs[i].uffd >= 0)
+			take_unread_forks(&procs[i]);
+	uint64_t poisoned = 0;
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (!p->live || p->uffd < 0)
+			continue;
+		struct proc *src = p;
+		/* a child without a pid: its layout is its parent's at the fork */
+		for (int hops = 0; src && src->nranges == 0 && src->host_pid <= 0 && hops < 64; hops++)
+			src = find(src->parent);
+		if (!src)
+			continue;
+		for (size_t k = 0; k < src->nranges; k++)
+			poisoned += poison_range(p->uffd, src->ranges[k].start, src->ranges[k].end);
+	}
+	/* hold the uffds until the processes we killed are gone (at most 5 s) */
+	for (int waited = 0; waited < 5000; waited += 10) {
+		int alive = 0;
+		for (size_t i = 0; i < nprocs; i++) {
+			struct proc *p = &procs[i];
+			if (!p->live || p->pidfd < 0)
+				continue;
+			struct pollfd pfd = { p->pidfd, POLLIN, 0 };
+			if (poll(&pfd, 1, 0) == 0)
+				alive++;
+		}
+		if (!alive)
+			break;
+		struct timespec ts = { 0, 10000000 };
+		nanosleep(&ts, NULL);
+	}
+	say("faultline-guardian: error: %s: killed %d restored processes, poisoned %llu pages still missing; no page was left to read as zeros",
+	    why, nkilled, (unsigned long long)poisoned);
+	for (size_t i = 0; i < nprocs; i++)
+		if (procs[i].live)
+			release(&procs[i]);
+	free(killed);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 3) {
+		say("usage: faultline-guardian CONTROL_FD DAEMON_PID (started by faultline lazy-pages)");
+		return 2;
+	}
+	int sock = atoi(argv[1]);
+	daemon_pid = atoi(argv[2]);
+	/* nothing the terminal or the daemon's process group is sent may end the guardian early */
+	signal(SIGINT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGQUIT, SIG_IGN);
+	for (;;) {
+		uint32_t type = 0;
+		int r = recv_one(sock, &type);
+		/* DONE: every page is in place; STOPPED: the daemon fail-stopped the tree itself */
+		if (r > 0 && (type == MSG_DONE || type == MSG_STOPPED)) {
+			for (size_t i = 0; i < nprocs; i++)
+				if (procs[i].live)
+					release(&procs[i]);
+			return 0;
+		}
+		if (r > 0)
+			continue;
+		char why[128];
+		snprintf(why, sizeof why, "the daemon (pid %d) ended without finishing the restore%s", daemon_pid,
+			 r < 0 ? " (its control messages stopped making sense)" : "");
+		if (nprocs == 0) {
+			/* nothing was handed over: nothing to protect */
+			return 0;
+		}
+		fail_stop(why);
+		return 1;
+	}
+}
