@@ -93,6 +93,9 @@ function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: s
   }
 }
 
+/** Signals that end a process by default and that Node lets a listener catch (not SIGPROF: profilers). */
+export const FAIL_STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM', 'SIGXCPU', 'SIGXFSZ', 'SIGPWR', 'SIGSTKFLT'];
+
 export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const workDir = workDirOf(flags);
   const statusFd = parseStatusFd(flags.statusFd);
@@ -134,8 +137,10 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   process.on('uncaughtException', crash);
   process.on('unhandledRejection', crash);
   const stop = (sig: string) => daemon.failStop(`received ${sig} before the restore completed`);
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  // Every signal whose default action ends the process ends it through fail-stop instead (a Node
+  // process would otherwise die with the tree still reading from our uffds). A listener on SIGUSR1
+  // also keeps Node from opening its inspector on it: no signal may open a debugger in the daemon.
+  for (const sig of FAIL_STOP_SIGNALS) process.on(sig, () => stop(sig));
   // Ready means the socket listens, every worker runs and (remote) the page server answered:
   // criu's status-fd promise. A daemon that fails before that never says it is ready.
   const ready = await Promise.race([daemon.ready.then(() => true, () => false), daemon.done.then(() => false, () => false)]);

@@ -4,7 +4,7 @@
 import t, { type Test } from 'tap';
 import * as path from 'node:path';
 import { runRestore, type RestoreResult } from '../../src/target/run';
-import { MiB, denseTree, makeImages, tempDir } from '../helpers/restore';
+import { MiB, denseTree, makeImages, stopOutcome as outcome, tempDir } from '../helpers/restore';
 
 const PROCESSES = 3;
 // Deterministic but different moments per run; the seed is printed so a failure can be replayed.
@@ -29,18 +29,6 @@ async function killedRestore(t: Test, images: string, dir: string, name: string,
     onStarted: (daemon) => setTimeout(() => daemon.kill('SIGKILL'), killAfterMs),
     retries: 0,
   });
-}
-
-/** Zero pages read, and processes that neither verified everything nor were SIGKILLed. */
-function outcome(r: RestoreResult): { mismatches: number; killed: number; complete: number; unexplained: string[] } {
-  const reports = r.target.processes;
-  const mismatches = reports.reduce((n, p) => n + p.mismatches, 0) + (r.target.summary?.mismatches ?? 0);
-  const killed = r.target.summary?.killed.filter((k) => k.signal === 9).length ?? 0;
-  const complete = reports.filter((p) => p.mismatches === 0 && p.verified === p.pages).length;
-  const unexplained: string[] = [];
-  if (!r.target.summary) unexplained.push(`the target printed no summary (exit ${r.target.code ?? r.target.signal}): ${r.target.stderr.trim().split('\n').pop()}`);
-  for (const p of reports) if (p.verified !== p.pages && p.mismatches === 0) unexplained.push(`pid ${p.pid}: ${p.verified} of ${p.pages} pages verified`);
-  return { mismatches, killed, complete, unexplained };
 }
 
 t.test('SIGKILL of the daemon at random moments: no process ever reads a zero page', async (t) => {

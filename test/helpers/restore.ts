@@ -98,3 +98,15 @@ export function openFds(): number {
 }
 
 export { native };
+
+/** Zero pages read, and processes that neither verified everything nor were SIGKILLed. */
+export function stopOutcome(r: RestoreResult): { mismatches: number; killed: number; complete: number; unexplained: string[] } {
+  const reports = r.target.processes;
+  const mismatches = Math.max(reports.reduce((n, p) => n + p.mismatches, 0), r.target.summary?.mismatches ?? 0);
+  const killed = r.target.summary?.killed.filter((k) => k.signal === 9).length ?? 0;
+  const complete = reports.filter((p) => p.mismatches === 0 && p.verified === p.pages).length;
+  const unexplained: string[] = [];
+  if (!r.target.summary) unexplained.push(`the target printed no summary (exit ${r.target.code ?? r.target.signal}): ${r.target.stderr.trim().split('\n').pop()}`);
+  for (const p of reports) if (p.verified !== p.pages && p.mismatches === 0) unexplained.push(`pid ${p.pid}: ${p.verified} of ${p.pages} pages verified`);
+  return { mismatches, killed, complete, unexplained };
+}
