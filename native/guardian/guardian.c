@@ -22,7 +22,7 @@
  *   DONE    {4, 0, 0}                                            restored cleanly: exit 0
  *   STOPPED {5, 0, 0}                                            the daemon fail-stopped the tree
  *                                                                itself (killed, poisoned): exit 0
- * usage: faultline-guardian CONTROL_FD DAEMON_PID
+ * usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE]
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -72,6 +72,9 @@ struct proc {
 static struct proc *procs;
 static size_t nprocs, cap;
 static int daemon_pid;
+/* The daemon's -o log (appended to, in criu's "Error (who): …" shape, so tools that grep criu's
+ * logs for Error see the guardian's reason too), or -1. */
+static int log_fd = -1;
 
 static void say(const char *fmt, ...)
 {
@@ -87,7 +90,15 @@ static void say(const char *fmt, ...)
 	line[n++] = '\n';
 	/* one write: the line is not interleaved with the daemon's */
 	if (write(2, line, n) < 0) {
-		/* stderr gone: nothing else to tell */
+		/* stderr gone (a daemon detached with -d): the log below may still be there */
+	}
+	if (log_fd >= 0) {
+		char entry[600];
+		const char *msg = strncmp(line, "faultline-guardian: error: ", 27) == 0 ? line + 27 : line;
+		int m = snprintf(entry, sizeof entry, "%d: Error (faultline-guardian): %.*s", (int)getpid(), n, msg);
+		if (m > 0 && write(log_fd, entry, m > (int)sizeof entry - 1 ? (int)sizeof entry - 1 : m) < 0) {
+			/* nowhere left to say it */
+		}
 	}
 }
 
@@ -402,12 +413,14 @@ static void fail_stop(const char *why)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		say("usage: faultline-guardian CONTROL_FD DAEMON_PID (started by faultline lazy-pages)");
+	if (argc != 3 && argc != 4) {
+		say("usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE] (started by faultline lazy-pages)");
 		return 2;
 	}
 	int sock = atoi(argv[1]);
 	daemon_pid = atoi(argv[2]);
+	if (argc == 4)
+		log_fd = open(argv[3], O_WRONLY | O_APPEND | O_CLOEXEC);
 	/* nothing the terminal or the daemon's process group is sent may end the guardian early */
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_IGN);

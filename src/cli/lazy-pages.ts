@@ -82,9 +82,9 @@ function raisePriority(nice: number, log: { debug(msg: string): void }): void {
   }
 }
 
-function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: string): void }): Guardian {
+function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: string): void }, logFile?: string): Guardian {
   try {
-    const g = Guardian.start((why) => log.warn(`${why}; the restore goes on, but a daemon that dies now leaves the tree unguarded`));
+    const g = Guardian.start((why) => log.warn(`${why}; the restore goes on, but a daemon that dies now leaves the tree unguarded`), logFile);
     log.debug({ pid: g.pid }, 'guardian started');
     return g;
   } catch (e) {
@@ -111,7 +111,8 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
   raisePriority(nice, log);
   // Before the socket listens: no uffd ever reaches this daemon without the guardian holding a copy.
-  const guardian = flags.guardian === false ? undefined : startGuardian(log);
+  const logPath = resolveLogFile(flags.logFile, workDir);
+  const guardian = flags.guardian === false ? undefined : startGuardian(log, logPath === '-' ? undefined : logPath);
 
   const daemon = new LazyPagesDaemon({
     imagesDir: flags.imagesDir,

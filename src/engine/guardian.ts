@@ -25,16 +25,17 @@ export class Guardian {
   }
 
   /**
-   * Starts the guardian. Throws (a start-up error: no restore begins unprotected) when its binary is
+   * Starts the guardian; its one line goes to this process's stderr and, when given, is appended to
+   * `logFile` (the daemon's -o, which is all a daemon detached with -d has). Throws (a start-up error: no restore begins unprotected) when its binary is
    * missing or it cannot be started.
    */
-  static start(onLost: (why: string) => void, bin = GUARDIAN_BIN): Guardian {
+  static start(onLost: (why: string) => void, logFile?: string, bin = GUARDIAN_BIN): Guardian {
     if (!fs.existsSync(bin)) throw new Error(`guardian: ${bin} is missing (build it with \`make -C native\`)`);
     const [ours, theirs] = native.unixSocketpair();
     try {
       // Its own session: a signal to the daemon's process group (Ctrl-C, a supervisor's group kill)
       // must not take the guardian with it. stdout is not shared, so nobody waits on it for EOF.
-      const child = spawn(bin, ['3', String(process.pid)], { stdio: ['ignore', 'ignore', 'inherit', theirs], detached: true });
+      const child = spawn(bin, ['3', String(process.pid), ...(logFile ? [logFile] : [])], { stdio: ['ignore', 'ignore', 'inherit', theirs], detached: true });
       if (child.pid === undefined) throw new Error(`guardian: cannot start ${bin}`);
       child.unref();
       native.setGuardian(ours);
