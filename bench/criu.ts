@@ -17,7 +17,7 @@ import { findCriu } from '../src/criu/find';
 import { ROOT, criuDump, withPipeMaxSize } from '../src/criu/run';
 import { killTree, startWorkload } from '../src/criu/workload';
 import { criuScenarios, fingerprint, runOnce, type CriuBenchDaemon, type CriuRunMetrics, type CriuScenario, type DumpedScenario, type RemoteNet } from './criu-scenarios';
-import { runCopyFloor } from './floor';
+import { formatFloor, runCopyFloor } from './floor';
 import { median } from './metrics';
 
 export interface CriuMetricDef {
@@ -76,7 +76,7 @@ export interface CriuScenarioReport {
    * Drain scenarios: the copy floor on this dump's pages file, and the restore → daemon exit that a
    * daemon copying every lazy byte at the all-CPU floor, with no start-up or teardown, would reach.
    */
-  floor?: { threadsGBps: Record<number, number>; lazyBytes: number; restoreMs: number; boundMs: number; boundToCriu: number | null };
+  floor?: { results: { threads: number; gbps: number }[]; lazyBytes: number; restoreMs: number; boundMs: number; boundToCriu: number | null };
 }
 
 export interface CriuBenchReport {
@@ -284,11 +284,11 @@ function floorBound(rep: CriuScenarioReport, images: string, log: (l: string) =>
   const boundMs = restoreMs + lazyBytes / 1e9 / all.gbps * 1000;
   const boundToCriu = exit ? boundMs / exit : null;
   log(
-    `  ${rep.name} copy floor on this dump: ${floor.results.map((f) => `${f.threads} thread${f.threads === 1 ? '' : 's'} ${f.gbps.toFixed(2)} GB/s`).join(', ')}; ` +
+    `  ${rep.name} copy floor on this dump: ${formatFloor(floor.results)}; ` +
       `criu restore ${restoreMs.toFixed(0)} ms + ${(lazyBytes / 2 ** 20).toFixed(0)} MiB at ${all.gbps.toFixed(2)} GB/s = ${boundMs.toFixed(0)} ms ` +
       `as the least restore → daemon exit${boundToCriu ? ` (${boundToCriu.toFixed(2)}× criu's)` : ''}`,
   );
-  return { threadsGBps: Object.fromEntries(floor.results.map((f) => [f.threads, f.gbps])), lazyBytes, restoreMs, boundMs, boundToCriu };
+  return { results: floor.results.map(({ threads, gbps }) => ({ threads, gbps })), lazyBytes, restoreMs, boundMs, boundToCriu };
 }
 
 const COLS: CriuBenchDaemon[] = ['criu', 'faultline', 'baseline'];
@@ -300,7 +300,8 @@ export function formatCriuTable(r: CriuBenchReport): string {
   const notes: string[] = [];
   for (const s of r.scenarios) {
     if (s.skipped) notes.push(`${s.name}: skipped: ${s.skipped}`);
-    if (s.floor) notes.push(`${s.name}: at the ${Object.keys(s.floor.threadsGBps).pop()}-thread copy floor (${Object.values(s.floor.threadsGBps).pop()!.toFixed(2)} GB/s) restore → daemon exit could be no less than ${s.floor.boundMs.toFixed(0)} ms${s.floor.boundToCriu ? ` = ${s.floor.boundToCriu.toFixed(2)}× criu's` : ''}`);
+    const all = s.floor?.results.at(-1);
+    if (s.floor && all) notes.push(`${s.name}: at the ${all.threads}-thread copy floor (${all.gbps.toFixed(2)} GB/s) restore → daemon exit could be no less than ${s.floor.boundMs.toFixed(0)} ms${s.floor.boundToCriu ? ` = ${s.floor.boundToCriu.toFixed(2)}× criu's` : ''}`);
     for (const c of s.comparison) {
       rows.push([s.name, `${c.label} (${c.unit})`, ...COLS.map((k) => cell(c.values[k])), ratio(c.ratioToCriu.faultline), ratio(c.ratioToCriu.baseline)]);
     }

@@ -45,6 +45,11 @@ export function pagesFileOf(imagesDir: string): string {
   return files[0].file;
 }
 
+/** "1 thread 3.11 GB/s, 2 threads 5.12 GB/s" */
+export function formatFloor(results: readonly { threads: number; gbps: number }[]): string {
+  return results.map((f) => `${f.threads} thread${f.threads === 1 ? '' : 's'} ${f.gbps.toFixed(2)} GB/s`).join(', ');
+}
+
 /** One thread, and every CPU the process may use (the daemons may use them all too). */
 export function floorThreads(): number[] {
   const n = os.availableParallelism();

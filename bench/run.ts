@@ -7,7 +7,7 @@ import { defaultWorkRoot, imagesFor, runScenario } from './harness';
 import { runRestore } from '../src/target/run';
 import * as fs from 'node:fs';
 import { compare, floorRows } from './metrics';
-import { runCopyFloor } from './floor';
+import { formatFloor, runCopyFloor } from './floor';
 import { writeReport, type BenchReport } from './report';
 import { scenarios } from './scenarios';
 import { REMOTE, runRemoteScenario } from './remote';
@@ -50,7 +50,7 @@ export async function bench(argv: string[]): Promise<number> {
       const floor = runCopyFloor(imagesFor(s, path.join(o.work, 'cache')));
       entry.floor = { ...floor, rows: floorRows(r, floor) };
       process.stdout.write(
-        `  ${s.name} copy floor: ${floor.results.map((f) => `${f.threads} thread${f.threads === 1 ? '' : 's'} ${f.gbps.toFixed(2)} GB/s`).join(', ')} ` +
+        `  ${s.name} copy floor: ${formatFloor(floor.results)} ` +
           `(median of ${floor.reps}, ${floor.slice}-page slices; warm-up ${floor.warmup.gbps.toFixed(2)} GB/s)\n`,
       );
     }

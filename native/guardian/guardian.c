@@ -67,6 +67,8 @@ struct proc {
 	struct range *ranges;
 	size_t nranges;
 	int live;
+	/* RELEASE: complete or gone, its uffd closed; its id (a uffd number) may name a later process */
+	int released;
 };
 
 static struct proc *procs;
@@ -105,7 +107,7 @@ static void say(const char *fmt, ...)
 static struct proc *find(uint32_t id)
 {
 	for (size_t i = 0; i < nprocs; i++)
-		if (procs[i].live && procs[i].id == id)
+		if (procs[i].live && !procs[i].released && procs[i].id == id)
 			return &procs[i];
 	return NULL;
 }
@@ -198,7 +200,7 @@ static int recv_one(int sock, uint32_t *type)
 			if (p->uffd >= 0)
 				close(p->uffd);
 			p->uffd = -1;
-			p->id = UINT32_MAX - 1;
+			p->released = 1;
 		}
 		return 1;
 	case MSG_DONE:
@@ -318,7 +320,7 @@ static void take_unread_forks(struct proc *p)
 			continue;
 		}
 		c->uffd = (int)m.arg.fork.ufd;
-		c->id = UINT32_MAX;
+		c->id = UINT32_MAX; /* not a daemon uffd number: nothing will name it */
 		c->parent = p->id;
 	}
 }

@@ -12,6 +12,7 @@
 #include "args.h"
 #include "errors.h"
 #include "ring.h"
+#include "scm.h"
 
 // The guardian's control socket (native/guardian/guardian.c), or -1. A forked child's uffd is born
 // in the read() below; it goes to the guardian from here, before anything else runs, so that a
@@ -21,23 +22,8 @@ static int guardian_fd = -1;
 static void GuardChild(int child_uffd, int parent_uffd) {
   if (guardian_fd < 0) return;
   uint32_t msg[3] = {2 /* CHILD */, (uint32_t)child_uffd, (uint32_t)parent_uffd};
-  union {
-    char space[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } control;
-  struct iovec iov = {msg, sizeof msg};
-  struct msghdr m = {};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = control.space;
-  m.msg_controllen = sizeof control.space;
-  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &child_uffd, sizeof child_uffd);
   // A guardian that is gone or stuck must not stall the drain: the daemon still serves the child.
-  sendmsg(guardian_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  SendWithFds(guardian_fd, msg, sizeof msg, &child_uffd, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 // setGuardian(fd): where forked children's uffds are sent as they are read (-1: nowhere).

@@ -12,6 +12,7 @@
 #include <napi.h>
 #include "args.h"
 #include "errors.h"
+#include "scm.h"
 
 static bool FillAddr(Napi::Env env, const std::string &path, struct sockaddr_un *sa) {
   memset(sa, 0, sizeof *sa);
@@ -132,21 +133,16 @@ static Napi::Value Connect(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, fd);
 }
 
-// unixSend(fd, data: Buffer, fds: number[]) -> bytes sent.
-static Napi::Value Send(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (!CheckArgs(info, 3, "unixSend")) return env.Undefined();
-  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
-  Napi::Array fds = info[2].As<Napi::Array>();
+ssize_t SendWithFds(int sock, const void *data, size_t len, const int *fds, uint32_t nfds, int flags) {
   union {
-    char space[CMSG_SPACE(sizeof(int) * 16)];
+    char space[CMSG_SPACE(sizeof(int) * kMaxSendFds)];
     struct cmsghdr align;
   } control;
-  struct iovec iov = {data.Data(), data.Length()};
+  struct iovec iov = {const_cast<void *>(data), len};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  uint32_t nfds = fds.Length() > 16 ? 16 : fds.Length();
+  if (nfds > kMaxSendFds) nfds = kMaxSendFds;
   if (nfds) {
     msg.msg_control = control.space;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
@@ -154,12 +150,21 @@ static Napi::Value Send(const Napi::CallbackInfo &info) {
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    for (uint32_t i = 0; i < nfds; i++) {
-      int fd = fds.Get(i).As<Napi::Number>().Int32Value();
-      memcpy(CMSG_DATA(c) + i * sizeof(int), &fd, sizeof fd);
-    }
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
   }
-  ssize_t n = sendmsg(ArgInt(info, 0), &msg, MSG_NOSIGNAL);
+  return sendmsg(sock, &msg, flags);
+}
+
+// unixSend(fd, data: Buffer, fds: number[]) -> bytes sent.
+static Napi::Value Send(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 3, "unixSend")) return env.Undefined();
+  Napi::Buffer<char> data = info[1].As<Napi::Buffer<char>>();
+  Napi::Array arr = info[2].As<Napi::Array>();
+  int fds[kMaxSendFds];
+  uint32_t nfds = arr.Length() > kMaxSendFds ? kMaxSendFds : arr.Length();
+  for (uint32_t i = 0; i < nfds; i++) fds[i] = arr.Get(i).As<Napi::Number>().Int32Value();
+  ssize_t n = SendWithFds(ArgInt(info, 0), data.Data(), data.Length(), fds, nfds, MSG_NOSIGNAL);
   if (n < 0) return ThrowErrno(env, "sendmsg", errno);
   return Napi::Number::New(env, (double)n);
 }

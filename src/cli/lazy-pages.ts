@@ -94,7 +94,7 @@ function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: s
 }
 
 /** Signals that end a process by default and that Node lets a listener catch (not SIGPROF: profilers). */
-export const FAIL_STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM', 'SIGXCPU', 'SIGXFSZ', 'SIGPWR', 'SIGSTKFLT'];
+const FAIL_STOP_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM', 'SIGXCPU', 'SIGXFSZ', 'SIGPWR', 'SIGSTKFLT'];
 
 export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const workDir = workDirOf(flags);
@@ -107,11 +107,11 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
   const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;
   if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
-  if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', resolveLogFile(flags.logFile, workDir), statusFd);
+  const logPath = resolveLogFile(flags.logFile, workDir);
+  if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', logPath, statusFd);
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
   raisePriority(nice, log);
   // Before the socket listens: no uffd ever reaches this daemon without the guardian holding a copy.
-  const logPath = resolveLogFile(flags.logFile, workDir);
   const guardian = flags.guardian === false ? undefined : startGuardian(log, logPath === '-' ? undefined : logPath);
 
   const daemon = new LazyPagesDaemon({

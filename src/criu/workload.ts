@@ -196,6 +196,22 @@ export function signalTree(rootHostPid: number, signal: NodeJS.Signals = 'SIGUSR
   process.kill(-rootHostPid, signal);
 }
 
+/** The result files in dir so far, sorted by index. */
+export function readResults(dir: string): WorkloadResult[] {
+  return fs
+    .readdirSync(dir)
+    .filter((f) => /^result-.*\.json$/.test(f))
+    .map((f) => {
+      const text = fs.readFileSync(path.join(dir, f), 'utf8');
+      try {
+        return JSON.parse(text) as WorkloadResult;
+      } catch {
+        throw new Error(`${path.join(dir, f)}: not JSON: ${text.slice(0, 200)}`);
+      }
+    })
+    .sort((a, b) => a.index.localeCompare(b.index, 'en', { numeric: true }));
+}
+
 /**
  * Waits for `count` result files in dir and returns them sorted by index. `check` is called on every
  * poll; a string it returns (e.g. "the daemon exited 1: …") ends the wait with that error.
@@ -204,18 +220,7 @@ export async function waitResults(dir: string, count: number, timeoutMs: number,
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const files = fs.readdirSync(dir).filter((f) => /^result-.*\.json$/.test(f));
-    if (files.length >= count) {
-      return files
-        .map((f) => {
-          const text = fs.readFileSync(path.join(dir, f), 'utf8');
-          try {
-            return JSON.parse(text) as WorkloadResult;
-          } catch {
-            throw new Error(`${path.join(dir, f)}: not JSON: ${text.slice(0, 200)}`);
-          }
-        })
-        .sort((a, b) => a.index.localeCompare(b.index, 'en', { numeric: true }));
-    }
+    if (files.length >= count) return readResults(dir);
     const why = check?.();
     if (why) throw new Error(`waiting for workload results in ${dir} (${files.length} of ${count}): ${why}`);
     if (Date.now() > deadline) throw new Error(`workload results in ${dir}: ${files.length} of ${count} after ${timeoutMs} ms (have ${files.join(', ') || 'none'})`);

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { criuSkip } from '../helpers/criu';
 import { dumpWorkload, freePort, killUnder, processesUnder, within, type Dumped } from '../helpers/criu-restore';
 import { criuRestoreLazy, startLazyDaemon, startPageServer, type CriuRestored, type DaemonExit } from '../../src/criu/run';
-import { descendants, signalTree, type WorkloadResult } from '../../src/criu/workload';
+import { descendants, readResults, signalTree } from '../../src/criu/workload';
 
 const skip = criuSkip();
 
@@ -29,12 +29,6 @@ function endOf(pid: number): 'gone' | 'running' | { signal: number } {
   return { signal: Number(f[49]) & 0x7f };
 }
 
-function results(d: Dumped): WorkloadResult[] {
-  return fs
-    .readdirSync(d.out)
-    .filter((f) => /^result-.*\.json$/.test(f))
-    .map((f) => JSON.parse(fs.readFileSync(path.join(d.out, f), 'utf8')) as WorkloadResult);
-}
 
 /**
  * The checks of a restore faultline had to stop: its exit and its one error line, the tree dead by
@@ -56,7 +50,7 @@ async function assertStopped(t: Test, d: Dumped, daemon: DaemonExit, mentions: R
     if (end === 'gone') continue;
     t.same(end, { signal: 9 }, `restored pid ${pid} was killed by SIGKILL`);
   }
-  const rs = results(d);
+  const rs = readResults(d.out);
   for (const r of rs) t.equal(r.mismatches, 0, `process ${r.index} reported, and found no wrong word (first: ${r.first_mismatch})`);
   t.comment(`${rs.length} of ${d.procs} processes reported before the tree was killed; pids seen: ${seen.join(' ') || 'none'}`);
 }
