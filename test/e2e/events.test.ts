@@ -59,7 +59,9 @@ t.test('munmap mid-restore', async (t) => {
 });
 
 t.test('a process exiting mid-restore while the others complete', async (t) => {
-  const r = await scripted(t, 'exit', ['--script-pid', '2:touch:0-10,exit'], { processes: 3 });
+  // 64 MiB each: three workers filling every process can otherwise complete pid 2 before it exits
+  // (seen under the suite's load), and then nothing exits early.
+  const r = await scripted(t, 'exit', ['--script-pid', '2:touch:0-10,exit'], { processes: 3, pagesEach: 64 * MiB });
   assertClean(t, r, 3);
   t.ok((r.daemon.summary?.exitedEarly ?? 0) >= 1, `exited early: ${r.daemon.summary?.exitedEarly}`);
   const others = r.target.processes.filter((p) => p.pid !== 2);
