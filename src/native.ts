@@ -40,7 +40,9 @@ export interface NativeCore {
 
   unixListen(path: string, backlog: number): number;
   unixAccept(fd: number): { fd: number; pid: number; uid: number } | null;
-  unixRecv(fd: number, maxBytes: number): RecvResult | null;
+  unixPeer(fd: number): { fd: number; pid: number; uid: number };
+  /** guard: every fd received reaches the guardian (setGuardian) before it leaves the socket. */
+  unixRecv(fd: number, maxBytes: number, guard?: boolean): RecvResult | null;
   unixConnect(path: string): number;
   unixSend(fd: number, data: Buffer, fds: number[]): number;
   unixSocketpair(): [number, number];

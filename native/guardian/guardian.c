@@ -14,14 +14,27 @@
  *      task it could not name (a forked child whose fork event the daemon never read) gets SIGBUS
  *      instead of zeros,
  *   4. waits for the named processes to be gone, and only then lets go of the uffds.
+ * Before all that it takes the hand-overs the daemon never read. The guardian is the one that accepts
+ * on lazy-pages.socket: it keeps each connection and passes a copy to the daemon (CONN), so no
+ * connection ever exists that only the daemon holds, and a uffd still in a connection's buffer when
+ * the daemon dies is not closed with it (that would be zeros) but becomes one more process to stop.
+ * (The daemon reads a connection by peeking first and handing each uffd over as ADD before it
+ * consumes the message, so every uffd is always either in the socket or with the guardian.)
  *
  * Control protocol (SOCK_SEQPACKET, one message per record, little endian u32 fields):
  *   ADD     {1, id, hostPid}       + SCM_RIGHTS [uffd, pidfd?]   a process handed over
  *   CHILD   {2, id, parentId}      + SCM_RIGHTS [uffd]           a forked child's uffd (no pid)
- *   RELEASE {3, id, 0}                                           complete or gone: close its uffd
+ *   RELEASE {3, id, what}                                        what 0: process id is complete or
+ *                                                                gone, close its uffd; what 1: the
+ *                                                                daemon closed socket id
  *   DONE    {4, 0, 0}                                            restored cleanly: exit 0
  *   STOPPED {5, 0, 0}                                            the daemon fail-stopped the tree
  *                                                                itself (killed, poisoned): exit 0
+ *   HOLD    {6, id, 0}             + SCM_RIGHTS [socket]         the listening socket: the guardian
+ *                                                                accepts on it from now on
+ * and the other way, guardian to daemon:
+ *   CONN    {7, id, 0}             + SCM_RIGHTS [connection]     a connection it accepted (RELEASE
+ *                                                                {3, id, 1} when the daemon closes it)
  * usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE]
  */
 #define _GNU_SOURCE
@@ -52,7 +65,23 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
-enum { MSG_ADD = 1, MSG_CHILD = 2, MSG_RELEASE = 3, MSG_DONE = 4, MSG_STOPPED = 5 };
+enum { MSG_ADD = 1, MSG_CHILD = 2, MSG_RELEASE = 3, MSG_DONE = 4, MSG_STOPPED = 5, MSG_HOLD = 6, MSG_CONN = 7 };
+
+/* The hand-over sockets: the listening one, and the restorer's connection(s) the daemon accepted. */
+#define MAX_SOCKS 8
+static struct {
+	uint32_t id;
+	int fd;
+	int listening;
+} socks[MAX_SOCKS];
+static int nsocks;
+
+static void drop_sock(int i)
+{
+	close(socks[i].fd);
+	socks[i] = socks[--nsocks];
+}
+
 
 struct range {
 	uint64_t start, end;
@@ -74,6 +103,8 @@ struct proc {
 static struct proc *procs;
 static size_t nprocs, cap;
 static int daemon_pid;
+/* Ids the guardian gives processes it found itself (never a daemon uffd number). */
+static uint32_t next_own_id = 0x80000000u;
 /* The daemon's -o log (appended to, in criu's "Error (who): …" shape, so tools that grep criu's
  * logs for Error see the guardian's reason too), or -1. */
 static int log_fd = -1;
@@ -158,8 +189,8 @@ static int recv_one(int sock, uint32_t *type)
 	ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
 	if (n == 0)
 		return 0;
-	if (n < 0)
-		return errno == EINTR ? 1 : -1;
+	if (n < 0) /* ECONNRESET: the daemon died with a CONN unread, as good as EOF */
+		return errno == EINTR ? 1 : errno == ECONNRESET ? 0 : -1;
 	int fds[4], nfds = 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
@@ -193,6 +224,14 @@ static int recv_one(int sock, uint32_t *type)
 	case MSG_RELEASE:
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
+		if (hdr[2] == 1) {
+			for (int i = 0; i < nsocks; i++)
+				if (socks[i].id == hdr[1]) {
+					drop_sock(i);
+					break;
+				}
+			return 1;
+		}
 		/* Every page is in place (or it is gone): the uffd copy goes, so the guardian never pins
 		 * an mm, but the pidfd stays: a tree missing some of its processes is not a restore anyone
 		 * wants to keep running, so a later fail-stop kills it too (as the daemon's own does). */
@@ -205,6 +244,20 @@ static int recv_one(int sock, uint32_t *type)
 		return 1;
 	case MSG_DONE:
 	case MSG_STOPPED:
+		return 1;
+	case MSG_HOLD:
+		if (nfds < 1 || nsocks == MAX_SOCKS) {
+			say("faultline-guardian: error: HOLD without a socket, or more than %d sockets", MAX_SOCKS);
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			return -1;
+		}
+		socks[nsocks].id = hdr[1];
+		socks[nsocks].fd = fds[0];
+		socks[nsocks].listening = 1;
+		nsocks++;
+		for (int i = 1; i < nfds; i++)
+			close(fds[i]);
 		return 1;
 	default:
 		say("faultline-guardian: error: control message of %zd bytes, type %u: not from faultline", n, n >= 4 ? hdr[0] : 0);
@@ -320,9 +373,87 @@ static void take_unread_forks(struct proc *p)
 			continue;
 		}
 		c->uffd = (int)m.arg.fork.ufd;
-		c->id = UINT32_MAX; /* not a daemon uffd number: nothing will name it */
+		c->id = next_own_id++;
 		c->parent = p->id;
 	}
+}
+
+/* Reads what the daemon never read of one restorer connection: each uffd in it, with its sender's
+ * pid (SCM_CREDENTIALS; the restorer sends each process's uffd from that process), becomes one more
+ * process to stop. Returns how many. */
+static int drain_conn(int fd)
+{
+	int taken = 0;
+	for (int round = 0; round < 65536; round++) {
+		char buf[4096];
+		union {
+			char space[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
+			struct cmsghdr align;
+		} control;
+		struct iovec iov = { buf, sizeof buf };
+		struct msghdr msg = { 0 };
+		msg.msg_iov = &iov;
+		msg.msg_iovlen = 1;
+		msg.msg_control = control.space;
+		msg.msg_controllen = sizeof control.space;
+		if (recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+			break; /* EOF (shut for reading: nothing more can come), or an error */
+		int pid = 0, fds[64], nfds = 0;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+			if (c->cmsg_level != SOL_SOCKET)
+				continue;
+			if (c->cmsg_type == SCM_CREDENTIALS) {
+				struct ucred cred;
+				memcpy(&cred, CMSG_DATA(c), sizeof cred);
+				pid = cred.pid;
+			} else if (c->cmsg_type == SCM_RIGHTS) {
+				int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+				for (int i = 0; i < k && nfds < 64; i++)
+					memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			}
+		}
+		for (int i = 0; i < nfds; i++) {
+			struct proc *p = add();
+			if (!p) {
+				close(fds[i]);
+				continue;
+			}
+			p->id = next_own_id++;
+			p->uffd = fds[i];
+			p->host_pid = pid;
+			p->pidfd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+			taken++;
+		}
+	}
+	return taken;
+}
+
+/*
+ * The hand-overs the daemon never read. A restorer still in the listening socket's backlog is
+ * accepted too, the listening socket is closed so that no later restorer connects, and every
+ * connection is shut for reading, so that the restorer's next send fails (criu then aborts the
+ * restore) while what is queued stays readable.
+ */
+static int take_handovers(void)
+{
+	for (int i = nsocks - 1; i >= 0; i--) {
+		if (!socks[i].listening)
+			continue;
+		int c;
+		while (nsocks < MAX_SOCKS && (c = accept4(socks[i].fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+			socks[nsocks].id = next_own_id++;
+			socks[nsocks].fd = c;
+			socks[nsocks].listening = 0;
+			nsocks++;
+		}
+		drop_sock(i);
+	}
+	int taken = 0;
+	for (int i = 0; i < nsocks; i++) {
+		shutdown(socks[i].fd, SHUT_RD);
+		taken += drain_conn(socks[i].fd);
+	}
+	return taken;
 }
 
 static uint64_t poison_range(int uffd, uint64_t start, uint64_t end)
@@ -413,6 +544,48 @@ static void fail_stop(const char *why)
 	free(killed);
 }
 
+/* Accepts every pending connection on the listening socket: the guardian keeps one copy and the
+ * daemon gets the other (CONN). A daemon that is gone by now is noticed by the control socket's EOF. */
+static void accept_pending(int sock)
+{
+	for (int i = 0; i < nsocks; i++) {
+		if (!socks[i].listening)
+			continue;
+		for (;;) {
+			int c = accept4(socks[i].fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			if (c < 0)
+				break;
+			if (nsocks == MAX_SOCKS) {
+				close(c); /* one restorer per daemon: a flood of others is refused here */
+				continue;
+			}
+			socks[nsocks].id = (uint32_t)c;
+			socks[nsocks].fd = c;
+			socks[nsocks].listening = 0;
+			nsocks++;
+			uint32_t hdr[3] = { MSG_CONN, (uint32_t)c, 0 };
+			union {
+				char space[CMSG_SPACE(sizeof(int))];
+				struct cmsghdr align;
+			} control;
+			struct iovec iov = { hdr, sizeof hdr };
+			struct msghdr msg = { 0 };
+			msg.msg_iov = &iov;
+			msg.msg_iovlen = 1;
+			msg.msg_control = control.space;
+			msg.msg_controllen = sizeof control.space;
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(cm), &c, sizeof(int));
+			if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
+				/* the daemon is gone: the EOF that follows fail-stops, this connection included */
+			}
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 3 && argc != 4) {
@@ -430,6 +603,17 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGQUIT, SIG_IGN);
 	for (;;) {
+		struct pollfd pfd[2] = { { sock, POLLIN, 0 }, { -1, POLLIN, 0 } };
+		for (int i = 0; i < nsocks; i++)
+			if (socks[i].listening)
+				pfd[1].fd = socks[i].fd;
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			return 1;
+		/* connections first: a restorer that connected before the daemon died is taken either way */
+		if (pfd[1].revents & POLLIN)
+			accept_pending(sock);
+		if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
 		uint32_t type = 0;
 		int r = recv_one(sock, &type);
 		/* DONE: every page is in place; STOPPED: the daemon fail-stopped the tree itself */
@@ -441,13 +625,16 @@ int main(int argc, char **argv)
 		}
 		if (r > 0)
 			continue;
-		char why[128];
+		char why[192];
 		snprintf(why, sizeof why, "the daemon (pid %d) ended without finishing the restore%s", daemon_pid,
 			 r < 0 ? " (its control messages stopped making sense)" : "");
+		int unread = take_handovers();
 		if (nprocs == 0) {
 			/* nothing was handed over: nothing to protect */
 			return 0;
 		}
+		if (unread)
+			snprintf(why + strlen(why), sizeof why - strlen(why), " (%d hand-overs it never read)", unread);
 		fail_stop(why);
 		return 1;
 	}

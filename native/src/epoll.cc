@@ -14,10 +14,11 @@
 #include "ring.h"
 #include "scm.h"
 
-// The guardian's control socket (native/guardian/guardian.c), or -1. A forked child's uffd is born
-// in the read() below; it goes to the guardian from here, before anything else runs, so that a
-// daemon killed at any later moment cannot leave the child's missing pages to be read as zeros.
-static int guardian_fd = -1;
+// A forked child's uffd is born in the read() below; it goes to the guardian from here, before
+// anything else runs, so that a daemon killed at any later moment cannot leave the child's missing
+// pages to be read as zeros (between the read and this send, the guardian still kills the child as
+// a descendant of a process it knows).
+int guardian_fd = -1;
 
 static void GuardChild(int child_uffd, int parent_uffd) {
   if (guardian_fd < 0) return;

@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <string>
+#include <vector>
 #include <napi.h>
 #include "args.h"
 #include "errors.h"
@@ -51,15 +52,7 @@ static Napi::Value Listen(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, fd);
 }
 
-// unixAccept(fd) -> { fd, pid, uid } of the peer, or null when no connection is pending.
-static Napi::Value Accept(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  int fd = accept4(ArgInt(info, 0), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (fd < 0) {
-    if (errno == EAGAIN || errno == EINTR) return env.Null();
-    return ThrowErrno(env, "accept", errno);
-  }
-  EnablePassCred(fd);
+static Napi::Object PeerCred(Napi::Env env, int fd) {
   struct ucred cred = {};
   socklen_t len = sizeof cred;
   getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
@@ -70,51 +63,114 @@ static Napi::Value Accept(const Napi::CallbackInfo &info) {
   return r;
 }
 
-// unixRecv(fd, maxBytes) -> { data: Buffer, fds: number[], pid } or null if nothing is pending.
-// data.length == 0 means EOF. pid is the sender's pid from SCM_CREDENTIALS (0 if none came).
-static Napi::Value Recv(const Napi::CallbackInfo &info) {
+// unixAccept(fd) -> { fd, pid, uid } of the peer, or null when no connection is pending.
+static Napi::Value Accept(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (!CheckArgs(info, 2, "unixRecv")) return env.Undefined();
-  size_t max = (size_t)ArgInt(info, 1);
-  std::string buf(max ? max : 1, '\0');
+  int fd = accept4(ArgInt(info, 0), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EAGAIN || errno == EINTR) return env.Null();
+    return ThrowErrno(env, "accept", errno);
+  }
+  EnablePassCred(fd);
+  return PeerCred(env, fd);
+}
+
+// unixPeer(fd) -> { fd, pid, uid }: a connection accepted elsewhere (by the guardian), made ready to
+// read as one from unixAccept is.
+static Napi::Value Peer(const Napi::CallbackInfo &info) {
+  if (!CheckArgs(info, 1, "unixPeer")) return info.Env().Undefined();
+  int fd = ArgInt(info, 0);
+  EnablePassCred(fd);
+  return PeerCred(info.Env(), fd);
+}
+
+struct Received {
+  ssize_t n;
+  std::vector<int> fds;
+  int pid;
+  bool truncated;
+};
+
+static Received RecvOnce(int fd, char *buf, size_t len, int flags) {
   union {
     char space[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
     struct cmsghdr align;
   } control;
-  struct iovec iov = {&buf[0], buf.size()};
+  struct iovec iov = {buf, len};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control.space;
   msg.msg_controllen = sizeof control.space;
-  ssize_t n = recvmsg(ArgInt(info, 0), &msg, MSG_CMSG_CLOEXEC);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EINTR) return env.Null();
-    return ThrowErrno(env, "recvmsg", errno);
-  }
-  Napi::Array fds = Napi::Array::New(env);
-  int pid = 0;
+  Received r{recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC), {}, 0, false};
+  if (r.n < 0) return r;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET) continue;
     if (c->cmsg_type == SCM_RIGHTS) {
       size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (size_t i = 0; i < count; i++) {
-        int fd;
-        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        fds.Set(fds.Length(), fd);
+        int got;
+        memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+        r.fds.push_back(got);
       }
     } else if (c->cmsg_type == SCM_CREDENTIALS) {
       struct ucred cred;
       memcpy(&cred, CMSG_DATA(c), sizeof cred);
-      pid = cred.pid;
+      r.pid = cred.pid;
     }
   }
-  Napi::Object r = Napi::Object::New(env);
-  r.Set("data", Napi::Buffer<char>::Copy(env, buf.data(), (size_t)n));
-  r.Set("fds", fds);
-  r.Set("pid", pid);
-  r.Set("truncated", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
+  r.truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   return r;
+}
+
+// Hands each received uffd to the guardian as ADD {1, uffd, sender pid} + [uffd, pidfd].
+static void GuardHandover(const Received &r) {
+  for (int fd : r.fds) {
+    int pidfd = r.pid > 0 ? (int)syscall(SYS_pidfd_open, r.pid, 0) : -1;
+    int pass[2] = {fd, pidfd};
+    uint32_t msg[3] = {1 /* ADD */, (uint32_t)fd, (uint32_t)r.pid};
+    SendWithFds(guardian_fd, msg, sizeof msg, pass, pidfd >= 0 ? 2 : 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (pidfd >= 0) close(pidfd);
+  }
+}
+
+// unixRecv(fd, maxBytes, guard?) -> { data: Buffer, fds: number[], pid } or null if nothing is
+// pending. data.length == 0 means EOF. pid is the sender's pid from SCM_CREDENTIALS (0 if none came).
+// guard (the restorer's connection): every uffd reaches the guardian before it leaves the socket. The
+// message is peeked first (the kernel installs copies of its fds), the copies go to the guardian, and
+// only then is it consumed; a daemon killed at any moment leaves each uffd either in the socket,
+// where the guardian takes it, or with the guardian.
+static Napi::Value Recv(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 2, "unixRecv")) return env.Undefined();
+  int fd = ArgInt(info, 0);
+  size_t max = (size_t)ArgInt(info, 1);
+  bool guard = info.Length() > 2 && info[2].ToBoolean() && guardian_fd >= 0;
+  std::string buf(max ? max : 1, '\0');
+  Received r = RecvOnce(fd, &buf[0], buf.size(), guard ? MSG_PEEK : 0);
+  if (r.n < 0) {
+    if (errno == EAGAIN || errno == EINTR) return env.Null();
+    return ThrowErrno(env, "recvmsg", errno);
+  }
+  if (guard && r.n > 0) {
+    GuardHandover(r);
+    // The same bytes again, consumed: one reader, so the same messages, whose fds are copies of the
+    // peeked ones (kept: the guardian knows them by these numbers).
+    Received taken = RecvOnce(fd, &buf[0], (size_t)r.n, 0);
+    for (int dup : taken.fds) close(dup);
+    if (taken.n != r.n || taken.fds.size() != r.fds.size()) {
+      for (int kept : r.fds) close(kept);
+      return ThrowErrno(env, "recvmsg (after MSG_PEEK)", taken.n < 0 ? errno : EPROTO);
+    }
+  }
+  Napi::Array fds = Napi::Array::New(env);
+  for (int got : r.fds) fds.Set(fds.Length(), got);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("data", Napi::Buffer<char>::Copy(env, buf.data(), (size_t)r.n));
+  out.Set("fds", fds);
+  out.Set("pid", r.pid);
+  out.Set("truncated", Napi::Boolean::New(env, r.truncated));
+  return out;
 }
 
 // unixConnect(path) -> fd (blocking). For tests and tools that play the restorer.
@@ -205,6 +261,7 @@ static Napi::Value PidfdSendSignal(const Napi::CallbackInfo &info) {
 void InitScm(Napi::Env env, Napi::Object exports) {
   exports.Set("unixListen", Napi::Function::New(env, Listen));
   exports.Set("unixAccept", Napi::Function::New(env, Accept));
+  exports.Set("unixPeer", Napi::Function::New(env, Peer));
   exports.Set("unixRecv", Napi::Function::New(env, Recv));
   exports.Set("unixConnect", Napi::Function::New(env, Connect));
   exports.Set("unixSend", Napi::Function::New(env, Send));

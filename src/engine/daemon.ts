@@ -143,7 +143,7 @@ export class LazyPagesDaemon {
       onEvent: (e, peer) => this.onHandover(e, peer),
       onError: (e) => this.failStop(e.message),
       onExtraConnection: (pid) => this.log.warn({ peerPid: pid }, 'refused a second connection on lazy-pages.socket: one restorer per daemon'),
-    });
+    }, this.opts.guardian);
     this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
   }
 
@@ -162,9 +162,9 @@ export class LazyPagesDaemon {
     switch (e.type) {
       case 'process': {
         const why = !this.pstree.some((t) => t.pid === e.pid) ? 'not in pstree.img' : this.tree.hasPid(e.pid) ? 'handed over twice' : '';
-        // Tracked even when refused, so that the fail-stop below stops this process too.
+        // Tracked even when refused, so that the fail-stop below stops this process too. (The
+        // guardian already holds its uffd: unixRecv handed it over before it left the socket.)
         const p = this.tree.add(e.uffd, e.pid, e.senderPid, this.shardOf(e.pid));
-        this.opts.guardian?.add(e.uffd, e.senderPid, p.pidfd);
         if (this.stopping) return this.tree.kill(p);
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
         this.log.debug({ vpid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');

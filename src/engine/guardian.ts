@@ -9,16 +9,27 @@ import { native } from '../native';
 
 export const GUARDIAN_BIN = path.resolve(__dirname, '../../../native/bin/faultline-guardian');
 
+// ADD (a handed-over uffd) and CHILD (a forked child's) are sent by the native layer, at the moment
+// the uffd is received (unixRecv with guard) or read from a FORK event (the drain).
 const enum Msg {
-  ADD = 1,
   RELEASE = 3,
   DONE = 4,
   STOPPED = 5,
+  HOLD = 6,
+  CONN = 7,
+}
+
+/** RELEASE's argument: what the id names. */
+const enum Held {
+  PROCESS = 0,
+  SOCKET = 1,
 }
 
 export class Guardian {
   private sock: number;
   private lost: string | undefined;
+  private watcher: { stop(): void } | undefined;
+  private fallback: (() => void) | undefined;
 
   private constructor(sock: number, readonly pid: number, private readonly onLost: (why: string) => void) {
     this.sock = sock;
@@ -45,14 +56,41 @@ export class Guardian {
     }
   }
 
-  /** A process handed over: the guardian keeps its own copies of the uffd and the pidfd. */
-  add(uffd: number, hostPid: number, pidfd: number): void {
-    this.send(Msg.ADD, uffd, hostPid, pidfd >= 0 ? [uffd, pidfd] : [uffd]);
-  }
-
   /** Complete (every page in place) or gone: the guardian lets go of its copies. */
   release(uffd: number): void {
-    this.send(Msg.RELEASE, uffd, 0, []);
+    this.send(Msg.RELEASE, uffd, Held.PROCESS, []);
+  }
+
+  /**
+   * The listening lazy-pages.socket: from now on the guardian accepts on it and passes each
+   * connection on (onConnection), keeping a copy, so that a uffd still in a connection's buffer when
+   * this process dies is taken by the guardian instead of closing with it (which would turn that
+   * process's missing pages into zeros).
+   */
+  hold(listening: number): void {
+    this.send(Msg.HOLD, listening, 0, [listening]);
+  }
+
+  /** Connections the guardian accepted, with its id for each (for releaseSocket). */
+  onConnection(take: (fd: number, id: number) => void, fallback: () => void): void {
+    this.fallback = fallback;
+    this.watcher = new native.FdWatcher(this.sock, () => {
+      for (;;) {
+        const r = this.sock < 0 ? null : native.unixRecv(this.sock, 12);
+        if (!r) return;
+        if (r.data.length === 0) return this.gone('closed its control socket');
+        if (r.data.length !== 12 || r.data.readUInt32LE(0) !== Msg.CONN || r.fds.length !== 1) {
+          for (const fd of r.fds) native.closeFd(fd);
+          return this.gone(`sent a control message of ${r.data.length} bytes that is not CONN`);
+        }
+        take(r.fds[0]!, r.data.readUInt32LE(4));
+      }
+    });
+  }
+
+  /** The daemon closed the connection the guardian knows as id. */
+  releaseSocket(id: number): void {
+    this.send(Msg.RELEASE, id, Held.SOCKET, []);
   }
 
   /** The restore completed: the guardian exits without touching anything. */
@@ -67,6 +105,7 @@ export class Guardian {
 
   private finish(m: Msg): void {
     this.send(m, 0, 0, []);
+    this.watcher?.stop();
     native.setGuardian(-1);
     native.closeFd(this.sock);
     this.sock = -1;
@@ -81,8 +120,15 @@ export class Guardian {
     try {
       native.unixSend(this.sock, b, fds);
     } catch (e) {
-      this.lost = `the guardian (pid ${this.pid}) is gone: ${(e as Error).message}`;
-      this.onLost(this.lost);
+      this.gone((e as Error).message);
     }
+  }
+
+  private gone(why: string): void {
+    if (this.lost) return;
+    this.lost = `the guardian (pid ${this.pid}) is gone: ${why}`;
+    this.watcher?.stop();
+    this.onLost(this.lost);
+    this.fallback?.();
   }
 }

@@ -17,11 +17,24 @@ export interface ListenerEvents {
   onExtraConnection(peerPid: number): void;
 }
 
+/**
+ * Accepting through the guardian (engine/guardian.ts): it accepts on the listening socket, keeps each
+ * connection and passes us a copy, so that no connection is ever held by this process alone (one
+ * killed between accept and anything else would take the uffds queued in it along).
+ */
+export interface Acceptor {
+  hold(listening: number): void;
+  /** fallback: the guardian is gone, accept here from now on. */
+  onConnection(take: (fd: number, id: number) => void, fallback: () => void): void;
+  /** We closed the connection it knows as id. */
+  releaseSocket(id: number): void;
+}
+
 export class Listener {
   readonly socketPath: string;
   private readonly fd: number;
-  private readonly watcher: { stop(): void };
-  private conn: { fd: number; watcher: { stop(): void }; parser: HandoverParser; peer: string } | null = null;
+  private watcher: { stop(): void } | undefined;
+  private conn: { fd: number; watcher: { stop(): void }; parser: HandoverParser; peer: string; guardId?: number } | null = null;
   private accepted = false;
   private closed = false;
   /** Set by a fail-stop: read on only to kill late senders, until EOF. */
@@ -32,28 +45,44 @@ export class Listener {
     workDir: string,
     private readonly nrTasks: number,
     private readonly events: ListenerEvents,
+    private readonly acceptor?: Acceptor,
   ) {
     this.socketPath = path.resolve(workDir, SOCKET_NAME);
     this.fd = native.unixListen(this.socketPath, 10);
-    this.watcher = new native.FdWatcher(this.fd, () => this.accept());
+    if (acceptor) {
+      acceptor.hold(this.fd);
+      acceptor.onConnection(
+        (fd, id) => this.take(native.unixPeer(fd), id),
+        () => {
+          if (!this.closed) this.watcher = new native.FdWatcher(this.fd, () => this.accept());
+        },
+      );
+    } else {
+      this.watcher = new native.FdWatcher(this.fd, () => this.accept());
+    }
   }
 
   private accept(): void {
     for (;;) {
       const c = native.unixAccept(this.fd);
       if (!c) return;
-      if (this.accepted) {
-        // CRIU serves exactly one restorer; a second one must not be able to inject uffds.
-        native.closeFd(c.fd);
-        this.events.onExtraConnection(c.pid);
-        continue;
-      }
-      this.accepted = true;
-      const peer = `${SOCKET_NAME} (restorer pid ${c.pid})`;
-      const parser = new HandoverParser(this.nrTasks, peer);
-      const watcher = new native.FdWatcher(c.fd, () => this.receive());
-      this.conn = { fd: c.fd, watcher, parser, peer };
+      this.take(c);
     }
+  }
+
+  private take(c: { fd: number; pid: number }, guardId?: number): void {
+    if (this.accepted || this.closed) {
+      // CRIU serves exactly one restorer; a second one must not be able to inject uffds.
+      native.closeFd(c.fd);
+      if (guardId !== undefined) this.acceptor?.releaseSocket(guardId);
+      if (!this.closed) this.events.onExtraConnection(c.pid);
+      return;
+    }
+    this.accepted = true;
+    const peer = `${SOCKET_NAME} (restorer pid ${c.pid})`;
+    const parser = new HandoverParser(this.nrTasks, peer);
+    const watcher = new native.FdWatcher(c.fd, () => this.receive());
+    this.conn = { fd: c.fd, watcher, parser, peer, guardId };
   }
 
   private receive(): void {
@@ -63,7 +92,7 @@ export class Listener {
     try {
       for (;;) {
         if (this.draining) return this.drainLate(conn.fd);
-        const r = native.unixRecv(conn.fd, RECV_BYTES);
+        const r = native.unixRecv(conn.fd, RECV_BYTES, true);
         if (!r) return;
         if (r.truncated) throw new ProtocolError(`${conn.peer}: control message truncated (too many file descriptors in one message)`);
         for (const fd of r.fds) checkIsUffd(fd, conn.peer);
@@ -104,7 +133,7 @@ export class Listener {
     for (;;) {
       let r;
       try {
-        r = native.unixRecv(fd, RECV_BYTES);
+        r = native.unixRecv(fd, RECV_BYTES, true);
       } catch {
         return this.finishDrain();
       }
@@ -125,6 +154,7 @@ export class Listener {
     if (!this.conn) return;
     this.conn.watcher.stop();
     native.closeFd(this.conn.fd);
+    if (this.conn.guardId !== undefined) this.acceptor?.releaseSocket(this.conn.guardId);
     this.conn = null;
   }
 
@@ -132,7 +162,7 @@ export class Listener {
     if (this.closed) return;
     this.closed = true;
     this.closeConnection();
-    this.watcher.stop();
+    this.watcher?.stop();
     native.closeFd(this.fd);
     for (const fd of this.heldFds.splice(0)) native.closeFd(fd);
     fs.rmSync(this.socketPath, { force: true });
