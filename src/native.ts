@@ -40,6 +40,10 @@ export interface NativeCore {
 
   unixListen(path: string, backlog: number): number;
   unixAccept(fd: number): { fd: number; pid: number; uid: number } | null;
+  /** An exclusive flock on path (created 0600); throws (code EWOULDBLOCK) when another process holds it. */
+  lockFile(path: string): number;
+  /** fcntl(F_GETFL) & O_ACCMODE; throws EBADF for a closed fd. */
+  fdAccessMode(fd: number): number;
   unixPeer(fd: number): { fd: number; pid: number; uid: number };
   /** guard: every fd received reaches the guardian (setGuardian) before it leaves the socket. */
   unixRecv(fd: number, maxBytes: number, guard?: boolean): RecvResult | null;

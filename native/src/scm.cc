@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -33,7 +35,8 @@ static void EnablePassCred(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
 }
 
-// unixListen(path, backlog) -> fd. Non-blocking; any stale socket file is replaced, as CRIU does.
+// unixListen(path, backlog) -> fd. Non-blocking, mode 0600; any stale socket file is replaced, as
+// CRIU does (a live daemon's is not: the work-dir lock, lockFile, is taken first).
 static Napi::Value Listen(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   if (!CheckArgs(info, 2, "unixListen")) return env.Undefined();
@@ -44,7 +47,11 @@ static Napi::Value Listen(const Napi::CallbackInfo &info) {
   if (fd < 0) return ThrowErrno(env, "socket", errno);
   EnablePassCred(fd);
   unlink(path.c_str());
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, ArgInt(info, 1)) < 0) {
+  // 0600 whatever the umask: a peer that can connect can hand over a uffd and be sent the
+  // checkpoint's memory. The mode of an unbound socket's inode is what bind() gives its file (minus
+  // the umask), so the file never exists with a wider mode; the chmod covers filesystems that differ.
+  fchmod(fd, 0600);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(path.c_str(), 0600) < 0 || listen(fd, ArgInt(info, 1)) < 0) {
     int err = errno;
     close(fd);
     return ThrowErrno(env, "bind/listen", err);
@@ -173,6 +180,22 @@ static Napi::Value Recv(const Napi::CallbackInfo &info) {
   return out;
 }
 
+// lockFile(path) -> fd holding an exclusive flock on path (created 0600), or throws with code
+// EWOULDBLOCK when another process holds it. The lock goes with the process, however it ends.
+static Napi::Value LockFile(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 1, "lockFile")) return env.Undefined();
+  std::string path = info[0].As<Napi::String>();
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return ThrowErrno(env, "open", errno);
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    int err = errno;
+    close(fd);
+    return ThrowErrno(env, "flock", err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
 // unixConnect(path) -> fd (blocking). For tests and tools that play the restorer.
 static Napi::Value Connect(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -236,6 +259,13 @@ static Napi::Value Socketpair(const Napi::CallbackInfo &info) {
   return out;
 }
 
+// fdAccessMode(fd) -> O_RDONLY / O_WRONLY / O_RDWR of an open fd (throws EBADF when it is not).
+static Napi::Value FdAccessMode(const Napi::CallbackInfo &info) {
+  int fl = fcntl(ArgInt(info, 0), F_GETFL);
+  if (fl < 0) return ThrowErrno(info.Env(), "fcntl", errno);
+  return Napi::Number::New(info.Env(), fl & O_ACCMODE);
+}
+
 static Napi::Value Close(const Napi::CallbackInfo &info) {
   if (close(ArgInt(info, 0)) < 0) return ThrowErrno(info.Env(), "close", errno);
   return info.Env().Undefined();
@@ -260,6 +290,8 @@ static Napi::Value PidfdSendSignal(const Napi::CallbackInfo &info) {
 
 void InitScm(Napi::Env env, Napi::Object exports) {
   exports.Set("unixListen", Napi::Function::New(env, Listen));
+  exports.Set("lockFile", Napi::Function::New(env, LockFile));
+  exports.Set("fdAccessMode", Napi::Function::New(env, FdAccessMode));
   exports.Set("unixAccept", Napi::Function::New(env, Accept));
   exports.Set("unixPeer", Napi::Function::New(env, Peer));
   exports.Set("unixRecv", Napi::Function::New(env, Recv));

@@ -6,6 +6,8 @@ import * as path from 'node:path';
 import { LazyPagesDaemon, FailStop } from '../engine/daemon';
 import { Guardian } from '../engine/guardian';
 import { formatSummary } from '../engine/summary';
+import { native } from '../native';
+import { MAX_COPY_PAGES } from '../worker/tuning';
 import { clientTlsOptions, criuTls, type CriuTlsFlags } from './criu-tls';
 import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
 import { makeLogger, parseLogFormat, resolveLogFile } from './log';
@@ -39,25 +41,94 @@ export interface LazyPagesFlags extends CommonFlags {
   pageServer?: boolean;
   lanes?: string;
   connectTimeoutMs?: string;
+  replyTimeoutMs?: string;
+  recoverTimeoutMs?: string;
   requestOrder?: string;
   /** commander's --no-guardian */
   guardian?: boolean;
 }
 
-/** criu's rule: -D and -W relative to the current directory, -W defaulting to -D. */
+/**
+ * criu's rule: -D and -W relative to the current directory, -W defaulting to -D. The work directory
+ * given with -W must exist and be writable (the socket, the lock and relative -o/--pidfile go there): checked before
+ * anything starts, so a bad -W is one line and an exit, never a daemon that cannot listen.
+ */
 export function workDirOf(flags: CommonFlags): string {
-  return path.resolve(flags.workDir ?? flags.imagesDir);
+  const dir = path.resolve(flags.workDir ?? flags.imagesDir);
+  // Without -W, a missing images directory is better told as such, by the image reader.
+  if (flags.workDir === undefined) return dir;
+  const flag = `-W ${flags.workDir}`;
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (e) {
+    throw new UsageError(`${flag}: ${dir} does not exist (${(e as NodeJS.ErrnoException).code})`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`${flag}: ${dir} is not a directory`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch {
+    throw new UsageError(`${flag}: ${dir} is not writable`);
+  }
+  return dir;
 }
 
 /** --pidfile, like -o, is relative to the work dir (criu opens it after chdir(work_dir)). */
-export function writePidfile(file: string | undefined, workDir: string): void {
-  if (file !== undefined) fs.writeFileSync(path.resolve(workDir, file), `${process.pid}\n`);
+export function pidfilePath(file: string | undefined, workDir: string): string | undefined {
+  if (file === undefined) return undefined;
+  const p = path.resolve(workDir, file);
+  // Checked at start: a pidfile that cannot be written is found before the restore begins.
+  try {
+    fs.accessSync(path.dirname(p), fs.constants.W_OK);
+    if (fs.existsSync(p)) fs.accessSync(p, fs.constants.W_OK);
+  } catch (e) {
+    throw new UsageError(`--pidfile ${file}: cannot write ${p} (${(e as NodeJS.ErrnoException).code})`);
+  }
+  return p;
 }
 
+export function writePidfile(file: string | undefined): void {
+  if (file !== undefined) fs.writeFileSync(file, `${process.pid}\n`);
+}
+
+function ownsOtherEnd(fd: number, target: string): boolean {
+  return fs.readdirSync('/proc/self/fd').some((n) => {
+    if (Number(n) === fd) return false;
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${n}`) === target;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** criu's --status-fd: checked to be an open, writable descriptor before anything starts. */
 export function parseStatusFd(v: string | undefined): number {
   if (v === undefined) return -1;
   if (!/^\d+$/.test(v)) throw new UsageError(`--status-fd must be a file descriptor number, got '${v}'`);
-  return Number(v);
+  const fd = Number(v);
+  // A -d child reports to its parent on fd 3; the parent, which checked it, writes --status-fd.
+  if (isDaemonChild()) return fd;
+  let flags = -1;
+  try {
+    fs.fstatSync(fd);
+    flags = native.fdAccessMode(fd);
+  } catch {
+    throw new UsageError(`--status-fd ${v}: not an open file descriptor`);
+  }
+  if (flags === fs.constants.O_RDONLY) throw new UsageError(`--status-fd ${v}: open for reading only`);
+  // A number the caller did not pass open may already name one of Node's own descriptors (its epoll,
+  // eventfds): never a status fd, and not ours to write to.
+  let target = '';
+  try {
+    target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    /* no /proc: the write at ready is the check */
+  }
+  if (target.startsWith('anon_inode:')) throw new UsageError(`--status-fd ${v}: not an open file descriptor of the caller (${fd} is this process's own ${target})`);
+  // Node's internal pipes have both ends here; a caller's status pipe has its reading end outside.
+  if (target.startsWith('pipe:') && ownsOtherEnd(fd, target)) throw new UsageError(`--status-fd ${v}: not an open file descriptor of the caller (${fd} is one end of this process's own pipe)`);
+  return fd;
 }
 
 /**
@@ -100,9 +171,10 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const workDir = workDirOf(flags);
   const statusFd = parseStatusFd(flags.statusFd);
   const format = parseLogFormat(flags.logFormat);
-  const workers = positiveInt(flags.workers, '--workers') ?? Math.max(1, Math.min(os.availableParallelism(), 16));
-  const faultAround = positiveInt(flags.faultAround, '--fault-around');
-  const fillChunk = positiveInt(flags.fillChunk, '--fill-chunk');
+  const workers = boundedInt(flags.workers, '--workers', MAX_WORKERS) ?? Math.max(1, Math.min(os.availableParallelism(), 16));
+  const faultAround = boundedInt(flags.faultAround, '--fault-around', MAX_COPY_PAGES);
+  const fillChunk = boundedInt(flags.fillChunk, '--fill-chunk', MAX_COPY_PAGES);
+  const pidfile = pidfilePath(flags.pidfile, workDir);
   const nice = parseNice(flags.nice);
   const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
   const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;
@@ -146,8 +218,15 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   // criu's status-fd promise. A daemon that fails before that never says it is ready.
   const ready = await Promise.race([daemon.ready.then(() => true, () => false), daemon.done.then(() => false, () => false)]);
   if (ready) {
-    writePidfile(flags.pidfile, workDir);
-    signalReady(readinessFd(statusFd), (e) => log.warn(`--status-fd ${statusFd}: ${e.message}`));
+    // Whoever waits on these starts the restore: one we cannot write ends the daemon, as in criu.
+    try {
+      writePidfile(pidfile);
+      signalReady(readinessFd(statusFd), (e) => {
+        throw new Error(`--status-fd ${statusFd}: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
+      });
+    } catch (e) {
+      daemon.failStop(`cannot say we are ready: ${(e as Error).message}`);
+    }
   }
   try {
     const summary = await daemon.done;
@@ -176,14 +255,35 @@ function remoteOptions(flags: LazyPagesFlags, workDir: string): RemoteOptions {
     port,
     lanes,
     connectTimeoutMs: positiveInt(flags.connectTimeoutMs ?? '10000', '--connect-timeout-ms')!,
+    replyTimeoutMs: millis(flags.replyTimeoutMs ?? '30000', '--reply-timeout-ms'),
+    recoverTimeoutMs: millis(flags.recoverTimeoutMs ?? '0', '--recover-timeout-ms'),
     requestOrder: requestOrder(flags.requestOrder),
     tls: t ? clientTlsOptions(t) : undefined,
   };
 }
 
+/** A duration in ms, 0 allowed (off); at most a day, so that a typo is not a hang. */
+function millis(v: string, flag: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > 86_400_000) throw new UsageError(`${flag} must be a number of milliseconds (0-86400000), got '${v}'`);
+  return n;
+}
+
 function requestOrder(v: string | undefined): 'priority' | 'fifo' {
   if (v === undefined || v === 'priority' || v === 'fifo') return v ?? 'priority';
   throw new UsageError(`--request-order must be 'priority' or 'fifo', got '${v}'`);
+}
+
+/**
+ * More workers than this only cost memory (≈ 50 MiB each) and start-up time: the fill is bounded by
+ * the kernel's copy and the faults by the CPUs.
+ */
+export const MAX_WORKERS = 64;
+
+function boundedInt(v: string | undefined, flag: string, max: number): number | undefined {
+  const n = positiveInt(v, flag);
+  if (n !== undefined && n > max) throw new UsageError(`${flag} must be at most ${max}, got '${v}'`);
+  return n;
 }
 
 export function positiveInt(v: string | undefined, flag: string): number | undefined {

@@ -18,7 +18,10 @@ function criuCommon(cmd: Command): Command {
     .option('--pidfile <file>', 'write our pid here once ready')
     .option('--status-fd <fd>', 'write one NUL byte to this fd once ready, then close it')
     .option('-o, --log-file <file>', "log here instead of stderr ('-': stdout); the file is truncated, as criu does")
-    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4, --verbosity=4 as in criu)').default(DEFAULT_VERBOSITY).argParser(Number))
+    .addOption(new Option('--verbosity <level>', 'log level 0-4 (-v, -vv, -v4, --verbosity=4 as in criu)').default(DEFAULT_VERBOSITY).argParser((v: string) => {
+      if (!/^\d+$/.test(v)) throw new UsageError(`--verbosity must be a level from 0 to 4, got '${v}'`);
+      return Number(v);
+    }))
     .option('--log-format <format>', "'text' (criu-like lines; default) or 'json' (pino)")
     .option('--address <addr>', 'page server address')
     .option('--port <port>', 'page server port')
@@ -68,6 +71,8 @@ async function main(argv: string[]): Promise<number> {
     .option('--lanes <n>', '1: one connection (a CRIU page server); 2: a second one for faults (faultline page-server)')
     .option('--request-order <order>', "priority (faults first; default) or fifo (CRIU's client order, for comparison)")
     .option('--connect-timeout-ms <ms>', 'keep retrying a page server that is not up yet this long (default 10000)')
+    .option('--reply-timeout-ms <ms>', 'a page server connection with requests outstanding that sends nothing this long is lost (default 30000; 0: never)')
+    .option('--recover-timeout-ms <ms>', 'dial a lost page server connection again this long and resend what it left unanswered, instead of stopping the tree at once (default 0)')
     .option('--no-guardian', 'unsafe: no guardian process (a daemon killed outright then leaves the tree reading zeros)')
     .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;
@@ -119,6 +124,9 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
+    // A command that failed may have started threads (a worker pool, a page server's listener) that
+    // would keep this process alive after its one error line; nothing it holds needs more time.
+    if (code !== 0) process.exit(code);
   },
   (e: Error) => {
     process.stderr.write(`faultline: internal error: ${e.stack ?? e.message}\n`);

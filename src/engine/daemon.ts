@@ -12,7 +12,7 @@ import { DEFAULT_TUNING, type Tuning } from '../worker/tuning';
 import type { WorkerMessage, WorkerResult, WorkerTask } from '../worker/messages';
 import { FailStop, ProtocolError } from './errors';
 import type { HandoverEvent } from './handover';
-import { Listener } from './listener';
+import { Listener, lockWorkDir } from './listener';
 import { Poller } from './poller';
 import { DEFAULT_RING_CAPACITY } from './ring-layout';
 import { pushPages, pushRestoreFinished, pushStop } from './ring-records';
@@ -83,6 +83,7 @@ export class LazyPagesDaemon {
     this.atStart = resourceSnapshot();
     readInventory(opts.imagesDir);
     this.pstree = readPstree(opts.imagesDir);
+    const lock = lockWorkDir(opts.workDir);
     this.done = new Promise((resolve, reject) => {
       this.resolveDone = resolve;
       this.rejectDone = reject;
@@ -142,8 +143,8 @@ export class LazyPagesDaemon {
     this.listener = new Listener(opts.workDir, this.pstree.length, {
       onEvent: (e, peer) => this.onHandover(e, peer),
       onError: (e) => this.failStop(e.message),
-      onExtraConnection: (pid) => this.log.warn({ peerPid: pid }, 'refused a second connection on lazy-pages.socket: one restorer per daemon'),
-    }, this.opts.guardian);
+      onRefused: (pid, why) => this.log.warn({ peerPid: pid }, `refused a connection on lazy-pages.socket: ${why}`),
+    }, this.opts.guardian, lock);
     this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
   }
 

@@ -7,6 +7,25 @@ import { HandoverParser, type HandoverEvent } from './handover';
 import { ProtocolError } from './errors';
 
 export const SOCKET_NAME = 'lazy-pages.socket';
+export const LOCK_NAME = 'lazy-pages.lock';
+
+/**
+ * One daemon per work directory: a second one would replace the first's socket (criu's rule for a
+ * stale socket), and whichever exits first would delete the other's. Held (flock) until close() or
+ * this process ends. Throws a coded error naming the directory when another daemon holds it.
+ */
+export function lockWorkDir(workDir: string): number {
+  const lockPath = path.resolve(workDir, LOCK_NAME);
+  try {
+    return native.lockFile(lockPath);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') {
+      throw Object.assign(new Error(`-W ${workDir}: another lazy-pages daemon serves this work directory (it holds ${lockPath})`), { code: 'EBUSY' });
+    }
+    throw Object.assign(new Error(`-W ${workDir}: cannot create ${lockPath}: ${code ?? (e as Error).message}`), { code: code ?? 'EIO' });
+  }
+}
 const RECV_BYTES = 4096;
 /** How long a fail-stop keeps reading the restorer's connection for late hand-overs. */
 export const DRAIN_AFTER_FAILSTOP_MS = 2000;
@@ -14,7 +33,8 @@ export const DRAIN_AFTER_FAILSTOP_MS = 2000;
 export interface ListenerEvents {
   onEvent(e: HandoverEvent, peer: string): void;
   onError(e: Error): void;
-  onExtraConnection(peerPid: number): void;
+  /** A connection closed unread: a second restorer, or a peer that may not hand over. */
+  onRefused(peerPid: number, why: string): void;
 }
 
 /**
@@ -46,6 +66,8 @@ export class Listener {
     private readonly nrTasks: number,
     private readonly events: ListenerEvents,
     private readonly acceptor?: Acceptor,
+    /** From lockWorkDir: closed last, after the socket file is gone. */
+    private readonly lockFd = -1,
   ) {
     this.socketPath = path.resolve(workDir, SOCKET_NAME);
     this.fd = native.unixListen(this.socketPath, 10);
@@ -70,12 +92,21 @@ export class Listener {
     }
   }
 
-  private take(c: { fd: number; pid: number }, guardId?: number): void {
+  private take(c: { fd: number; pid: number; uid: number }, guardId?: number): void {
+    // Only root or our own user may hand over: a uffd from anyone else would be sent the
+    // checkpoint's memory (the socket is 0600 as well; this holds even if someone widened it).
+    const ours = process.geteuid?.() ?? 0;
+    if (c.uid !== 0 && c.uid !== ours) {
+      native.closeFd(c.fd);
+      if (guardId !== undefined) this.acceptor?.releaseSocket(guardId);
+      this.events.onRefused(c.pid, `its user (uid ${c.uid}) is neither root nor the daemon's (uid ${ours})`);
+      return;
+    }
     if (this.accepted || this.closed) {
       // CRIU serves exactly one restorer; a second one must not be able to inject uffds.
       native.closeFd(c.fd);
       if (guardId !== undefined) this.acceptor?.releaseSocket(guardId);
-      if (!this.closed) this.events.onExtraConnection(c.pid);
+      if (!this.closed) this.events.onRefused(c.pid, 'one restorer per daemon, and one is connected');
       return;
     }
     this.accepted = true;
@@ -166,6 +197,7 @@ export class Listener {
     native.closeFd(this.fd);
     for (const fd of this.heldFds.splice(0)) native.closeFd(fd);
     fs.rmSync(this.socketPath, { force: true });
+    if (this.lockFd >= 0) native.closeFd(this.lockFd);
   }
 }
 

@@ -4,7 +4,7 @@
 // --keep-serving serves any number of restores until SIGTERM/SIGINT, which criu's cannot.
 import { criuTls } from '../cli/criu-tls';
 import { daemonize, isDaemonChild, readinessFd, signalReady } from '../cli/daemonize';
-import { parseStatusFd, workDirOf, writePidfile, type CommonFlags } from '../cli/lazy-pages';
+import { parseStatusFd, pidfilePath, workDirOf, writePidfile, type CommonFlags } from '../cli/lazy-pages';
 import { makeLogger, parseLogFormat, resolveLogFile } from '../cli/log';
 import { UsageError } from '../cli/usage-error';
 import { formatPeer } from './protocol';
@@ -35,6 +35,7 @@ export async function pageServer(flags: PageServerFlags): Promise<number> {
   const statusFd = parseStatusFd(flags.statusFd);
   const format = parseLogFormat(flags.logFormat);
   const workDir = workDirOf(flags);
+  const pidfile = pidfilePath(flags.pidfile, workDir);
   const t = criuTls(flags, workDir);
   if (flags.daemon && !isDaemonChild()) return daemonize('the page server', resolveLogFile(flags.logFile, workDir), statusFd);
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
@@ -63,7 +64,12 @@ export async function pageServer(flags: PageServerFlags): Promise<number> {
   }
 
   process.stderr.write(`faultline page-server: listening on ${formatPeer(bound.address, bound.port)}\n`);
-  writePidfile(flags.pidfile, workDir);
+  try {
+    writePidfile(pidfile);
+  } catch (e) {
+    await server.close();
+    throw Object.assign(new Error(`--pidfile ${flags.pidfile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`), { code: 'EPIDFILE' });
+  }
   signalReady(readinessFd(statusFd), (e) => log.warn(`--status-fd ${statusFd}: ${e.message}`));
 
   const end = await Promise.race([

@@ -20,6 +20,17 @@ export interface RemoteOptions {
   connectTimeoutMs: number;
   /** 'fifo': every request sent at once in arrival order on one connection, CRIU's client policy (for comparison). */
   requestOrder?: 'priority' | 'fifo';
+  /**
+   * A connection with requests outstanding that hears nothing this long is lost (a stopped server, a
+   * link that is down without a reset): the tree's faults would otherwise wait forever. 0: never.
+   */
+  replyTimeoutMs?: number;
+  /**
+   * A lost connection (closed, reset, or silent past replyTimeoutMs) is dialled again for this long
+   * and its unanswered requests are sent again, so a page server restarted, or a link that comes back,
+   * does not cost the tree (QEMU's postcopy recovery, for a restore). 0: fail-stop at once, as criu.
+   */
+  recoverTimeoutMs?: number;
 }
 
 export interface PageRequest {
@@ -48,6 +59,10 @@ interface Lane {
   parser: ReplyParser;
   sent: PageRequest[];
   fillsOnWire: number;
+  /** Date.now() when it last heard from the server, or began to wait with nothing outstanding before. */
+  heard: number;
+  /** Replaced by a new connection (its socket's late events mean nothing). */
+  dead: boolean;
 }
 
 export class PageServerClient {
@@ -57,8 +72,12 @@ export class PageServerClient {
   private readonly fillQueue: PageRequest[] = [];
   private closing = false;
   private failed = false;
+  private watchdog: NodeJS.Timeout | undefined;
+  /** Lane name → Date.now() of the loss that a reconnect has not yet made good (data heard since). */
+  private readonly lostAt = new Map<string, number>();
   requests = 0;
   pagesReceived = 0;
+  recoveries = 0;
 
   constructor(
     private readonly opts: RemoteOptions,
@@ -73,11 +92,26 @@ export class PageServerClient {
   async connect(): Promise<void> {
     // Named for error lines: with one lane there is just "the" connection.
     const names = this.opts.lanes === 1 ? ['page-server'] : ['urgent', 'fill'];
-    for (const name of names) this.lanes.push(await this.open(name));
+    for (const name of names) this.lanes.push(await this.open(name, this.opts.connectTimeoutMs));
+    const timeout = this.opts.replyTimeoutMs ?? 0;
+    if (timeout > 0) {
+      this.watchdog = setInterval(() => this.checkSilence(timeout), Math.max(50, Math.min(1000, timeout / 4)));
+      this.watchdog.unref();
+    }
   }
 
-  private async open(name: string): Promise<Lane> {
-    const deadline = Date.now() + this.opts.connectTimeoutMs;
+  /** A lane whose requests have waited past the reply timeout without a byte from the server is lost. */
+  private checkSilence(timeout: number): void {
+    const now = Date.now();
+    for (const lane of this.lanes) {
+      // Replies held back by a full arena are ours to take, not the server's to send.
+      if (lane.dead || !lane.sent.length || this.pendingReplies.length || now - lane.heard <= timeout) continue;
+      this.lost(lane, `sent nothing for ${now - lane.heard} ms with ${lane.sent.length} requests outstanding on the ${lane.name} connection (stopped, or the link is down)`);
+    }
+  }
+
+  private async open(name: string, timeoutMs: number): Promise<Lane> {
+    const deadline = Date.now() + timeoutMs;
     let warned = false;
     for (;;) {
       try {
@@ -87,9 +121,9 @@ export class PageServerClient {
         const code = (e as NodeJS.ErrnoException).code;
         const retryable = code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ETIMEDOUT';
         if (!retryable || Date.now() > deadline) {
-          throw new Error(`page server ${this.peer}: ${(e as Error).message}${retryable ? ` (still not up after ${this.opts.connectTimeoutMs} ms)` : ''}`);
+          throw new Error(`page server ${this.peer}: ${(e as Error).message}${retryable ? ` (still not up after ${timeoutMs} ms)` : ''}`);
         }
-        if (!warned) this.log.warn(`page server ${this.peer} is not up yet (${code}): retrying for ${this.opts.connectTimeoutMs} ms`);
+        if (!warned) this.log.warn(`page server ${this.peer} is not up yet (${code}): retrying for ${timeoutMs} ms`);
         warned = true;
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -113,11 +147,11 @@ export class PageServerClient {
 
   private attach(name: string, socket: net.Socket): Lane {
     socket.setNoDelay(true);
-    const lane: Lane = { name, socket, parser: new ReplyParser(this.peer), sent: [], fillsOnWire: 0 };
+    const lane: Lane = { name, socket, parser: new ReplyParser(this.peer), sent: [], fillsOnWire: 0, heard: Date.now(), dead: false };
     socket.on('data', (chunk: Buffer) => this.onData(lane, chunk));
-    socket.on('error', (e) => this.fail(`page server ${this.peer} (${name} connection): ${e.message}`));
+    socket.on('error', (e) => this.lost(lane, `${name} connection: ${e.message}`));
     socket.on('close', () => {
-      if (this.closing) return;
+      if (this.closing || lane.dead) return;
       // One wording whatever was in flight, naming the server as every client-side error does; the
       // parser's account of what was left unanswered (its own "page-server peer …" line) follows.
       let left = '';
@@ -126,17 +160,52 @@ export class PageServerClient {
       } catch (e) {
         left = ` (${(e as Error).message.replace(/^page-server peer \S+: /, '')})`;
       }
-      this.fail(`page server ${this.peer} closed the ${name} connection before the restore completed${left}`);
+      this.lost(lane, `closed the ${name} connection before the restore completed${left}`);
     });
     return lane;
+  }
+
+  /** A connection is gone (or silent): dial again within --recover-timeout-ms, or fail-stop. */
+  private lost(lane: Lane, reason: string): void {
+    if (this.failed || this.closing || lane.dead) return;
+    const recover = this.opts.recoverTimeoutMs ?? 0;
+    const since = this.lostAt.get(lane.name) ?? Date.now();
+    if (recover <= 0 || Date.now() - since >= recover) {
+      return this.fail(`page server ${this.peer}: ${reason}${recover > 0 ? `; not back within --recover-timeout-ms ${recover}` : ''}`);
+    }
+    this.lostAt.set(lane.name, since);
+    lane.dead = true;
+    lane.socket.destroy();
+    const unanswered = lane.sent.splice(0);
+    const left = recover - (Date.now() - since);
+    this.log.warn(`page server ${this.peer}: ${reason}; reconnecting for up to ${left} ms (faults wait meanwhile)`);
+    this.open(lane.name, left).then(
+      (fresh) => {
+        if (this.failed || this.closing) return fresh.socket.destroy();
+        this.lanes[this.lanes.indexOf(lane)] = fresh;
+        this.recoveries++;
+        this.log.warn(`page server ${this.peer}: the ${lane.name} connection is back after ${Date.now() - since} ms; ${unanswered.length} unanswered requests sent again`);
+        for (const req of unanswered) this.send(fresh, req);
+        this.flush();
+      },
+      (e: Error) => this.fail(`${e.message.replace(/ \(still not up after \d+ ms\)$/, '')}; lost (${reason}) and not back within --recover-timeout-ms ${recover}`),
+    );
   }
 
   request(req: PageRequest): void {
     if (this.failed || this.closing) return;
     this.requests++;
-    if (this.opts.requestOrder === 'fifo') return this.send(this.lanes[0], req);
+    if (this.opts.requestOrder === 'fifo' && !this.lanes[0].dead) return this.send(this.lanes[0], req);
     (req.urgent ? this.urgentQueue : this.fillQueue).push(req);
-    this.pump();
+    this.flush();
+  }
+
+  private flush(): void {
+    if (this.opts.requestOrder !== 'fifo') return this.pump();
+    // fifo: what waited for a reconnect goes out in arrival order... near enough: faults first
+    const lane = this.lanes[0];
+    if (lane.dead) return;
+    for (const q of [this.urgentQueue, this.fillQueue]) while (q.length) this.send(lane, q.shift()!);
   }
 
   /** Its process was released: requests not yet on the wire are not worth the link. */
@@ -150,11 +219,14 @@ export class PageServerClient {
   private pump(): void {
     const urgentLane = this.lanes[0];
     const fillLane = this.lanes[this.lanes.length - 1];
-    while (this.urgentQueue.length) this.send(urgentLane, this.urgentQueue.shift()!);
-    while (this.fillQueue.length && fillLane.fillsOnWire < FILL_IN_FLIGHT[this.opts.lanes]) this.send(fillLane, this.fillQueue.shift()!);
+    // A lane being dialled again keeps its requests queued until it is back.
+    while (this.urgentQueue.length && !urgentLane.dead) this.send(urgentLane, this.urgentQueue.shift()!);
+    while (this.fillQueue.length && !fillLane.dead && fillLane.fillsOnWire < FILL_IN_FLIGHT[this.opts.lanes]) this.send(fillLane, this.fillQueue.shift()!);
   }
 
   private send(lane: Lane, req: PageRequest): void {
+    // the silence clock starts when there is something to answer
+    if (!lane.sent.length) lane.heard = Date.now();
     lane.sent.push(req);
     if (!req.urgent) lane.fillsOnWire++;
     lane.parser.expectGet(req.pid, req.vaddr, req.pages);
@@ -164,6 +236,9 @@ export class PageServerClient {
   private pendingReplies: { lane: Lane; req: PageRequest; reply: GetReply }[] = [];
 
   private onData(lane: Lane, chunk: Buffer): void {
+    if (lane.dead) return;
+    lane.heard = Date.now();
+    this.lostAt.delete(lane.name);
     lane.parser.push(chunk);
     try {
       for (let r = lane.parser.next(); r; r = lane.parser.next()) {
@@ -182,7 +257,7 @@ export class PageServerClient {
       lane.socket.pause();
       this.retryPending();
     }
-    this.pump();
+    this.flush();
   }
 
   /** A worker's arena was full: try again shortly, in order, then resume reading. */
@@ -197,6 +272,7 @@ export class PageServerClient {
   private fail(reason: string): void {
     if (this.failed || this.closing) return;
     this.failed = true;
+    clearInterval(this.watchdog);
     for (const l of this.lanes) l.socket.destroy();
     this.onFatal(reason);
   }
@@ -205,6 +281,7 @@ export class PageServerClient {
   async close(): Promise<void> {
     if (this.failed) return;
     this.closing = true;
+    clearInterval(this.watchdog);
     await Promise.all(
       this.lanes.map(
         (lane) =>
@@ -242,6 +319,7 @@ export class PageServerClient {
 
   destroy(): void {
     this.closing = true;
+    clearInterval(this.watchdog);
     for (const l of this.lanes) l.socket.destroy();
   }
 }

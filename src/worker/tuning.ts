@@ -22,6 +22,13 @@ export interface Tuning {
   fillShare: number;
 }
 
+/**
+ * The largest --fault-around and --fill-chunk: 8 MiB. A remote reply of that many pages must fit the
+ * worker's page arena (8192 pages, a ring): past half of it, a reply that has to wrap waits for the
+ * whole arena to drain, and one larger than the arena never fits.
+ */
+export const MAX_COPY_PAGES = 2048;
+
 export const DEFAULT_TUNING: Tuning = {
   faultAroundMin: 16,
   faultAroundMax: 256,

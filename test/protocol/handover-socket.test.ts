@@ -74,7 +74,7 @@ t.test('a second connection is refused while the restore goes on', async (t) => 
   });
   t.ok(second, 'a second client connected during the restore');
   t.equal(await second, 0, 'the second client got EOF');
-  t.match(r.daemon.stderr, /refused a second connection/);
+  t.match(r.daemon.stderr, /refused a connection on lazy-pages.socket: one restorer per daemon/);
   assertRestored(t, r, 2);
 });
 
