@@ -12,7 +12,7 @@ import { DEFAULT_TUNING, type Tuning } from '../worker/tuning';
 import type { WorkerMessage, WorkerResult, WorkerTask } from '../worker/messages';
 import { FailStop, ProtocolError } from './errors';
 import type { HandoverEvent } from './handover';
-import { Listener, lockWorkDir } from './listener';
+import { Listener, lockWorkDir, uffdInitialized } from './listener';
 import { Poller } from './poller';
 import { DEFAULT_RING_CAPACITY } from './ring-layout';
 import { pushPages, pushRestoreFinished, pushStop } from './ring-records';
@@ -162,7 +162,13 @@ export class LazyPagesDaemon {
     if (!this.firstHandoverNs) this.firstHandoverNs = native.monotonicNs();
     switch (e.type) {
       case 'process': {
-        const why = !this.pstree.some((t) => t.pid === e.pid) ? 'not in pstree.img' : this.tree.hasPid(e.pid) ? 'handed over twice' : '';
+        const why = !this.pstree.some((t) => t.pid === e.pid)
+          ? 'not in pstree.img'
+          : this.tree.hasPid(e.pid)
+            ? 'handed over twice'
+            : !uffdInitialized(e.uffd)
+              ? 'handed over with a uffd on which UFFDIO_API was never done (no range of it can be registered)'
+              : '';
         // Tracked even when refused, so that the fail-stop below stops this process too. (The
         // guardian already holds its uffd: unixRecv handed it over before it left the socket.)
         const p = this.tree.add(e.uffd, e.pid, e.senderPid, this.shardOf(e.pid));

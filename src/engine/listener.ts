@@ -223,3 +223,41 @@ function checkIsUffd(fd: number, peer: string): void {
     throw new ProtocolError(`${peer}: the file descriptor handed over is not a userfaultfd (${target})`);
   }
 }
+
+const UFFD_FEATURE_INITIALIZED = 0x8000_0000;
+let kernelMarksInitialized: boolean | undefined;
+
+/** The `features` field of a uffd's fdinfo ("API:\t<api>:<features>:<ioctls>"), or undefined. */
+function fdinfoFeatures(fd: number): number | undefined {
+  try {
+    const m = /^API:\s*[0-9a-f]+:([0-9a-f]+):/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+    return m ? parseInt(m[1]!, 16) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * False when the uffd handed over never had UFFDIO_API done: its process cannot have registered a
+ * range, so nothing we copy would reach it and the "restore" would end with no page served. Judged
+ * only on kernels that mark an initialized uffd in its fdinfo (probed once); true elsewhere.
+ */
+export function uffdInitialized(fd: number): boolean {
+  if (kernelMarksInitialized === undefined) {
+    kernelMarksInitialized = false;
+    try {
+      const probe = native.uffdCreate(native.uffdConstants.O_CLOEXEC | native.uffdConstants.O_NONBLOCK);
+      try {
+        native.uffdApi(probe, 0n);
+        kernelMarksInitialized = ((fdinfoFeatures(probe) ?? 0) & UFFD_FEATURE_INITIALIZED) !== 0;
+      } finally {
+        native.closeFd(probe);
+      }
+    } catch {
+      /* no userfaultfd here: nothing to judge by */
+    }
+  }
+  if (!kernelMarksInitialized) return true;
+  const features = fdinfoFeatures(fd);
+  return features === undefined || (features & UFFD_FEATURE_INITIALIZED) !== 0;
+}

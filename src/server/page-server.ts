@@ -10,6 +10,7 @@ import {
   CLOSE_REPLY_SIZE,
   encodeGetReply,
   formatPeer,
+  looksLikeTls,
   hex,
   MAX_REQUEST_PAGES,
   PAGE_SIZE,
@@ -202,7 +203,7 @@ export class PageServer {
         this.stats.refused++;
         const raw = (s as unknown as { _parent?: net.Socket })._parent;
         const peer = (raw && peers.get(raw)) ?? formatPeer(s.remoteAddress, s.remotePort);
-        const msg = `page-server peer ${peer}: TLS handshake failed: ${oneLine(err.message)}; closing connection`;
+        const msg = `page-server peer ${peer}: TLS handshake failed: ${oneLine(err.message)} (a client without --tls?); closing connection`;
         this.problems.push(msg);
         this.log('warn', msg);
       });
@@ -291,6 +292,8 @@ class Connection {
   private dead = false;
   private peerEnded = false;
   private refused = false;
+  /** Some bytes came: a TLS record header now is data, not a handshake. */
+  private heard = false;
 
   constructor(
     private readonly server: PageServer,
@@ -334,6 +337,11 @@ class Connection {
       this.refuse(new ProtocolError(this.peer, 'cmd', `${chunk.length} bytes after CLOSE (only EOF may follow)`));
       return;
     }
+    if (!this.heard && looksLikeTls(chunk)) {
+      this.refuse(new ProtocolError(this.peer, 'cmd', 'the client speaks TLS (its first bytes are a TLS handshake): start this page server with --tls too, or the client without it'));
+      return;
+    }
+    this.heard = true;
     this.parser.push(chunk);
     this.pump();
   }

@@ -77,6 +77,15 @@ export function formatPeer(address: string | undefined, port: number | undefined
   return `${a.includes(':') ? `[${a}]` : a}:${port ?? '?'}`;
 }
 
+/**
+ * A TLS record header (handshake 0x16 or alert 0x15, then major version 3) where a page-server
+ * command or reply should start: the other side speaks TLS and this one does not. No command or
+ * reply starts so (a command's first byte is a small command number, a reply's is PS_IOV_ADD's).
+ */
+export function looksLikeTls(chunk: Buffer): boolean {
+  return chunk.length >= 2 && (chunk[0] === 0x16 || chunk[0] === 0x15) && chunk[1] === 0x03;
+}
+
 export function hex(n: number | bigint): string {
   return '0x' + n.toString(16);
 }

@@ -7,7 +7,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Logger } from 'pino';
-import { ReplyParser, encodeClose, encodeGet, formatPeer, type GetReply } from '../server/protocol';
+import { ReplyParser, encodeClose, encodeGet, formatPeer, looksLikeTls, type GetReply } from '../server/protocol';
 
 export interface RemoteOptions {
   address: string;
@@ -63,6 +63,8 @@ interface Lane {
   heard: number;
   /** Replaced by a new connection (its socket's late events mean nothing). */
   dead: boolean;
+  /** Any byte came from the server on it. */
+  replied: boolean;
 }
 
 export class PageServerClient {
@@ -137,19 +139,27 @@ export class PageServerClient {
         ? tls.connect({ ...t, host: this.opts.address, port: this.opts.port })
         : net.connect({ host: this.opts.address, port: this.opts.port });
       const ok = t ? 'secureConnect' : 'connect';
+      let connected = false;
+      s.once('connect', () => (connected = true));
       s.once(ok, () => {
-        s.removeListener('error', reject);
+        s.removeListener('error', fail);
         resolve(s);
       });
-      s.once('error', reject);
+      // Over an open TCP connection, a handshake that fails is most often a server without --tls.
+      const fail = (e: Error) => reject(t && connected ? Object.assign(new Error(`TLS handshake failed (${e.message}): is the page server started with --tls?`), { code: (e as NodeJS.ErrnoException).code }) : e);
+      s.once('error', fail);
     });
   }
 
   private attach(name: string, socket: net.Socket): Lane {
     socket.setNoDelay(true);
-    const lane: Lane = { name, socket, parser: new ReplyParser(this.peer), sent: [], fillsOnWire: 0, heard: Date.now(), dead: false };
+    const lane: Lane = { name, socket, parser: new ReplyParser(this.peer), sent: [], fillsOnWire: 0, heard: Date.now(), dead: false, replied: false };
     socket.on('data', (chunk: Buffer) => this.onData(lane, chunk));
-    socket.on('error', (e) => this.lost(lane, `${name} connection: ${e.message}`));
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      // A TLS server resets a plain client's first request without a word (no alert): say so.
+      const hint = !this.opts.tls && !lane.replied && e.code === 'ECONNRESET' ? ' before any reply (does the page server run with --tls? then lazy-pages needs --tls too)' : '';
+      this.lost(lane, `${name} connection: ${e.message}${hint}`);
+    });
     socket.on('close', () => {
       if (this.closing || lane.dead) return;
       // One wording whatever was in flight, naming the server as every client-side error does; the
@@ -237,6 +247,10 @@ export class PageServerClient {
 
   private onData(lane: Lane, chunk: Buffer): void {
     if (lane.dead) return;
+    if (!this.opts.tls && !lane.replied && looksLikeTls(chunk)) {
+      return this.fail(`page server ${this.peer}: answered with a TLS record: it runs with --tls; start lazy-pages with --tls too`);
+    }
+    lane.replied = true;
     lane.heard = Date.now();
     this.lostAt.delete(lane.name);
     lane.parser.push(chunk);

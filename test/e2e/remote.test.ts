@@ -168,9 +168,24 @@ t.test('mutual TLS between daemon and page server', async (t) => {
     remoteRun(im, { daemonArgs: ['--page-server', '--port', String(server.port), '--lanes', '2', '--tls', '--tls-cert', c('client.pem'), '--tls-key', c('client.key'), '--tls-cacert', c('server.pem')] }),
   );
   assertRestored(t, r, 3);
-  // Without a client certificate the server refuses: the daemon cannot become ready.
+  // A client without --tls against this TLS server: the server's alert is recognised as TLS.
   const refused = await runRestore(remoteRun(im, { workDir: path.join(im.dir, 'w2'), daemonArgs: ['--page-server', '--port', String(server.port), '--connect-timeout-ms', '500'] })).catch((e: Error) => e);
   t.ok(refused instanceof Error || refused.daemon.code !== 0, 'a plain-TCP client gets nothing from a TLS server');
+  const said = refused instanceof Error ? refused.message : refused.daemon.stderr;
+  t.match(said, new RegExp(`page server 127\\.0\\.0\\.1:${server.port}: (answered with a TLS record: it runs with --tls|.*ECONNRESET before any reply \\(does the page server run with --tls\\? then lazy-pages needs --tls too\\))`), 'the plain client points at TLS');
+  await server.stop();
+  t.match((await server.exit).stderr, /TLS handshake failed: .* \(a client without --tls\?\)/, 'the TLS server says the client may lack --tls');
+
+  // A client with --tls against a plain server: the handshake fails, and both sides say why.
+  const plain = await startPageServer(im.full);
+  t.teardown(() => plain.stop());
+  const tlsToPlain = await runRestore(
+    remoteRun(im, { workDir: path.join(im.dir, 'w3'), daemonArgs: ['--page-server', '--port', String(plain.port), '--connect-timeout-ms', '500', '--tls', '--tls-cert', c('client.pem'), '--tls-key', c('client.key'), '--tls-cacert', c('server.pem')] }),
+  ).catch((e: Error) => e);
+  t.ok(tlsToPlain instanceof Error, 'the TLS client never becomes ready against a plain server');
+  t.match((tlsToPlain as Error).message, /TLS handshake failed \(.*\): is the page server started with --tls\?/);
+  await plain.stop();
+  t.match((await plain.exit).stderr, /the client speaks TLS \(its first bytes are a TLS handshake\): start this page server with --tls too/);
 });
 
 function freePort(): Promise<number> {

@@ -3,6 +3,7 @@
 import t, { type Test } from "tap";
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { runRestore, startDaemon } from '../../src/target/run';
 import { MiB, assertRestored, assertStopped, denseTree, makeImages, native, tempDir } from '../helpers/restore';
 
@@ -115,3 +116,21 @@ t.test('raw: a file descriptor that is not a userfaultfd', async (t) => {
   t.match(e.stderr, /the file descriptor handed over is not a userfaultfd \(\/dev\/null\)/);
 });
 
+
+t.test('a uffd on which UFFDIO_API was never done is refused, not "restored" with nothing served', async (t) => {
+  const dir = tempDir(t, 'noapi');
+  const images = makeImages(dir, small());
+  const { exit } = await startDaemon(images, dir);
+  // A child hands it over (the fail-stop SIGKILLs whoever sent a uffd): pid 1, a fresh uffd, no API.
+  const sender = `const { native } = require(${JSON.stringify(path.resolve(__dirname, '../../src/native'))});
+    const fd = native.unixConnect(${JSON.stringify(path.join(dir, 'lazy-pages.socket'))});
+    const uffd = native.uffdCreate(native.uffdConstants.O_CLOEXEC);
+    const pid = Buffer.alloc(4); pid.writeInt32LE(1);
+    native.unixSend(fd, pid, []); native.unixSend(fd, Buffer.from([0]), [uffd]);
+    setTimeout(() => process.exit(0), 10000);`;
+  const child = spawnSync(process.execPath, ['-e', sender], { encoding: 'utf8', timeout: 20_000 });
+  const e = await exit;
+  t.equal(e.code, 1);
+  t.match(e.stderr, /^faultline: error: lazy-pages\.socket \(restorer pid \d+\): pid 1 is handed over with a uffd on which UFFDIO_API was never done/m);
+  t.equal(child.signal, 'SIGKILL', 'the sender was stopped with the tree');
+});
