@@ -80,6 +80,11 @@ export class HandoverParser {
     }
   }
 
+  /** Bytes of a record begun but not complete (a pid without its byte, part of a pid): 0 between records. */
+  partialBytes(): number {
+    return this.buf.length + (this.pendingPid !== null ? 4 : 0);
+  }
+
   /** Fds received but not yet handed out (to close on error). */
   leftoverFds(): number[] {
     return this.fds.splice(0);

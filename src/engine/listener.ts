@@ -29,6 +29,8 @@ export function lockWorkDir(workDir: string): number {
 const RECV_BYTES = 4096;
 /** How long a fail-stop keeps reading the restorer's connection for late hand-overs. */
 export const DRAIN_AFTER_FAILSTOP_MS = 2000;
+/** How long half of a hand-over record may wait for the rest (see watchPartial). */
+export const PARTIAL_RECORD_MS = Number(process.env.FAULTLINE_PARTIAL_RECORD_MS ?? 10_000);
 
 export interface ListenerEvents {
   onEvent(e: HandoverEvent, peer: string): void;
@@ -54,7 +56,7 @@ export class Listener {
   readonly socketPath: string;
   private readonly fd: number;
   private watcher: { stop(): void } | undefined;
-  private conn: { fd: number; watcher: { stop(): void }; parser: HandoverParser; peer: string; guardId?: number } | null = null;
+  private conn: { fd: number; watcher: { stop(): void }; parser: HandoverParser; peer: string; guardId?: number; stall?: NodeJS.Timeout } | null = null;
   private accepted = false;
   private closed = false;
   /** Set by a fail-stop: read on only to kill late senders, until EOF. */
@@ -116,6 +118,27 @@ export class Listener {
     this.conn = { fd: c.fd, watcher, parser, peer, guardId };
   }
 
+  /**
+   * A restorer writes each record whole (criu: the pid, then at once the byte with the uffd), so a
+   * record left half-sent is a peer that stalled or died holding the socket: fail-stop after
+   * PARTIAL_RECORD_MS rather than wait forever with the tree half handed over. Silence between
+   * records is not judged: criu may take long between processes.
+   */
+  private watchPartial(conn: NonNullable<Listener['conn']>): void {
+    const partial = conn.parser.partialBytes();
+    if (!partial) {
+      clearTimeout(conn.stall);
+      conn.stall = undefined;
+    } else if (!conn.stall) {
+      conn.stall = setTimeout(() => {
+        if (this.conn === conn && !this.draining) {
+          this.events.onError(new ProtocolError(`${conn.peer}: sent ${conn.parser.partialBytes()} bytes of a hand-over record and nothing more for ${PARTIAL_RECORD_MS} ms`));
+        }
+      }, PARTIAL_RECORD_MS);
+      conn.stall.unref();
+    }
+  }
+
   private receive(): void {
     const conn = this.conn;
     if (!conn) return;
@@ -129,6 +152,7 @@ export class Listener {
         for (const fd of r.fds) checkIsUffd(fd, conn.peer);
         const events = conn.parser.feed(r.data, r.fds, r.pid);
         for (const e of events) this.events.onEvent(e, conn.peer);
+        this.watchPartial(conn);
         if (r.data.length === 0) {
           this.closeConnection();
           return;
@@ -183,6 +207,7 @@ export class Listener {
 
   private closeConnection(): void {
     if (!this.conn) return;
+    clearTimeout(this.conn.stall);
     this.conn.watcher.stop();
     native.closeFd(this.conn.fd);
     if (this.conn.guardId !== undefined) this.acceptor?.releaseSocket(this.conn.guardId);

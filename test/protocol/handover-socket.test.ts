@@ -134,3 +134,19 @@ t.test('a uffd on which UFFDIO_API was never done is refused, not "restored" wit
   t.match(e.stderr, /^faultline: error: lazy-pages\.socket \(restorer pid \d+\): pid 1 is handed over with a uffd on which UFFDIO_API was never done/m);
   t.equal(child.signal, 'SIGKILL', 'the sender was stopped with the tree');
 });
+
+t.test('a restorer that stalls in the middle of a record is stopped, not waited on forever', async (t) => {
+  const dir = tempDir(t, 'stall');
+  const images = makeImages(dir, small());
+  const { exit } = await startDaemon(images, dir, [], 'faultline', { FAULTLINE_PARTIAL_RECORD_MS: '500' });
+  const fd = native.unixConnect(path.join(dir, 'lazy-pages.socket'));
+  const pid = Buffer.alloc(4);
+  pid.writeInt32LE(1);
+  native.unixSend(fd, pid, []); // the pid, and never the byte with its uffd
+  const started = Date.now();
+  const e = await exit;
+  native.closeFd(fd);
+  t.equal(e.code, 1);
+  t.match(e.stderr, /^faultline: error: lazy-pages\.socket \(restorer pid \d+\): sent 4 bytes of a hand-over record and nothing more for 500 ms/m);
+  t.ok(Date.now() - started < 5000, 'within a few seconds');
+});
