@@ -56,7 +56,7 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
   let x = SEED || 1;
   const next = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
   t.comment(`kill moments from seed ${SEED} (replay with FAULTLINE_KILL_SEED=${SEED})`);
-  const runs = 8;
+  const runs = 20;
   let stopped = 0;
   for (let i = 0; i < runs; i++) {
     // 0-400 ms after criu restore started: the hand-over of 3 processes, the fill of 288 MiB, or after

@@ -54,7 +54,7 @@ t.test('SIGKILL of the daemon at random moments: no process ever reads a zero pa
   const images = makeImages(dir, denseTree(PROCESSES, 64 * MiB));
   const next = rng(SEED);
   t.comment(`kill moments from seed ${SEED} (replay with FAULTLINE_KILL_SEED=${SEED})`);
-  const runs = 12;
+  const runs = 20;
   let killedRuns = 0;
   for (let i = 0; i < runs; i++) {
     // Half the runs in the first 10 ms (connect and hand-over), half in 0-250 ms (fill, faults, events).

@@ -57,7 +57,8 @@ t.test('between two network namespaces', { skip: netnsWhy && `network namespaces
     // asked again. That may happen to a few under load (the copy gate held by a preempted drain), but
     // a copy that gave up whenever a drain was waiting once tripled the remote restore's time.
     const s = r.daemon.summary!;
-    t.ok(s.pagesRequested >= s.lazyPages && s.pagesRequested <= s.lazyPages * 1.001, `pages asked of the page server: ${s.pagesRequested} for ${s.lazyPages} lazy pages (at most 0.1 % asked again; that regression asked 0.57 % again here)`);
+    // (0 asked again in most runs; 0.14 % once, on a machine busy with a build)
+    t.ok(s.pagesRequested >= s.lazyPages && s.pagesRequested <= s.lazyPages * 1.003, `pages asked of the page server: ${s.pagesRequested} for ${s.lazyPages} lazy pages (at most 0.3 % asked again; that regression asked 0.57 % again here)`);
   });
 
   t.test('over an emulated WAN link: 200 Mbit/s (tc tbf) and +2 ms each way (delay relay), one lane', async (t) => {
@@ -93,6 +94,32 @@ t.test('between two network namespaces', { skip: netnsWhy && `network namespaces
     );
     t.ok(killed, 'page server killed after RESTORE_FINISHED');
     assertStopped(t, r, /page server 10\.77\.0\.1:\d+.*(closed|ECONNRESET|EPIPE|unanswered)/);
+  });
+
+  t.test('the link goes down for 2 s mid-restore: with --recover-timeout-ms the restore completes, every page verified', async (t) => {
+    const im = images(t, 'linkdown', 32 * MiB);
+    const server = await startPageServer(im.full, { address: SRC_IP, wrap: SRC });
+    t.teardown(() => server.stop());
+    const link = (state: 'up' | 'down') => spawnSync('ip', ['-n', 'fl-src', 'link', 'set', 'fl-veth-src', state]);
+    t.teardown(() => void link('up'));
+    let downAt = 0;
+    const r = await runRestore(
+      remoteRun(im, {
+        daemonWrap: DST,
+        daemonArgs: ['--page-server', '--address', SRC_IP, '--port', String(server.port), '-v3', '--fill-chunk', '16', '--reply-timeout-ms', '700', '--recover-timeout-ms', '20000'],
+        target: { pattern: 'seq', fraction: 1, threads: 1 },
+        onDaemonStderr: (chunk) => {
+          if (downAt || !chunk.includes('restore finished')) return;
+          downAt = Date.now();
+          link('down');
+          setTimeout(() => link('up'), 2000);
+        },
+      }),
+    );
+    t.ok(downAt, 'the link went down after RESTORE_FINISHED, for 2 s');
+    assertRestored(t, r, 3);
+    t.match(r.daemon.stderr, /page server 10\.77\.0\.1:\d+: sent nothing for \d+ ms .*; reconnecting/, 'the silence was noticed');
+    t.match(r.daemon.stderr, /connection is back after \d+ ms; \d+ unanswered requests sent again/, 'and the connection came back');
   });
 });
 
