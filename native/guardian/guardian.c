@@ -172,33 +172,57 @@ static void release(struct proc *p)
 	p->live = 0;
 }
 
-/* One control message; 0 on EOF, -1 on error, 1 otherwise. Sets *type. */
-static int recv_one(int sock, uint32_t *type)
+/* One recvmsg with room for up to maxfds descriptors (SCM_RIGHTS) and the sender's credentials;
+ * recvmsg's result. *pid is the sender's pid (0 when no SCM_CREDENTIALS came). */
+static ssize_t recv_fds(int sock, void *buf, size_t len, int flags, int *fds, int maxfds, int *nfds, int *pid)
 {
-	uint32_t hdr[3];
 	union {
-		char space[CMSG_SPACE(sizeof(int) * 4)];
+		char space[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
 		struct cmsghdr align;
 	} control;
-	struct iovec iov = { hdr, sizeof hdr };
+	struct iovec iov = { buf, len };
 	struct msghdr msg = { 0 };
 	msg.msg_iov = &iov;
 	msg.msg_iovlen = 1;
 	msg.msg_control = control.space;
 	msg.msg_controllen = sizeof control.space;
-	ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	ssize_t n = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
+	*nfds = 0;
+	*pid = 0;
+	if (n < 0)
+		return n;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET)
+			continue;
+		if (c->cmsg_type == SCM_CREDENTIALS) {
+			struct ucred cred;
+			memcpy(&cred, CMSG_DATA(c), sizeof cred);
+			*pid = cred.pid;
+		} else if (c->cmsg_type == SCM_RIGHTS) {
+			int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (int i = 0; i < k; i++) {
+				int fd;
+				memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+				if (*nfds < maxfds)
+					fds[(*nfds)++] = fd;
+				else
+					close(fd); /* more than a message of ours carries: not kept */
+			}
+		}
+	}
+	return n;
+}
+
+/* One control message; 0 on EOF, -1 on error, 1 otherwise. Sets *type. */
+static int recv_one(int sock, uint32_t *type)
+{
+	uint32_t hdr[3];
+	int fds[4], nfds, pid;
+	ssize_t n = recv_fds(sock, hdr, sizeof hdr, 0, fds, 4, &nfds, &pid);
 	if (n == 0)
 		return 0;
 	if (n < 0) /* ECONNRESET: the daemon died with a CONN unread, as good as EOF */
 		return errno == EINTR ? 1 : errno == ECONNRESET ? 0 : -1;
-	int fds[4], nfds = 0;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (int i = 0; i < k && nfds < 4; i++)
-			memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-	}
 	*type = n == (ssize_t)sizeof hdr ? hdr[0] : 0;
 	struct proc *p;
 	switch (*type) {
@@ -386,32 +410,9 @@ static int drain_conn(int fd)
 	int taken = 0;
 	for (int round = 0; round < 65536; round++) {
 		char buf[4096];
-		union {
-			char space[CMSG_SPACE(sizeof(int) * 64) + CMSG_SPACE(sizeof(struct ucred))];
-			struct cmsghdr align;
-		} control;
-		struct iovec iov = { buf, sizeof buf };
-		struct msghdr msg = { 0 };
-		msg.msg_iov = &iov;
-		msg.msg_iovlen = 1;
-		msg.msg_control = control.space;
-		msg.msg_controllen = sizeof control.space;
-		if (recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+		int pid, fds[64], nfds;
+		if (recv_fds(fd, buf, sizeof buf, MSG_DONTWAIT, fds, 64, &nfds, &pid) <= 0)
 			break; /* EOF (shut for reading: nothing more can come), or an error */
-		int pid = 0, fds[64], nfds = 0;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-			if (c->cmsg_level != SOL_SOCKET)
-				continue;
-			if (c->cmsg_type == SCM_CREDENTIALS) {
-				struct ucred cred;
-				memcpy(&cred, CMSG_DATA(c), sizeof cred);
-				pid = cred.pid;
-			} else if (c->cmsg_type == SCM_RIGHTS) {
-				int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-				for (int i = 0; i < k && nfds < 64; i++)
-					memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			}
-		}
 		for (int i = 0; i < nfds; i++) {
 			struct proc *p = add();
 			if (!p) {

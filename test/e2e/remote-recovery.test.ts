@@ -3,9 +3,9 @@
 // daemon dials again, sends what was left unanswered, and the restore completes byte-exact.
 import t, { type Test } from 'tap';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { runRestore, startPageServer, type PageServerProcess, type RestoreRunOptions } from '../../src/target/run';
+import { freePort } from '../helpers/criu-restore';
 import { BASE, MiB, assertRestored, assertStopped, makeImages, tempDir } from '../helpers/restore';
 
 /** Three 32 MiB processes; the restoring side has no pages files, so every page crosses the link. */
@@ -24,15 +24,6 @@ function images(t: Test, name: string): { full: string; local: string; dir: stri
   return { full, local, dir };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 /** A restore whose page server meets `trouble` once the daemon logs RESTORE_FINISHED. */
 async function troubled(t: Test, name: string, daemonArgs: string[], trouble: (server: PageServerProcess, port: number, images: string) => void | Promise<void>) {

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { ROOT, runRestore, startPageServer, type RestoreRunOptions } from '../../src/target/run';
+import { freePort } from '../helpers/criu-restore';
 import { BASE, MiB, assertRestored, assertStopped, makeImages, tempDir } from '../helpers/restore';
 
 const NETNS = path.join(ROOT, 'scripts/netns.sh');
@@ -215,12 +216,3 @@ t.test('mutual TLS between daemon and page server', async (t) => {
   t.match((await plain.exit).stderr, /the client speaks TLS \(its first bytes are a TLS handshake\): start this page server with --tls too/);
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
