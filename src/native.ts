@@ -39,12 +39,12 @@ export interface NativeCore {
   FdWatcher: new (fd: number, onReady: (status: number) => void) => { stop(): void };
 
   unixListen(path: string, backlog: number): number;
-  unixAccept(fd: number): { fd: number; pid: number; uid: number } | null;
+  unixAccept(fd: number): { fd: number; pid: number; uid: number; gid: number } | null;
   /** An exclusive flock on path (created 0600); throws (code EWOULDBLOCK) when another process holds it. */
   lockFile(path: string): number;
   /** fcntl(F_GETFL) & O_ACCMODE; throws EBADF for a closed fd. */
   fdAccessMode(fd: number): number;
-  unixPeer(fd: number): { fd: number; pid: number; uid: number };
+  unixPeer(fd: number): { fd: number; pid: number; uid: number; gid: number };
   /** guard: every fd received reaches the guardian (setGuardian) before it leaves the socket. */
   unixRecv(fd: number, maxBytes: number, guard?: boolean): RecvResult | null;
   unixConnect(path: string): number;

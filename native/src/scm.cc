@@ -67,10 +67,11 @@ static Napi::Object PeerCred(Napi::Env env, int fd) {
   r.Set("fd", fd);
   r.Set("pid", (int)cred.pid);
   r.Set("uid", (double)cred.uid);
+  r.Set("gid", (double)cred.gid);
   return r;
 }
 
-// unixAccept(fd) -> { fd, pid, uid } of the peer, or null when no connection is pending.
+// unixAccept(fd) -> { fd, pid, uid, gid } of the peer, or null when no connection is pending.
 static Napi::Value Accept(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int fd = accept4(ArgInt(info, 0), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -82,7 +83,7 @@ static Napi::Value Accept(const Napi::CallbackInfo &info) {
   return PeerCred(env, fd);
 }
 
-// unixPeer(fd) -> { fd, pid, uid }: a connection accepted elsewhere (by the guardian), made ready to
+// unixPeer(fd) -> { fd, pid, uid, gid }: a connection accepted elsewhere (by the guardian), made ready to
 // read as one from unixAccept is.
 static Napi::Value Peer(const Napi::CallbackInfo &info) {
   if (!CheckArgs(info, 1, "unixPeer")) return info.Env().Undefined();

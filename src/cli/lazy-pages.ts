@@ -5,6 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LazyPagesDaemon, FailStop } from '../engine/daemon';
 import { Guardian } from '../engine/guardian';
+import { resolveGroup } from '../engine/listener';
 import { formatSummary } from '../engine/summary';
 import { native } from '../native';
 import { MAX_COPY_PAGES } from '../worker/tuning';
@@ -46,6 +47,7 @@ export interface LazyPagesFlags extends CommonFlags {
   requestOrder?: string;
   /** commander's --no-guardian */
   guardian?: boolean;
+  socketGroup?: string;
 }
 
 /**
@@ -175,6 +177,12 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const faultAround = boundedInt(flags.faultAround, '--fault-around', MAX_COPY_PAGES);
   const fillChunk = boundedInt(flags.fillChunk, '--fill-chunk', MAX_COPY_PAGES);
   const pidfile = pidfilePath(flags.pidfile, workDir);
+  let socketGid: number | undefined;
+  try {
+    socketGid = flags.socketGroup === undefined ? undefined : resolveGroup(flags.socketGroup);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
   const nice = parseNice(flags.nice);
   const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
   const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;
@@ -196,6 +204,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     remote,
     fillNice,
     guardian,
+    socketGid,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),

@@ -73,6 +73,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--connect-timeout-ms <ms>', 'keep retrying a page server that is not up yet this long (default 10000)')
     .option('--reply-timeout-ms <ms>', 'a page server connection with requests outstanding that sends nothing this long is lost (default 30000; 0: never)')
     .option('--recover-timeout-ms <ms>', 'dial a lost page server connection again this long and resend what it left unanswered, instead of stopping the tree at once (default 0)')
+    .option('--socket-group <group>', 'lazy-pages.socket is 0660 with this group (name or gid), whose members may hand over too (default: 0600, root and our user only)')
     .option('--no-guardian', 'unsafe: no guardian process (a daemon killed outright then leaves the tree reading zeros)')
     .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;

@@ -26,6 +26,8 @@ import { createBoards } from '../worker/fill-board';
 export interface DaemonOptions {
   imagesDir: string;
   workDir: string;
+  /** --socket-group: lazy-pages.socket 0660 with this gid, whose members may hand over. */
+  socketGid?: number;
   workers: number;
   tuning?: Partial<Tuning>;
   ringCapacity?: number;
@@ -144,7 +146,7 @@ export class LazyPagesDaemon {
       onEvent: (e, peer) => this.onHandover(e, peer),
       onError: (e) => this.failStop(e.message),
       onRefused: (pid, why) => this.log.warn({ peerPid: pid }, `refused a connection on lazy-pages.socket: ${why}`),
-    }, this.opts.guardian, lock);
+    }, this.opts.guardian, lock, opts.socketGid);
     this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
   }
 

@@ -70,9 +70,16 @@ export class Listener {
     private readonly acceptor?: Acceptor,
     /** From lockWorkDir: closed last, after the socket file is gone. */
     private readonly lockFd = -1,
+    /** --socket-group: the socket is 0660 with this group, whose members may hand over too. */
+    private readonly socketGid?: number,
   ) {
     this.socketPath = path.resolve(workDir, SOCKET_NAME);
     this.fd = native.unixListen(this.socketPath, 10);
+    if (socketGid !== undefined) {
+      // widened only after bind made it 0600: never open to more than root, us and this group
+      fs.chownSync(this.socketPath, -1, socketGid);
+      fs.chmodSync(this.socketPath, 0o660);
+    }
     if (acceptor) {
       acceptor.hold(this.fd);
       acceptor.onConnection(
@@ -94,14 +101,15 @@ export class Listener {
     }
   }
 
-  private take(c: { fd: number; pid: number; uid: number }, guardId?: number): void {
-    // Only root or our own user may hand over: a uffd from anyone else would be sent the
-    // checkpoint's memory (the socket is 0600 as well; this holds even if someone widened it).
+  private take(c: { fd: number; pid: number; uid: number; gid: number }, guardId?: number): void {
+    // Only root, our own user or --socket-group may hand over: a uffd from anyone else would be sent
+    // the checkpoint's memory (the socket's mode says so too; this holds even if someone widened it).
     const ours = process.geteuid?.() ?? 0;
-    if (c.uid !== 0 && c.uid !== ours) {
+    if (c.uid !== 0 && c.uid !== ours && !(this.socketGid !== undefined && inGroup(c.pid, c.gid, this.socketGid))) {
       native.closeFd(c.fd);
       if (guardId !== undefined) this.acceptor?.releaseSocket(guardId);
-      this.events.onRefused(c.pid, `its user (uid ${c.uid}) is neither root nor the daemon's (uid ${ours})`);
+      const group = this.socketGid !== undefined ? `, nor in --socket-group (gid ${this.socketGid})` : '';
+      this.events.onRefused(c.pid, `its user (uid ${c.uid}) is neither root nor the daemon's (uid ${ours})${group}`);
       return;
     }
     if (this.accepted || this.closed) {
@@ -285,4 +293,29 @@ export function uffdInitialized(fd: number): boolean {
   if (!kernelMarksInitialized) return true;
   const features = fdinfoFeatures(fd);
   return features === undefined || (features & UFFD_FEATURE_INITIALIZED) !== 0;
+}
+
+/** The peer's primary group (SO_PEERCRED) or one of its supplementary groups (/proc/PID/status). */
+function inGroup(pid: number, gid: number, group: number): boolean {
+  if (gid === group) return true;
+  try {
+    const m = /^Groups:\s*(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return !!m && m[1]!.split(/\s+/).filter(Boolean).map(Number).includes(group);
+  } catch {
+    return false;
+  }
+}
+
+/** --socket-group: a group name from /etc/group, or a number. Throws a coded error naming it. */
+export function resolveGroup(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let text = '';
+  try {
+    text = fs.readFileSync('/etc/group', 'utf8');
+  } catch {
+    /* no group database: only numbers */
+  }
+  const line = text.split('\n').find((l) => l.split(':')[0] === group);
+  if (!line) throw Object.assign(new Error(`--socket-group ${group}: no such group in /etc/group`), { code: 'EUSAGE' });
+  return Number(line.split(':')[2]);
 }

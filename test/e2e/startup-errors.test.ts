@@ -106,3 +106,26 @@ t.test('lazy-pages.socket is 0600 under umask 000, and a peer of another user is
 });
 
 
+
+t.test('--socket-group: the socket is 0660 with that group, whose members may hand over; others cannot connect', { skip: setpriv ? false : 'setpriv (util-linux) is not installed: cannot connect as another user' }, async (t) => {
+  const dir = tempDir(t, 'group');
+  fs.chmodSync(dir, 0o755);
+  const images = makeImages(dir, denseTree(1, 16 * MiB));
+  const bad = lazyPages(['-D', images, '-W', dir, '--socket-group', 'no-such-group-here']);
+  t.equal(bad.status, 2);
+  t.match(bad.stderr.trim(), /^faultline: error: --socket-group no-such-group-here: no such group in \/etc\/group$/);
+  const d = await startDaemon(images, dir, ['--socket-group', '65534']);
+  const sock = path.join(dir, 'lazy-pages.socket');
+  const st = fs.statSync(sock);
+  t.equal(st.mode & 0o777, 0o660, 'mode 0660');
+  t.equal(st.gid, 65534, 'group 65534');
+  const connectAs = (gid: number) =>
+    spawnSync('setpriv', ['--reuid=65534', `--regid=${gid}`, '--clear-groups', process.execPath, '-e', `const c = require('net').createConnection(${JSON.stringify(sock)}); c.on('connect', () => { console.log('connected'); c.end(); }); c.on('close', () => process.exit(0)); c.on('error', (e) => { console.log(e.code); process.exit(0); });`], { encoding: 'utf8', timeout: 10_000 });
+  t.match(connectAs(12345).stdout, /EACCES/, 'uid 65534 outside the group: EACCES');
+  // in the group: taken as the restorer (it then hangs up without handing over: a protocol error)
+  t.match(connectAs(65534).stdout, /connected/, 'uid 65534 in group 65534: connected');
+  const e = await d.exit;
+  t.equal(e.code, 1);
+  t.match(e.stderr, /lazy-pages\.socket \(restorer pid \d+\): connection closed before RESTORE_FINISHED/, 'and served as the restorer, not refused');
+  t.notMatch(e.stderr, /refused a connection/);
+});
