@@ -92,6 +92,15 @@ async function main(argv: string[]): Promise<number> {
       code = await pageServer(flags);
     });
   program
+    .command('inspect')
+    .description('what a checkpoint holds for a lazy restore: processes, VMAs, lazy / eager / parent / hole pages, the parent chain, page image sizes')
+    .option('-D, --images-dir <dir>', 'directory with the checkpoint images', '.')
+    .option('--json', 'print the report as JSON')
+    .action(async (flags: { imagesDir: string; json?: boolean }) => {
+      const { inspectCommand } = await import('./inspect');
+      code = inspectCommand(flags);
+    });
+  program
     .command('demo')
     .description('generate a sample checkpoint (3 processes, 256 MiB), restore it lazily and verify every page')
     .option('--dir <dir>', 'keep the images and logs here (default: a temporary directory, removed afterwards)')
