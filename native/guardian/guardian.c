@@ -486,10 +486,27 @@ static void fail_stop(const char *why)
 	int max = 4096 + (int)nprocs;
 	int *killed = calloc(max, sizeof(int));
 	int nkilled = 0;
-	/* the ranges first: once a process is dead its smaps is gone */
+	/* Stopped first: a stopped process can neither fork again nor exit and leave its forked
+	 * children (uffd known, pid not) to be reparented out of reach of the descendant scan below. */
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (!p->live || p->host_pid <= 0)
+			continue;
+		if (p->pidfd >= 0)
+			syscall(SYS_pidfd_send_signal, p->pidfd, SIGSTOP, NULL, 0);
+		else
+			kill(p->host_pid, SIGSTOP);
+	}
+	/* the ranges next: once a process is dead its smaps is gone */
 	for (size_t i = 0; i < nprocs; i++)
 		if (procs[i].live && procs[i].host_pid > 0)
 			read_ranges(&procs[i]);
+	/* their descendants while they are stopped (so still their parents), then them */
+	for (size_t i = 0; i < nprocs; i++)
+		if (procs[i].live && procs[i].host_pid > 0 && killed && nkilled < max)
+			killed[nkilled++] = procs[i].host_pid;
+	if (killed)
+		nkilled = kill_descendants(killed, nkilled, max);
 	for (size_t i = 0; i < nprocs; i++) {
 		struct proc *p = &procs[i];
 		if (!p->live || p->host_pid <= 0)
@@ -498,11 +515,7 @@ static void fail_stop(const char *why)
 			syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0);
 		else
 			kill(p->host_pid, SIGKILL);
-		if (killed && nkilled < max)
-			killed[nkilled++] = p->host_pid;
 	}
-	if (killed)
-		nkilled = kill_descendants(killed, nkilled, max);
 	size_t named = nprocs;
 	for (size_t i = 0; i < named; i++)
 		if (procs[i].live && procs[i].uffd >= 0)

@@ -1,5 +1,6 @@
 // The restored tree as the main thread knows it: which uffd belongs to which process and shard, and
 // how to reach the process (pidfd) when it must be stopped.
+import * as fs from 'node:fs';
 import { native } from '../native';
 
 export interface TrackedProcess {
@@ -59,22 +60,25 @@ export class ProcessTree {
    * not a restore anyone wants to keep running. Returns how many were signalled.
    */
   killAll(): number {
-    let n = 0;
-    for (const p of [...this.byUffd.values(), ...this.finished]) {
-      if (p.pidfd < 0) continue;
-      this.kill(p);
-      n++;
+    const known = [...this.byUffd.values(), ...this.finished].filter((p) => p.pidfd >= 0);
+    // A child forked after the hand-over has a uffd here but no pid. It is found as a descendant,
+    // with the known processes stopped first: a stopped process can neither fork again nor exit
+    // and leave its children to be reparented (out of reach) while they are looked for.
+    for (const p of known) signalPidfd(p.pidfd, SIGSTOP);
+    const descendants = descendantsOf(known.map((p) => p.hostPid).filter((pid) => pid > 0));
+    for (const pid of descendants) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
     }
-    return n;
+    for (const p of known) this.kill(p);
+    return known.length + descendants.length;
   }
 
   kill(p: TrackedProcess): void {
-    if (p.pidfd < 0) return;
-    try {
-      native.pidfdSendSignal(p.pidfd, 9);
-    } catch {
-      // exited meanwhile
-    }
+    if (p.pidfd >= 0) signalPidfd(p.pidfd, SIGKILL);
   }
 
   closePidfds(): void {
@@ -88,3 +92,56 @@ export class ProcessTree {
     return [...this.byUffd.keys()];
   }
 }
+
+const SIGKILL = 9;
+const SIGSTOP = 19;
+
+function signalPidfd(pidfd: number, sig: number): void {
+  try {
+    native.pidfdSendSignal(pidfd, sig);
+  } catch {
+    // exited meanwhile
+  }
+}
+
+/** Parent pid of every process now, from /proc/PID/stat (field 4, after the parenthesised name). */
+function parents(): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      out.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/**
+ * Every descendant of `roots`, looked for a few times over a few ms: a fork already under way when
+ * its parent was stopped completes (its FORK event read by the drain) and its child appears late.
+ */
+export function descendantsOf(roots: number[]): number[] {
+  const found = new Set<number>();
+  for (let round = 0; round < 3; round++) {
+    const ppid = parents();
+    const tree = new Set(roots);
+    let grew = true;
+    while (grew) {
+      grew = false;
+      for (const [pid, parent] of ppid) {
+        if (!tree.has(pid) && tree.has(parent)) {
+          tree.add(pid);
+          grew = true;
+        }
+      }
+    }
+    for (const pid of tree) if (!roots.includes(pid)) found.add(pid);
+    if (round < 2) Atomics.wait(PAUSE, 0, 0, 2);
+  }
+  return [...found];
+}
+
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));

@@ -81,7 +81,13 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
   // The same kill without the guardian: the hole it closes (criu lazy-pages has it too).
   // Killed once criu restore is done, with one worker and one-page fill copies, so that much of the
   // tree is still missing whatever the machine's speed.
-  const { results } = await killedRestore('unguarded', 0, ['--no-guardian', '--workers', '1', '--fill-chunk', '1'], true);
+  const { results, leftRunning } = await killedRestore('unguarded', 0, ['--no-guardian', '--workers', '1', '--fill-chunk', '1'], true);
   const wrong = results.reduce((n, r) => n + r.mismatches, 0);
-  t.ok(wrong > 0, `--no-guardian: the tree ran on and read ${wrong} wrong words after the daemon was killed (${results.length} of ${d.procs} reported)`);
+  // Each process either reports the zeros it read as wrong words, or dies of them first (a zero
+  // where its code expects a pointer: SIGSEGV) or hangs: nobody killed it, so a missing report is
+  // the hole too.
+  t.ok(
+    wrong > 0 || results.length < d.procs,
+    `--no-guardian: the tree ran on after the daemon was killed: ${wrong} wrong words read; ${d.procs - results.length} of ${d.procs} processes never reported (${leftRunning.length} still running)`,
+  );
 });
