@@ -481,6 +481,20 @@ static uint64_t poison_range(int uffd, uint64_t start, uint64_t end)
 	return poisoned;
 }
 
+/* Signals every process the guardian can name (through its pidfd where it has one). */
+static void signal_named(int sig)
+{
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (!p->live || p->host_pid <= 0)
+			continue;
+		if (p->pidfd >= 0)
+			syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0);
+		else
+			kill(p->host_pid, sig);
+	}
+}
+
 static void fail_stop(const char *why)
 {
 	int max = 4096 + (int)nprocs;
@@ -488,15 +502,7 @@ static void fail_stop(const char *why)
 	int nkilled = 0;
 	/* Stopped first: a stopped process can neither fork again nor exit and leave its forked
 	 * children (uffd known, pid not) to be reparented out of reach of the descendant scan below. */
-	for (size_t i = 0; i < nprocs; i++) {
-		struct proc *p = &procs[i];
-		if (!p->live || p->host_pid <= 0)
-			continue;
-		if (p->pidfd >= 0)
-			syscall(SYS_pidfd_send_signal, p->pidfd, SIGSTOP, NULL, 0);
-		else
-			kill(p->host_pid, SIGSTOP);
-	}
+	signal_named(SIGSTOP);
 	/* the ranges next: once a process is dead its smaps is gone */
 	for (size_t i = 0; i < nprocs; i++)
 		if (procs[i].live && procs[i].host_pid > 0)
@@ -507,15 +513,7 @@ static void fail_stop(const char *why)
 			killed[nkilled++] = procs[i].host_pid;
 	if (killed)
 		nkilled = kill_descendants(killed, nkilled, max);
-	for (size_t i = 0; i < nprocs; i++) {
-		struct proc *p = &procs[i];
-		if (!p->live || p->host_pid <= 0)
-			continue;
-		if (p->pidfd >= 0)
-			syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0);
-		else
-			kill(p->host_pid, SIGKILL);
-	}
+	signal_named(SIGKILL);
 	size_t named = nprocs;
 	for (size_t i = 0; i < named; i++)
 		if (procs[i].live && procs[i].uffd >= 0)
