@@ -173,7 +173,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const workDir = workDirOf(flags);
   const statusFd = parseStatusFd(flags.statusFd);
   const format = parseLogFormat(flags.logFormat);
-  const workers = boundedInt(flags.workers, '--workers', MAX_WORKERS) ?? Math.max(1, Math.min(os.availableParallelism(), 16));
+  const workers = boundedInt(flags.workers, '--workers', maxWorkers(), `4 × this machine's ${os.availableParallelism()} CPUs, at least 8`) ?? Math.max(1, Math.min(os.availableParallelism(), 16));
   const faultAround = boundedInt(flags.faultAround, '--fault-around', MAX_COPY_PAGES);
   const fillChunk = boundedInt(flags.fillChunk, '--fill-chunk', MAX_COPY_PAGES);
   const pidfile = pidfilePath(flags.pidfile, workDir);
@@ -284,14 +284,16 @@ function requestOrder(v: string | undefined): 'priority' | 'fifo' {
 }
 
 /**
- * More workers than this only cost memory (≈ 50 MiB each) and start-up time: the fill is bounded by
- * the kernel's copy and the faults by the CPUs.
+ * More workers than a few per CPU only cost memory (≈ 50 MiB each) and start-up time: the fill is
+ * bounded by the kernel's copy and the faults by the CPUs.
  */
-export const MAX_WORKERS = 64;
+export function maxWorkers(): number {
+  return Math.max(8, 4 * os.availableParallelism());
+}
 
-function boundedInt(v: string | undefined, flag: string, max: number): number | undefined {
+function boundedInt(v: string | undefined, flag: string, max: number, why?: string): number | undefined {
   const n = positiveInt(v, flag);
-  if (n !== undefined && n > max) throw new UsageError(`${flag} must be at most ${max}, got '${v}'`);
+  if (n !== undefined && n > max) throw new UsageError(`${flag} must be at most ${max}${why ? ` (${why})` : ''}, got '${v}'`);
   return n;
 }
 

@@ -21,7 +21,7 @@ t.test('a flag or path the daemon cannot use: one line naming it, a non-zero exi
   const cases: [string, string[], number, RegExp][] = [
     ['-W missing', ['-W', path.join(dir, 'missing')], 2, /-W .*missing: .*missing does not exist \(ENOENT\)/],
     ['-W a file', ['-W', file], 2, /-W .*a-file: .* is not a directory/],
-    ['--workers 1000', ['--workers', '1000'], 2, /--workers must be at most 64, got '1000'/],
+    ['--workers 1000', ['--workers', '1000'], 2, /--workers must be at most \d+ \(4 × this machine's \d+ CPUs, at least 8\), got '1000'/],
     ['--verbosity abc', ['--verbosity=abc'], 2, /verbosity/],
     ['--fill-chunk 8192', ['--fill-chunk', '8192'], 2, /--fill-chunk must be at most 2048, got '8192'/],
     ['--fault-around 0', ['--fault-around', '0'], 2, /--fault-around must be a positive integer, got '0'/],
