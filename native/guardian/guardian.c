@@ -429,34 +429,6 @@ static int drain_conn(int fd)
 	return taken;
 }
 
-/*
- * The hand-overs the daemon never read. A restorer still in the listening socket's backlog is
- * accepted too, the listening socket is closed so that no later restorer connects, and every
- * connection is shut for reading, so that the restorer's next send fails (criu then aborts the
- * restore) while what is queued stays readable.
- */
-static int take_handovers(void)
-{
-	for (int i = nsocks - 1; i >= 0; i--) {
-		if (!socks[i].listening)
-			continue;
-		int c;
-		while (nsocks < MAX_SOCKS && (c = accept4(socks[i].fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-			socks[nsocks].id = next_own_id++;
-			socks[nsocks].fd = c;
-			socks[nsocks].listening = 0;
-			nsocks++;
-		}
-		drop_sock(i);
-	}
-	int taken = 0;
-	for (int i = 0; i < nsocks; i++) {
-		shutdown(socks[i].fd, SHUT_RD);
-		taken += drain_conn(socks[i].fd);
-	}
-	return taken;
-}
-
 static uint64_t poison_range(int uffd, uint64_t start, uint64_t end)
 {
 	uint64_t poisoned = 0;
@@ -598,6 +570,26 @@ static void accept_pending(int sock)
 	}
 }
 
+/*
+ * The hand-overs the daemon never read. A restorer still in the listening socket's backlog is
+ * accepted too, the listening socket is closed so that no later restorer connects, and every
+ * connection is shut for reading, so that the restorer's next send fails (criu then aborts the
+ * restore) while what is queued stays readable.
+ */
+static int take_handovers(int sock)
+{
+	accept_pending(sock); /* its CONN to the dead daemon just fails */
+	for (int i = nsocks - 1; i >= 0; i--)
+		if (socks[i].listening)
+			drop_sock(i);
+	int taken = 0;
+	for (int i = 0; i < nsocks; i++) {
+		shutdown(socks[i].fd, SHUT_RD);
+		taken += drain_conn(socks[i].fd);
+	}
+	return taken;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 3 && argc != 4) {
@@ -640,7 +632,7 @@ int main(int argc, char **argv)
 		char why[192];
 		snprintf(why, sizeof why, "the daemon (pid %d) ended without finishing the restore%s", daemon_pid,
 			 r < 0 ? " (its control messages stopped making sense)" : "");
-		int unread = take_handovers();
+		int unread = take_handovers(sock);
 		if (nprocs == 0) {
 			/* nothing was handed over: nothing to protect */
 			return 0;

@@ -5,7 +5,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LazyPagesDaemon, FailStop } from '../engine/daemon';
 import { Guardian } from '../engine/guardian';
-import { resolveGroup } from '../engine/listener';
 import { formatSummary } from '../engine/summary';
 import { native } from '../native';
 import { MAX_COPY_PAGES } from '../worker/tuning';
@@ -104,6 +103,20 @@ function ownsOtherEnd(fd: number, target: string): boolean {
   });
 }
 
+/** --socket-group: a group name from /etc/group, or a number. */
+function resolveGroup(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let text = '';
+  try {
+    text = fs.readFileSync('/etc/group', 'utf8');
+  } catch {
+    /* no group database: only numbers */
+  }
+  const line = text.split('\n').find((l) => l.split(':')[0] === group);
+  if (!line) throw new UsageError(`--socket-group ${group}: no such group in /etc/group`);
+  return Number(line.split(':')[2]);
+}
+
 /** criu's --status-fd: checked to be an open, writable descriptor before anything starts. */
 export function parseStatusFd(v: string | undefined): number {
   if (v === undefined) return -1;
@@ -113,7 +126,6 @@ export function parseStatusFd(v: string | undefined): number {
   if (isDaemonChild()) return fd;
   let flags = -1;
   try {
-    fs.fstatSync(fd);
     flags = native.fdAccessMode(fd);
   } catch {
     throw new UsageError(`--status-fd ${v}: not an open file descriptor`);
@@ -177,12 +189,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const faultAround = boundedInt(flags.faultAround, '--fault-around', MAX_COPY_PAGES);
   const fillChunk = boundedInt(flags.fillChunk, '--fill-chunk', MAX_COPY_PAGES);
   const pidfile = pidfilePath(flags.pidfile, workDir);
-  let socketGid: number | undefined;
-  try {
-    socketGid = flags.socketGroup === undefined ? undefined : resolveGroup(flags.socketGroup);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const socketGid = flags.socketGroup === undefined ? undefined : resolveGroup(flags.socketGroup);
   const nice = parseNice(flags.nice);
   const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
   const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;

@@ -305,17 +305,3 @@ function inGroup(pid: number, gid: number, group: number): boolean {
     return false;
   }
 }
-
-/** --socket-group: a group name from /etc/group, or a number. Throws a coded error naming it. */
-export function resolveGroup(group: string): number {
-  if (/^\d+$/.test(group)) return Number(group);
-  let text = '';
-  try {
-    text = fs.readFileSync('/etc/group', 'utf8');
-  } catch {
-    /* no group database: only numbers */
-  }
-  const line = text.split('\n').find((l) => l.split(':')[0] === group);
-  if (!line) throw Object.assign(new Error(`--socket-group ${group}: no such group in /etc/group`), { code: 'EUSAGE' });
-  return Number(line.split(':')[2]);
-}

@@ -7,12 +7,12 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuSkip } from '../helpers/criu';
+import { killMoments } from '../helpers/restore';
 import { clearResults, dumpWorkload, killUnder, processesUnder, within } from '../helpers/criu-restore';
 import { criuRestoreLazy, startLazyDaemon } from '../../src/criu/run';
 import { readResults, signalTree } from '../../src/criu/workload';
 
 const skip = criuSkip();
-const SEED = Number(process.env.FAULTLINE_KILL_SEED ?? Date.now() % 100000);
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -53,9 +53,7 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
     return { exit, log: log(), results, leftRunning, restoreFailed: restore instanceof Error };
   };
 
-  let x = SEED || 1;
-  const next = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-  t.comment(`kill moments from seed ${SEED} (replay with FAULTLINE_KILL_SEED=${SEED})`);
+  const next = killMoments(t);
   const runs = 20;
   let stopped = 0;
   for (let i = 0; i < runs; i++) {

@@ -5,22 +5,9 @@ import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { runRestore, type RestoreResult } from '../../src/target/run';
-import { MiB, denseTree, makeImages, stopOutcome as outcome, tempDir } from '../helpers/restore';
+import { MiB, denseTree, killMoments, makeImages, stopOutcome as outcome, tempDir } from '../helpers/restore';
 
 const PROCESSES = 3;
-// Deterministic but different moments per run; the seed is printed so a failure can be replayed.
-const SEED = Number(process.env.FAULTLINE_KILL_SEED ?? Date.now() % 100000);
-
-function rng(seed: number): () => number {
-  let x = seed * 2654435761 + 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return ((x >>> 0) % 1_000_000) / 1_000_000;
-  };
-}
-
 /**
  * Kills the daemon `killAfterMs` after the target's start: before the restorer connected, while uffds
  * are still in the hand-over socket's buffer (the guardian holds the socket and takes them), during
@@ -52,8 +39,7 @@ async function killedRestore(t: Test, images: string, dir: string, name: string,
 t.test('SIGKILL of the daemon at random moments: no process ever reads a zero page', async (t) => {
   const dir = tempDir(t, 'guardian');
   const images = makeImages(dir, denseTree(PROCESSES, 64 * MiB));
-  const next = rng(SEED);
-  t.comment(`kill moments from seed ${SEED} (replay with FAULTLINE_KILL_SEED=${SEED})`);
+  const next = killMoments(t);
   const runs = 20;
   let killedRuns = 0;
   for (let i = 0; i < runs; i++) {

@@ -5,7 +5,7 @@
 import t from 'tap';
 import * as path from 'node:path';
 import { runRestore } from '../../src/target/run';
-import { MiB, denseTree, makeImages, stopOutcome, tempDir } from '../helpers/restore';
+import { MiB, denseTree, killMoments, makeImages, stopOutcome, tempDir } from '../helpers/restore';
 
 const SIGNALS: NodeJS.Signals[] = ['SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGALRM'];
 
@@ -39,10 +39,7 @@ t.test('SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM mid-restore: fail-stop, never
 t.test('SIGTERM at random moments while forks, mremaps and DONTNEEDs are in flight: never zeros', async (t) => {
   const dir = tempDir(t, 'events-stop');
   const images = makeImages(dir, denseTree(2, 32 * MiB));
-  const seed = Number(process.env.FAULTLINE_KILL_SEED ?? Date.now() % 100000);
-  let x = seed || 1;
-  const next = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-  t.comment(`stop moments from seed ${seed} (replay with FAULTLINE_KILL_SEED=${seed})`);
+  const next = killMoments(t, 'stop moments');
   let stopped = 0;
   for (let i = 0; i < 8; i++) {
     // the hand-over takes ~20 ms from the target's start, the script's events the next ~150 ms

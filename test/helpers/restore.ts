@@ -110,3 +110,14 @@ export function stopOutcome(r: RestoreResult): { mismatches: number; killed: num
   for (const p of reports) if (p.verified !== p.pages && p.mismatches === 0) unexplained.push(`pid ${p.pid}: ${p.verified} of ${p.pages} pages verified`);
   return { mismatches, killed, complete, unexplained };
 }
+
+/**
+ * Random moments for the kill tests, deterministic per seed (FAULTLINE_KILL_SEED, else the clock),
+ * the seed printed so that a failing run can be replayed. Returns a generator of values in [0, 1).
+ */
+export function killMoments(t: Test, what = 'kill moments'): () => number {
+  const seed = Number(process.env.FAULTLINE_KILL_SEED ?? Date.now() % 100000);
+  t.comment(`${what} from seed ${seed} (replay with FAULTLINE_KILL_SEED=${seed})`);
+  let x = seed || 1;
+  return () => (x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+}
