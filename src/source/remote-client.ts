@@ -156,8 +156,9 @@ export class PageServerClient {
     const lane: Lane = { name, socket, parser: new ReplyParser(this.peer), sent: [], fillsOnWire: 0, heard: Date.now(), dead: false, replied: false };
     socket.on('data', (chunk: Buffer) => this.onData(lane, chunk));
     socket.on('error', (e: NodeJS.ErrnoException) => {
-      // A TLS server resets a plain client's first request without a word (no alert): say so.
-      const hint = !this.opts.tls && !lane.replied && e.code === 'ECONNRESET' ? ' before any reply (does the page server run with --tls? then lazy-pages needs --tls too)' : '';
+      // A TLS server drops a plain client's first request without a word (no alert): by a reset, or
+      // by a FIN that the next write meets as EPIPE ("ended by the other party"). Say so.
+      const hint = (e.code === 'ECONNRESET' || e.code === 'EPIPE') ? this.tlsHint(lane) : '';
       this.lost(lane, `${name} connection: ${e.message}${hint}`);
     });
     socket.on('close', () => {
@@ -170,9 +171,13 @@ export class PageServerClient {
       } catch (e) {
         left = ` (${(e as Error).message.replace(/^page-server peer \S+: /, '')})`;
       }
-      this.lost(lane, `closed the ${name} connection before the restore completed${left}`);
+      this.lost(lane, `closed the ${name} connection before the restore completed${left}${this.tlsHint(lane)}`);
     });
     return lane;
+  }
+
+  private tlsHint(lane: Lane): string {
+    return !this.opts.tls && !lane.replied ? ' before any reply (does the page server run with --tls? then lazy-pages needs --tls too)' : '';
   }
 
   /** A connection is gone (or silent): dial again within --recover-timeout-ms, or fail-stop. */

@@ -200,7 +200,7 @@ t.test('mutual TLS between daemon and page server', async (t) => {
   const refused = await runRestore(remoteRun(im, { workDir: path.join(im.dir, 'w2'), daemonArgs: ['--page-server', '--port', String(server.port), '--connect-timeout-ms', '500'] })).catch((e: Error) => e);
   t.ok(refused instanceof Error || refused.daemon.code !== 0, 'a plain-TCP client gets nothing from a TLS server');
   const said = refused instanceof Error ? refused.message : refused.daemon.stderr;
-  t.match(said, new RegExp(`page server 127\\.0\\.0\\.1:${server.port}: (answered with a TLS record: it runs with --tls|.*ECONNRESET before any reply \\(does the page server run with --tls\\? then lazy-pages needs --tls too\\))`), 'the plain client points at TLS');
+  t.match(said, new RegExp(`page server 127\\.0\\.0\\.1:${server.port}: (answered with a TLS record: it runs with --tls|.* before any reply \\(does the page server run with --tls\\? then lazy-pages needs --tls too\\))`), 'the plain client points at TLS');
   await server.stop();
   t.match((await server.exit).stderr, /TLS handshake failed: .* \(a client without --tls\?\)/, 'the TLS server says the client may lack --tls');
 
