@@ -311,3 +311,20 @@ void plan_map_files(struct plan *pl, plan_fail_fn f)
 				     pl->files[r->file].size);
 		}
 }
+
+void plan_free(struct plan *pl)
+{
+	for (int i = 0; i < pl->nfiles; i++) {
+		if (pl->files[i].base)
+			munmap((void *)pl->files[i].base, pl->files[i].size);
+		free(pl->files[i].path);
+	}
+	for (int i = 0; i < pl->nprocs; i++) {
+		free(pl->procs[i].vmas);
+		free(pl->procs[i].runs);
+	}
+	free(pl->files);
+	free(pl->procs);
+	free(pl->socket);
+	memset(pl, 0, sizeof(*pl));
+}

@@ -53,3 +53,5 @@ typedef void (*plan_fail_fn)(int line, const char *msg) __attribute__((noreturn)
  * every page of a run lies in a vma and no page is in two runs. */
 void plan_read(const char *path, struct plan *out, plan_fail_fn fail);
 void plan_map_files(struct plan *pl, plan_fail_fn fail);
+/* Frees what plan_read allocated and unmaps what plan_map_files mapped; *pl is zeroed. */
+void plan_free(struct plan *pl);
