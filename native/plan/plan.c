@@ -1,6 +1,7 @@
 /* The one reader of the restore plan (plan.h), shared by the restore target and the baseline. */
 #define _GNU_SOURCE
 #include "plan.h"
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -42,7 +43,8 @@ static uint64_t parse_u64(const char *tok, int base, const char *what)
 	unsigned long long v;
 	if (!tok)
 		fail(lineno, "missing %s", what);
-	if (*tok == '-' || *tok == '+')
+	/* a digit first: strtoull would also take a sign, after leading whitespace such as '\v' */
+	if (!(base == 16 ? isxdigit((unsigned char)*tok) : isdigit((unsigned char)*tok)))
 		fail(lineno, "bad %s '%s'", what, tok);
 	errno = 0;
 	v = strtoull(tok, &end, base);
@@ -261,6 +263,10 @@ void plan_read(const char *path, struct plan *pl, plan_fail_fn f)
 				fail(lineno, "run address %" PRIx64 " is not page aligned", r->vaddr);
 			if (r->npages == 0)
 				fail(lineno, "run has 0 pages");
+			/* so that vaddr + npages * PLAN_PAGE cannot wrap (it would skip the checks of check_layout) */
+			if (r->npages > (UINT64_MAX - r->vaddr) / PLAN_PAGE)
+				fail(lineno, "run %" PRIx64 " of %" PRIu64 " pages goes past the end of the address space", r->vaddr,
+				     r->npages);
 			if (r->file >= pl->nfiles)
 				fail(lineno, "file index %d not declared", r->file);
 		} else {
