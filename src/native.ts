@@ -47,7 +47,7 @@ export interface NativeCore {
   unixPeer(fd: number): { fd: number; pid: number; uid: number; gid: number };
   /** guard: every fd received reaches the guardian (setGuardian) before it leaves the socket. */
   unixRecv(fd: number, maxBytes: number, guard?: boolean): RecvResult | null;
-  unixConnect(path: string): number;
+  unixConnect(path: string, seqpacket?: boolean): number;
   unixSend(fd: number, data: Buffer, fds: number[]): number;
   unixSocketpair(): [number, number];
   closeFd(fd: number): void;

@@ -35,7 +35,26 @@
  * and the other way, guardian to daemon:
  *   CONN    {7, id, 0}             + SCM_RIGHTS [connection]     a connection it accepted (RELEASE
  *                                                                {3, id, 1} when the daemon closes it)
- * usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE]
+ *   TAINT    {8, id, 0}                                          an mremap, MADV_DONTNEED or munmap
+ *                                                                was read for id (sent by the drain)
+ *   VPID     {9, id, vpid}                                       id is pid vpid of pstree.img
+ *   FINISHED {10, 0, 0}                                          the restorer's hand-over is over
+ *   RESUMED  {11, 0, 0}                                          a resumed daemon has taken every
+ *                                                                process (ADD/CHILD/VPID again, by its
+ *                                                                own fd numbers): the entries from
+ *                                                                before go
+ *
+ * Resumption (RESUME_PATH and RECOVER_MS given, from --recover-timeout): a daemon that dies after the
+ * hand-over finished, while no process it still served had its map changed by an event (TAINT: the
+ * change lived only in the dead daemon; images alone would put data where the process now has zeros),
+ * is not fail-stopped at once. The tree waits: a thread that faults on a missing page blocks, and
+ * nothing reads zeros. The guardian listens on RESUME_PATH (0600, SOCK_SEQPACKET) for up to
+ * RECOVER_MS; a peer that is root or the guardian's own uid gets, for each process,
+ *   PROC {12, id, parent id or 0, vpid, host pid} + SCM_RIGHTS [uffd, pidfd?]
+ * then END {13, count, 0, 0, 0}, and that connection becomes the control socket of the new daemon.
+ * Nobody in time: the fail-stop above.
+ *
+ * usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE|- [RESUME_PATH RECOVER_MS]]
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -51,7 +70,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,7 +86,21 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
-enum { MSG_ADD = 1, MSG_CHILD = 2, MSG_RELEASE = 3, MSG_DONE = 4, MSG_STOPPED = 5, MSG_HOLD = 6, MSG_CONN = 7 };
+enum {
+	MSG_ADD = 1,
+	MSG_CHILD = 2,
+	MSG_RELEASE = 3,
+	MSG_DONE = 4,
+	MSG_STOPPED = 5,
+	MSG_HOLD = 6,
+	MSG_CONN = 7,
+	MSG_TAINT = 8,
+	MSG_VPID = 9,
+	MSG_FINISHED = 10,
+	MSG_RESUMED = 11,
+	MSG_PROC = 12,
+	MSG_END = 13,
+};
 
 /* The hand-over sockets: the listening one, and the restorer's connection(s) the daemon accepted. */
 #define MAX_SOCKS 8
@@ -98,24 +133,32 @@ struct proc {
 	int live;
 	/* RELEASE: complete or gone, its uffd closed; its id (a uffd number) may name a later process */
 	int released;
+	int vpid;    /* its pid in pstree.img (VPID; a child has its parent's): which images it needs */
+	int tainted; /* TAINT, or forked from a tainted process: its map lives only in the daemon */
+	/* handed to a resuming daemon, which sends it again by its own fd number: the entry goes at
+	 * RESUMED; ids of stale entries are the dead daemon's fd numbers, so find() never matches them */
+	int stale;
+	unsigned gen; /* the daemon generation that sent it (0: the first daemon) */
 };
 
 static struct proc *procs;
 static size_t nprocs, cap;
 static int daemon_pid;
+static unsigned generation;
+/* FINISHED: the restorer handed everything over (a resumed daemon inherits it) */
+static int finished;
+static const char *resume_path;
+static long recover_ms;
 /* Ids the guardian gives processes it found itself (never a daemon uffd number). */
 static uint32_t next_own_id = 0x80000000u;
 /* The daemon's -o log (appended to, in criu's "Error (who): …" shape, so tools that grep criu's
  * logs for Error see the guardian's reason too), or -1. */
 static int log_fd = -1;
 
-static void say(const char *fmt, ...)
+static void vsay(const char *level, const char *fmt, va_list ap)
 {
 	char line[512];
-	va_list ap;
-	va_start(ap, fmt);
 	int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-	va_end(ap);
 	if (n < 0)
 		return;
 	if (n > (int)sizeof line - 2)
@@ -127,18 +170,36 @@ static void say(const char *fmt, ...)
 	}
 	if (log_fd >= 0) {
 		char entry[600];
-		const char *msg = strncmp(line, "faultline-guardian: error: ", 27) == 0 ? line + 27 : line;
-		int m = snprintf(entry, sizeof entry, "%d: Error (faultline-guardian): %.*s", (int)getpid(), n, msg);
+		const char *msg = strncmp(line, "faultline-guardian: error: ", 27) == 0 ? line + 27 : strncmp(line, "faultline-guardian: ", 20) == 0 ? line + 20 : line;
+		int m = snprintf(entry, sizeof entry, "%d: %s (faultline-guardian): %.*s", (int)getpid(), level, n - (int)(msg - line), msg);
 		if (m > 0 && write(log_fd, entry, m > (int)sizeof entry - 1 ? (int)sizeof entry - 1 : m) < 0) {
 			/* nowhere left to say it */
 		}
 	}
 }
 
+/* An error line ("faultline-guardian: error: …" on stderr, "Error (faultline-guardian)" in the log). */
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsay("Error", fmt, ap);
+	va_end(ap);
+}
+
+/* Not an error: tools that grep criu's logs for "Error" must not see a restore that recovers. */
+static void warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsay("Warn", fmt, ap);
+	va_end(ap);
+}
+
 static struct proc *find(uint32_t id)
 {
 	for (size_t i = 0; i < nprocs; i++)
-		if (procs[i].live && !procs[i].released && procs[i].id == id)
+		if (procs[i].live && !procs[i].released && !procs[i].stale && procs[i].id == id)
 			return &procs[i];
 	return NULL;
 }
@@ -157,6 +218,7 @@ static struct proc *add(void)
 	memset(p, 0, sizeof *p);
 	p->uffd = p->pidfd = -1;
 	p->live = 1;
+	p->gen = generation;
 	return p;
 }
 
@@ -240,7 +302,13 @@ static int recv_one(int sock, uint32_t *type)
 			p->host_pid = (int)hdr[2];
 			p->pidfd = nfds > 1 ? fds[1] : -1;
 		} else {
+			size_t at = p - procs;
+			struct proc *parent = find(hdr[2]);
+			p = &procs[at];
 			p->parent = hdr[2];
+			/* its layout at the fork is its parent's, and so are its images and any change to it */
+			p->vpid = parent ? parent->vpid : 0;
+			p->tainted = parent ? parent->tainted : 1;
 		}
 		for (int i = *type == MSG_ADD ? 2 : 1; i < nfds; i++)
 			close(fds[i]);
@@ -268,6 +336,23 @@ static int recv_one(int sock, uint32_t *type)
 		return 1;
 	case MSG_DONE:
 	case MSG_STOPPED:
+		return 1;
+	case MSG_TAINT:
+	case MSG_VPID:
+		if ((p = find(hdr[1]))) {
+			if (*type == MSG_TAINT)
+				p->tainted = 1;
+			else
+				p->vpid = (int)hdr[2];
+		}
+		return 1;
+	case MSG_FINISHED:
+		finished = 1;
+		return 1;
+	case MSG_RESUMED:
+		for (size_t i = 0; i < nprocs; i++)
+			if (procs[i].live && procs[i].stale)
+				release(&procs[i]);
 		return 1;
 	case MSG_HOLD:
 		if (nfds < 1 || nsocks == MAX_SOCKS) {
@@ -590,16 +675,173 @@ static int take_handovers(int sock)
 	return taken;
 }
 
+/* Why the tree cannot wait for a resumed daemon, or NULL when it can. */
+static const char *not_resumable(void)
+{
+	if (!finished)
+		return "the restorer's hand-over had not finished";
+	for (int i = 0; i < nsocks; i++) {
+		char b;
+		if (!socks[i].listening && recv(socks[i].fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
+			return "hand-overs were left unread";
+	}
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (!p->live || p->released || p->uffd < 0)
+			continue;
+		if (p->tainted)
+			return "a process had mremapped, madvised or unmapped memory (its map lived only in the daemon)";
+		if (p->vpid <= 0)
+			return "a process was not fully handed over";
+	}
+	return NULL;
+}
+
+static int send_record(int fd, const uint32_t *rec, size_t len, const int *fds, int nfds)
+{
+	union {
+		char space[CMSG_SPACE(sizeof(int) * 2)];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { (void *)rec, len };
+	struct msghdr msg = { 0 };
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	if (nfds > 0) {
+		msg.msg_control = control.space;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+	}
+	return sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+}
+
+/* Every process still to be served, to the resuming daemon on c; -1 if it went away meanwhile. */
+static int hand_over(int c)
+{
+	uint32_t count = 0;
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (!p->live || p->released || p->stale || p->uffd < 0)
+			continue;
+		uint32_t parent = p->parent && find(p->parent) ? p->parent : 0;
+		uint32_t rec[5] = { MSG_PROC, p->id, parent, (uint32_t)p->vpid, (uint32_t)p->host_pid };
+		int fds[2] = { p->uffd, p->pidfd };
+		if (send_record(c, rec, sizeof rec, fds, p->pidfd >= 0 ? 2 : 1) < 0)
+			return -1;
+		count++;
+	}
+	uint32_t end[5] = { MSG_END, count, 0, 0, 0 };
+	return send_record(c, end, sizeof end, NULL, 0);
+}
+
+static long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * The daemon died but the tree can be saved: it waits (a thread faulting on a missing page blocks on
+ * the uffd this process keeps open) while RESUME_PATH listens for `faultline lazy-pages --resume`.
+ * Returns the new daemon's control socket, or -1 when nobody came within RECOVER_MS.
+ */
+static int wait_for_resume(void)
+{
+	/* the restorer is done with its connections; a later one must not hand over to nobody */
+	for (int i = nsocks - 1; i >= 0; i--)
+		drop_sock(i);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(resume_path) >= sizeof sa.sun_path)
+		return -1;
+	strcpy(sa.sun_path, resume_path);
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	unlink(resume_path);
+	/* 0600 whatever the umask: whoever connects gets the uffds, so the checkpoint's memory */
+	if (s < 0 || fchmod(s, 0600) < 0 || bind(s, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(resume_path, 0600) < 0 || listen(s, 4) < 0) {
+		say("faultline-guardian: error: cannot listen on %s for a resumed daemon: %s", resume_path, strerror(errno));
+		if (s >= 0)
+			close(s);
+		return -1;
+	}
+	warn("faultline-guardian: the daemon (pid %d) ended without finishing the restore; the tree waits (threads block in their faults) up to %ld ms for `faultline lazy-pages --resume` on %s",
+	     daemon_pid, recover_ms, resume_path);
+	long deadline = now_ms() + recover_ms;
+	int ctl = -1;
+	while (ctl < 0) {
+		long left = deadline - now_ms();
+		if (left <= 0)
+			break;
+		struct pollfd pfd = { s, POLLIN, 0 };
+		if (poll(&pfd, 1, (int)(left > 1000000 ? 1000000 : left)) <= 0)
+			continue;
+		int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			continue;
+		struct ucred cred;
+		socklen_t len = sizeof cred;
+		if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
+			warn("faultline-guardian: refused a resume from pid %d (uid %d): only root or uid %d may take the tree", (int)cred.pid, (int)cred.uid, (int)geteuid());
+			close(c);
+			continue;
+		}
+		/* a bound on a peer that connects and never reads (records are small: this is generous) */
+		struct timeval tv = { 5, 0 };
+		setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+		if (hand_over(c) < 0) {
+			warn("faultline-guardian: the resuming daemon (pid %d) went away during the hand-over", (int)cred.pid);
+			close(c);
+			continue;
+		}
+		for (size_t i = 0; i < nprocs; i++)
+			if (procs[i].live && !procs[i].released && procs[i].uffd >= 0)
+				procs[i].stale = 1;
+		generation++;
+		daemon_pid = cred.pid;
+		ctl = c;
+		warn("faultline-guardian: daemon pid %d resumed the restore", daemon_pid);
+	}
+	close(s);
+	unlink(resume_path);
+	return ctl;
+}
+
+/* A resuming daemon that dies before RESUMED: its entries go (they duplicate the stale ones, which
+ * stand again). Nothing of its own can exist yet: it watches the uffds only after RESUMED. */
+static void undo_resume(void)
+{
+	int any = 0;
+	for (size_t i = 0; i < nprocs; i++)
+		any |= procs[i].live && procs[i].stale;
+	if (!any)
+		return;
+	for (size_t i = 0; i < nprocs; i++) {
+		struct proc *p = &procs[i];
+		if (p->live && p->stale)
+			p->stale = 0;
+		else if (p->live && p->gen == generation)
+			release(p);
+	}
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 3 && argc != 4) {
-		say("usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE] (started by faultline lazy-pages)");
+	if (argc != 3 && argc != 4 && argc != 6) {
+		say("usage: faultline-guardian CONTROL_FD DAEMON_PID [LOG_FILE|- [RESUME_PATH RECOVER_MS]] (started by faultline lazy-pages)");
 		return 2;
 	}
 	int sock = atoi(argv[1]);
 	daemon_pid = atoi(argv[2]);
-	if (argc == 4)
+	if (argc >= 4 && strcmp(argv[3], "-") != 0)
 		log_fd = open(argv[3], O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (argc == 6) {
+		resume_path = argv[4];
+		recover_ms = atol(argv[5]);
+	}
 	/* nothing the terminal or the daemon's process group is sent may end the guardian early */
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_IGN);
@@ -629,9 +871,24 @@ int main(int argc, char **argv)
 		}
 		if (r > 0)
 			continue;
-		char why[192];
+		char why[320];
 		snprintf(why, sizeof why, "the daemon (pid %d) ended without finishing the restore%s", daemon_pid,
 			 r < 0 ? " (its control messages stopped making sense)" : "");
+		undo_resume();
+		if (resume_path && recover_ms > 0 && r == 0 && nprocs > 0) {
+			const char *no = not_resumable();
+			if (!no) {
+				close(sock);
+				int next = wait_for_resume();
+				if (next >= 0) {
+					sock = next;
+					continue;
+				}
+				snprintf(why + strlen(why), sizeof why - strlen(why), ", and no daemon resumed it within --recover-timeout (%ld ms)", recover_ms);
+			} else {
+				snprintf(why + strlen(why), sizeof why - strlen(why), " and cannot be resumed: %s", no);
+			}
+		}
 		int unread = take_handovers(sock);
 		if (nprocs == 0) {
 			/* nothing was handed over: nothing to protect */

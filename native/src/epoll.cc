@@ -27,6 +27,16 @@ static void GuardChild(int child_uffd, int parent_uffd) {
   SendWithFds(guardian_fd, msg, sizeof msg, &child_uffd, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
+// An mremap, MADV_DONTNEED or munmap changes the process's map in a way only this daemon records:
+// a daemon started later (--resume) from the images would copy image pages where the process now
+// has zeros, or at addresses that moved. The guardian learns it here, before anything acts on the
+// event, and then never offers that process (or a child forked from it later) for resumption.
+static void GuardTaint(int uffd) {
+  if (guardian_fd < 0) return;
+  uint32_t msg[3] = {8 /* TAINT */, (uint32_t)uffd, 0};
+  SendWithFds(guardian_fd, msg, sizeof msg, nullptr, 0, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 // setGuardian(fd): where forked children's uffds are sent as they are read (-1: nowhere).
 static Napi::Value SetGuardian(const Napi::CallbackInfo &info) {
   if (!CheckArgs(info, 1, "setGuardian")) return info.Env().Undefined();
@@ -160,6 +170,7 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
         // what it handled knows an mm change it has not caught up with is queued.
         if (msgs[k].event != UFFD_EVENT_PAGEFAULT) __atomic_add_fetch(r->events, 1, __ATOMIC_SEQ_CST);
         if (msgs[k].event == UFFD_EVENT_FORK) GuardChild((int)msgs[k].arg.fork.ufd, fd);
+        else if (msgs[k].event == UFFD_EVENT_REMAP || msgs[k].event == UFFD_EVENT_REMOVE || msgs[k].event == UFFD_EVENT_UNMAP) GuardTaint(fd);
         uint8_t *s = Slot(r, head++);
         *(uint32_t *)(s + REC_KIND_OFFSET) = REC_UFFD_MSG;
         *(int32_t *)(s + REC_FD_OFFSET) = fd;

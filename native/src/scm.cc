@@ -197,13 +197,15 @@ static Napi::Value LockFile(const Napi::CallbackInfo &info) {
   return Napi::Number::New(env, fd);
 }
 
-// unixConnect(path) -> fd (blocking). For tests and tools that play the restorer.
+// unixConnect(path, seqpacket?) -> fd (blocking). For tests and tools that play the restorer, and
+// for a resuming daemon reaching its guardian (SOCK_SEQPACKET).
 static Napi::Value Connect(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
+  bool seqpacket = info.Length() > 1 && info[1].ToBoolean();
   struct sockaddr_un sa;
   if (!FillAddr(env, path, &sa)) return env.Undefined();
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, (seqpacket ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_CLOEXEC, 0);
   if (fd < 0) return ThrowErrno(env, "socket", errno);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
     int err = errno;

@@ -43,6 +43,8 @@ export interface LazyPagesFlags extends CommonFlags {
   connectTimeoutMs?: string;
   replyTimeoutMs?: string;
   recoverTimeoutMs?: string;
+  recoverTimeout?: string;
+  resume?: boolean;
   requestOrder?: string;
   /** commander's --no-guardian */
   guardian?: boolean;
@@ -167,9 +169,13 @@ function raisePriority(nice: number, log: { debug(msg: string): void }): void {
   }
 }
 
-function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: string): void }, logFile?: string): Guardian {
+function unguarded(log: { warn(msg: string): void }): (why: string) => void {
+  return (why) => log.warn(`${why}; the restore goes on, but a daemon that dies now leaves the tree unguarded`);
+}
+
+function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: string): void }, logFile?: string, resume?: { workDir: string; recoverMs: number }): Guardian {
   try {
-    const g = Guardian.start((why) => log.warn(`${why}; the restore goes on, but a daemon that dies now leaves the tree unguarded`), logFile);
+    const g = Guardian.start(unguarded(log), logFile, resume);
     log.debug({ pid: g.pid }, 'guardian started');
     return g;
   } catch (e) {
@@ -192,14 +198,18 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const socketGid = flags.socketGroup === undefined ? undefined : resolveGroup(flags.socketGroup);
   const nice = parseNice(flags.nice);
   const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
-  const remote = flags.pageServer ? remoteOptions(flags, workDir) : undefined;
+  const recoverS = flags.recoverTimeout === undefined ? 0 : seconds(flags.recoverTimeout, '--recover-timeout');
+  if ((flags.resume || recoverS) && flags.guardian === false) throw new UsageError(`${flags.resume ? '--resume' : '--recover-timeout'} needs the guardian: it cannot go with --no-guardian`);
+  const remote = flags.pageServer ? remoteOptions(flags, workDir, recoverS) : undefined;
   if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
   const logPath = resolveLogFile(flags.logFile, workDir);
   if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', logPath, statusFd);
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
   raisePriority(nice, log);
   // Before the socket listens: no uffd ever reaches this daemon without the guardian holding a copy.
-  const guardian = flags.guardian === false ? undefined : startGuardian(log, logPath === '-' ? undefined : logPath);
+  // --resume: the guardian of a daemon that died hands its tree over and guards this one instead.
+  const taken = flags.resume ? Guardian.resume(workDir, unguarded(log)) : undefined;
+  const guardian = taken?.guardian ?? (flags.guardian === false ? undefined : startGuardian(log, logPath === '-' ? undefined : logPath, recoverS ? { workDir, recoverMs: Math.round(recoverS * 1000) } : undefined));
 
   const daemon = new LazyPagesDaemon({
     imagesDir: flags.imagesDir,
@@ -211,6 +221,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     remote,
     fillNice,
     guardian,
+    resume: taken?.held,
     socketGid,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
@@ -258,7 +269,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   }
 }
 
-function remoteOptions(flags: LazyPagesFlags, workDir: string): RemoteOptions {
+function remoteOptions(flags: LazyPagesFlags, workDir: string, recoverS: number): RemoteOptions {
   const port = positiveInt(flags.port, '--port');
   if (!port) throw new UsageError('--page-server needs --port (and usually --address)');
   if (port > 65535) throw new UsageError(`--port must be a port number (1-65535), got '${flags.port}'`);
@@ -272,10 +283,17 @@ function remoteOptions(flags: LazyPagesFlags, workDir: string): RemoteOptions {
     lanes,
     connectTimeoutMs: positiveInt(flags.connectTimeoutMs ?? '10000', '--connect-timeout-ms')!,
     replyTimeoutMs: millis(flags.replyTimeoutMs ?? '30000', '--reply-timeout-ms'),
-    recoverTimeoutMs: millis(flags.recoverTimeoutMs ?? '0', '--recover-timeout-ms'),
+    recoverTimeoutMs: millis(flags.recoverTimeoutMs ?? String(Math.round(recoverS * 1000)), '--recover-timeout-ms'),
     requestOrder: requestOrder(flags.requestOrder),
     tls: t ? clientTlsOptions(t) : undefined,
   };
+}
+
+/** A duration in whole or fractional seconds, 0 allowed (off); at most a day. */
+function seconds(v: string, flag: string): number {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || n > 86_400) throw new UsageError(`${flag} must be a number of seconds (0-86400), got '${v}'`);
+  return n;
 }
 
 /** A duration in ms, 0 allowed (off); at most a day, so that a typo is not a hang. */

@@ -74,6 +74,8 @@ async function main(argv: string[]): Promise<number> {
     .option('--reply-timeout-ms <ms>', 'a page server connection with requests outstanding that sends nothing this long is lost (default 30000; 0: never)')
     .option('--recover-timeout-ms <ms>', 'dial a lost page server connection again this long and resend what it left unanswered, instead of stopping the tree at once (default 0)')
     .option('--socket-group <group>', 'lazy-pages.socket is 0660 with this group (name or gid), whose members may hand over too (default: 0600, root and our user only)')
+    .option('--recover-timeout <seconds>', "if this daemon dies mid-restore, its guardian keeps the tree waiting this long (threads block in their faults) for `lazy-pages --resume` on the same work dir, instead of stopping it at once; also the default of --recover-timeout-ms (default 0)")
+    .option('--resume', 'take over the restore of a daemon of this work dir that died, from its guardian (see --recover-timeout); give the images and source flags the first daemon had')
     .option('--no-guardian', 'unsafe: no guardian process (a daemon killed outright then leaves the tree reading zeros)')
     .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;

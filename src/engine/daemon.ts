@@ -17,7 +17,7 @@ import { Poller } from './poller';
 import { DEFAULT_RING_CAPACITY } from './ring-layout';
 import { pushPages, pushRestoreFinished, pushStop } from './ring-records';
 import { summarize, type RestoreSummary } from './summary';
-import type { Guardian } from './guardian';
+import type { Guardian, HeldProcess } from './guardian';
 import { ProcessTree } from './tree';
 import { ArenaProducer, createArena } from '../source/arena';
 import type { PageServerClient, PageRequest, RemoteOptions } from '../source/remote-client';
@@ -42,6 +42,11 @@ export interface DaemonOptions {
   fillNice?: number;
   /** Holds copies of the uffds and fail-stops the tree if this process dies (engine/guardian.ts). */
   guardian?: Guardian;
+  /**
+   * `--resume`: the processes a dead daemon's guardian kept (Guardian.resume), served from the
+   * images again from the start (pages already in place answer EEXIST); no restorer is waited for.
+   */
+  resume?: HeldProcess[];
 }
 
 /** CLOCK_MONOTONIC at this process's start (performance.now() counts from it). */
@@ -54,7 +59,9 @@ export class LazyPagesDaemon {
   private readonly pstree: PstreeEntry[];
   private readonly tree: ProcessTree;
   private readonly poller: Poller;
-  private readonly listener: Listener;
+  /** Absent when resuming: the restorer is long gone. */
+  private readonly listener: Listener | undefined;
+  private readonly resumeLock: number = -1;
   private readonly pool: Piscina;
   private readonly tasks: Promise<WorkerResult>[] = [];
   private readonly ports: MessagePort[] = [];
@@ -142,12 +149,47 @@ export class LazyPagesDaemon {
       this.ready = Promise.all([this.allWorkersReady, this.remote.connect()]).then(() => undefined);
       this.ready.catch((e: Error) => this.failStop(e.message));
     }
+    if (opts.resume) {
+      const held = opts.resume;
+      this.resumeLock = lock;
+      this.ready.then(() => this.adopt(held), () => undefined);
+      this.log.info({ processes: held.length, workers: opts.workers }, 'resuming the restore a daemon left unfinished');
+      return;
+    }
     this.listener = new Listener(opts.workDir, this.pstree.length, {
       onEvent: (e, peer) => this.onHandover(e, peer),
       onError: (e) => this.failStop(e.message),
       onRefused: (pid, why) => this.log.warn({ peerPid: pid }, `refused a connection on lazy-pages.socket: ${why}`),
     }, this.opts.guardian, lock, opts.socketGid);
-    this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
+    this.log.info({ socket: this.listener!.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
+  }
+
+  /**
+   * Serves the processes a dead daemon left, as if just handed over and the restore finished: each
+   * from its images, every lazy page missing to our eyes (the ones already in place answer EEXIST).
+   * The guardian only offers trees whose maps no event changed (native drain: TAINT), so the images
+   * still say where every missing page belongs.
+   */
+  private adopt(held: HeldProcess[]): void {
+    if (this.stopping) return;
+    this.firstHandoverNs = native.monotonicNs();
+    const uffdOf = new Map<number, number>();
+    const adopted = [];
+    for (const h of held) {
+      const parentUffd = h.parent ? uffdOf.get(h.parent) : undefined;
+      uffdOf.set(h.id, h.uffd);
+      this.opts.guardian?.adopt(h, parentUffd);
+      adopted.push(this.tree.add(h.uffd, h.vpid, h.hostPid, this.shardOf(h.vpid)));
+    }
+    this.opts.guardian?.resumed();
+    const stranger = held.find((h) => !this.pstree.some((t) => t.pid === h.vpid));
+    if (stranger) return this.failStop(`--resume: the guardian holds pid ${stranger.vpid}, which is not in pstree.img: not the images this restore was started with`);
+    for (const p of adopted) {
+      this.poller.addProcess(p.uffd, p.shard, p.pid, p.hostPid);
+      wakeFaulted(p.uffd);
+    }
+    this.log.warn({ processes: held.length }, `resumed the restore: ${held.length} processes taken from the guardian`);
+    this.onHandover({ type: 'finished' }, 'the guardian');
   }
 
   /** The shard that parsed this pid's images at start (see WorkerTask.preloadPids). */
@@ -156,8 +198,8 @@ export class LazyPagesDaemon {
     return (i < 0 ? 0 : i) % this.opts.workers;
   }
 
-  get socketPath(): string {
-    return this.listener.socketPath;
+  get socketPath(): string | undefined {
+    return this.listener?.socketPath;
   }
 
   private onHandover(e: HandoverEvent, peer: string): void {
@@ -176,6 +218,7 @@ export class LazyPagesDaemon {
         const p = this.tree.add(e.uffd, e.pid, e.senderPid, this.shardOf(e.pid));
         if (this.stopping) return this.tree.kill(p);
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
+        this.opts.guardian?.vpid(e.uffd, e.pid);
         this.log.debug({ vpid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
         this.poller.addProcess(e.uffd, p.shard, e.pid, e.senderPid);
         return;
@@ -188,6 +231,7 @@ export class LazyPagesDaemon {
         if (this.stopping) return;
         this.restoreFinished = true;
         this.finishedNs = native.monotonicNs();
+        this.opts.guardian?.finished();
         this.log.info('restore finished: filling in the background');
         this.poller.broadcast(pushRestoreFinished);
         this.checkDone();
@@ -331,7 +375,7 @@ export class LazyPagesDaemon {
         // a full ring: the pool is destroyed below; the processes are already killed
       }
       const [, settled] = await Promise.all([
-        this.listener.stop(),
+        this.listener?.stop(),
         Promise.race([Promise.allSettled(this.tasks).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000).unref())]),
       ]);
       // The workers poisoned what was missing: the guardian may let go. Workers that did not answer
@@ -343,7 +387,8 @@ export class LazyPagesDaemon {
   }
 
   private async teardown(): Promise<void> {
-    this.listener.close();
+    this.listener?.close();
+    if (this.resumeLock >= 0) native.closeFd(this.resumeLock);
     this.poller.close();
     for (const uffd of this.tree.uffds()) {
       this.tree.release(uffd, 'gone');
@@ -352,6 +397,28 @@ export class LazyPagesDaemon {
     this.tree.closePidfds();
     for (const port of this.ports) port.close();
     await this.pool.destroy();
+  }
+}
+
+/**
+ * A thread whose fault the dead daemon read but never served waits for a wake that would come only
+ * with that page's copy: woken now, it faults again, and this daemon hears it. (UFFDIO_WAKE checks
+ * only that the range lies in user space, not that it is mapped.)
+ */
+function wakeFaulted(uffd: number): void {
+  const PAGE = 4096;
+  let low = 65536;
+  try {
+    low = Number(fs.readFileSync('/proc/sys/vm/mmap_min_addr', 'utf8'));
+  } catch {
+    // the usual default
+  }
+  low = Math.ceil(Math.max(low, PAGE) / PAGE) * PAGE;
+  const TASK_SIZE = 0x7fff_ffff_f000; // x86-64 with 4-level page tables: the top of user space
+  try {
+    native.uffdWake(uffd, low, TASK_SIZE - low);
+  } catch {
+    // a kernel that disagrees about the range: the fill reaches that page and wakes it anyway
   }
 }
 

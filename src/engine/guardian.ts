@@ -12,11 +12,34 @@ export const GUARDIAN_BIN = path.resolve(__dirname, '../../../native/bin/faultli
 // ADD (a handed-over uffd) and CHILD (a forked child's) are sent by the native layer, at the moment
 // the uffd is received (unixRecv with guard) or read from a FORK event (the drain).
 const enum Msg {
+  ADD = 1,
+  CHILD = 2,
   RELEASE = 3,
   DONE = 4,
   STOPPED = 5,
   HOLD = 6,
   CONN = 7,
+  VPID = 9,
+  FINISHED = 10,
+  RESUMED = 11,
+  PROC = 12,
+  END = 13,
+}
+
+/** Where the guardian waits for `lazy-pages --resume` when the daemon dies (--recover-timeout). */
+export const RESUME_NAME = 'lazy-pages.resume';
+
+/** A process the guardian kept for a resuming daemon (its PROC record). */
+export interface HeldProcess {
+  /** The dead daemon's name for it (its uffd number there); children name their parent by it. */
+  id: number;
+  /** 0 for a root of the hand-over; else the id of the process it was forked from. */
+  parent: number;
+  /** Its pid in pstree.img: the images it is served from (a forked child has its parent's). */
+  vpid: number;
+  /** 0 for a forked child (it came as a uffd only). */
+  hostPid: number;
+  uffd: number;
 }
 
 /** RELEASE's argument: what the id names. */
@@ -40,13 +63,15 @@ export class Guardian {
    * `logFile` (the daemon's -o, which is all a daemon detached with -d has). Throws (a start-up error: no restore begins unprotected) when its binary is
    * missing or it cannot be started.
    */
-  static start(onLost: (why: string) => void, logFile?: string, bin = GUARDIAN_BIN): Guardian {
+  static start(onLost: (why: string) => void, logFile?: string, resume?: { workDir: string; recoverMs: number }, bin = GUARDIAN_BIN): Guardian {
     if (!fs.existsSync(bin)) throw new Error(`guardian: ${bin} is missing (build it with \`make -C native\`)`);
     const [ours, theirs] = native.unixSocketpair();
     try {
       // Its own session: a signal to the daemon's process group (Ctrl-C, a supervisor's group kill)
       // must not take the guardian with it. stdout is not shared, so nobody waits on it for EOF.
-      const child = spawn(bin, ['3', String(process.pid), ...(logFile ? [logFile] : [])], { stdio: ['ignore', 'ignore', 'inherit', theirs], detached: true });
+      const resumeArgs = resume && resume.recoverMs > 0 ? [path.resolve(resume.workDir, RESUME_NAME), String(resume.recoverMs)] : [];
+      const args = ['3', String(process.pid), ...(logFile || resumeArgs.length ? [logFile ?? '-'] : []), ...resumeArgs];
+      const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'inherit', theirs], detached: true });
       if (child.pid === undefined) throw new Error(`guardian: cannot start ${bin}`);
       child.unref();
       native.setGuardian(ours);
@@ -54,6 +79,85 @@ export class Guardian {
     } finally {
       native.closeFd(theirs);
     }
+  }
+
+  /**
+   * `lazy-pages --resume`: takes the tree from the guardian of a daemon that died (it waits on
+   * <workDir>/lazy-pages.resume for --recover-timeout). Its connection becomes this daemon's control
+   * line to that guardian. Throws with the reason when there is nobody to resume from.
+   */
+  static resume(workDir: string, onLost: (why: string) => void): { guardian: Guardian; held: HeldProcess[] } {
+    const at = path.resolve(workDir, RESUME_NAME);
+    let sock: number;
+    try {
+      sock = native.unixConnect(at, true);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' || code === 'ECONNREFUSED' ? 'no guardian waits there (no daemon of this work dir died with --recover-timeout, or its time ran out)' : code;
+      throw Object.assign(new Error(`--resume: ${at}: ${why}`), { code: 'ERESUME' });
+    }
+    const peer = native.unixPeer(sock);
+    const held: HeldProcess[] = [];
+    const fail = (why: string): never => {
+      for (const h of held) native.closeFd(h.uffd);
+      native.closeFd(sock);
+      throw Object.assign(new Error(`--resume: the guardian on ${at} (pid ${peer.pid}) ${why}`), { code: 'ERESUME' });
+    };
+    if (peer.uid !== 0 && peer.uid !== process.geteuid?.()) fail(`runs as uid ${peer.uid}: only root or this uid is trusted with the tree`);
+    for (;;) {
+      // Blocking: the guardian writes every record as soon as it accepted.
+      const r = native.unixRecv(sock, 64);
+      if (!r || r.data.length === 0) fail('closed the connection before the last record');
+      const rec = r!.data;
+      const type = rec.length === 20 ? rec.readUInt32LE(0) : 0;
+      if (type === Msg.END) {
+        for (const fd of r!.fds) native.closeFd(fd);
+        if (rec.readUInt32LE(4) !== held.length) fail(`sent ${held.length} processes but counted ${rec.readUInt32LE(4)}`);
+        break;
+      }
+      if (type !== Msg.PROC || r!.fds.length < 1) {
+        for (const fd of r!.fds) native.closeFd(fd);
+        fail(`sent a record of ${rec.length} bytes that is not PROC or END`);
+      }
+      // The guardian keeps its own copies: a pidfd is opened again from the pid (ProcessTree.add).
+      for (const fd of r!.fds.slice(1)) native.closeFd(fd);
+      held.push({ id: rec.readUInt32LE(4), parent: rec.readUInt32LE(8), vpid: rec.readUInt32LE(12), hostPid: rec.readUInt32LE(16), uffd: r!.fds[0]! });
+    }
+    native.setGuardian(sock);
+    return { guardian: new Guardian(sock, peer.pid, onLost), held };
+  }
+
+  /**
+   * A process taken from the guardian (resume), made known again by this daemon's fd numbers; the
+   * guardian drops the dead daemon's entries at resumed().
+   */
+  adopt(h: HeldProcess, parentUffd: number | undefined): void {
+    if (parentUffd !== undefined) this.send(Msg.CHILD, h.uffd, parentUffd, [h.uffd]);
+    else {
+      let pidfd = -1;
+      try {
+        pidfd = native.pidfdOpen(h.hostPid);
+      } catch {
+        // gone: the guardian's copy of the uffd is all there is
+      }
+      this.send(Msg.ADD, h.uffd, h.hostPid, pidfd >= 0 ? [h.uffd, pidfd] : [h.uffd]);
+      if (pidfd >= 0) native.closeFd(pidfd);
+      this.vpid(h.uffd, h.vpid);
+    }
+  }
+
+  resumed(): void {
+    this.send(Msg.RESUMED, 0, 0, []);
+  }
+
+  /** Which images a handed-over uffd is served from: a resumed daemon needs it. */
+  vpid(uffd: number, vpid: number): void {
+    this.send(Msg.VPID, uffd, vpid, []);
+  }
+
+  /** The restorer handed over everything (RESTORE_FINISHED): from now on the tree can be resumed. */
+  finished(): void {
+    this.send(Msg.FINISHED, 0, 0, []);
   }
 
   /** Complete (every page in place) or gone: the guardian lets go of its copies. */

@@ -69,6 +69,8 @@ export interface RestoreResult {
   daemon: Exit & { summary?: RestoreSummary; error?: string };
   target: Exit & { processes: TargetProcessReport[]; summary?: TargetSummary };
   timeline: TimelineSample[];
+  /** With `resume`: the daemon that was killed (`daemon` is then the one that resumed). */
+  killed?: Exit;
 }
 
 export interface RestoreRunOptions {
@@ -101,6 +103,11 @@ export interface RestoreRunOptions {
   onStarted?: (daemon: ChildProcess, target: ChildProcess) => void;
   /** Re-run when the target could not map a VMA at its dump-time address (ASLR collision). */
   retries?: number;
+  /**
+   * When the daemon dies of a signal, wait `afterMs`, then start `lazy-pages --resume` (with `args`)
+   * on the same images and work dir and treat it as the daemon from then on.
+   */
+  resume?: { afterMs?: number; args?: string[] };
 }
 
 export function targetArgs(planPath: string, o: TargetOptions): string[] {
@@ -230,8 +237,9 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   const planPath = path.join(opts.workDir, 'target.plan');
   writeTargetPlan(opts.planImagesDir ?? opts.imagesDir, planPath, path.join(opts.workDir, 'lazy-pages.socket'));
   if (opts.editPlan) fs.writeFileSync(planPath, opts.editPlan(fs.readFileSync(planPath, 'utf8')));
-  const { child: daemon, exit: daemonExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv, opts.daemonWrap);
-  if (opts.onDaemonStderr) daemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
+  const { child: firstDaemon, exit: firstExit } = await startDaemon(opts.imagesDir, opts.workDir, opts.daemonArgs, opts.daemon, opts.daemonEnv, opts.daemonWrap);
+  let daemon = firstDaemon;
+  if (opts.onDaemonStderr) firstDaemon.stderr?.on('data', (d: Buffer | string) => opts.onDaemonStderr!(String(d)));
   const target = spawn(...wrapped(opts.targetWrap ?? [], TARGET, targetArgs(planPath, opts.target ?? {})), { stdio: ['ignore', 'pipe', 'pipe'] });
   const targetExit = collect(target);
   opts.onStarted?.(daemon, target);
@@ -246,8 +254,26 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
   void targetExit.then(() => {
     setTimeout(() => daemon.exitCode === null && daemon.kill('SIGTERM'), 2000).unref();
   });
+  // Resuming starts at the daemon's exit, not when its stderr closes: the guardian holds that open.
+  const resumed = new Promise<Exit | undefined>((resolve) => {
+    const resume = opts.resume;
+    if (!resume) return resolve(undefined);
+    firstDaemon.once('exit', (_code, signal) => {
+      if (!signal) return resolve(undefined);
+      setTimeout(() => {
+        daemon = spawn(...wrapped(opts.daemonWrap ?? [], process.execPath, [CLI, 'lazy-pages', '--resume', '-D', opts.imagesDir, '-W', opts.workDir, '--json', ...(resume.args ?? [])]), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.daemonEnv } });
+        resolve(collect(daemon));
+      }, resume.afterMs ?? 0);
+    });
+  });
   try {
-    const d = await daemonExit;
+    let d = await firstExit;
+    let killed: Exit | undefined;
+    const second = await resumed;
+    if (second) {
+      killed = d;
+      d = second;
+    }
     // The daemon is gone: now the target checks every page, background-filled ones included.
     if (target.exitCode === null) target.kill('SIGUSR1');
     const t = await targetExit;
@@ -255,6 +281,7 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
       daemon: { ...d, ...parseDaemonOutput(d.stdout) },
       target: { ...t, ...parseTargetOutput(t.stdout) },
       timeline,
+      ...(killed ? { killed } : {}),
     };
   } finally {
     clearTimeout(timer);

@@ -168,7 +168,11 @@ export class RunCopier {
         buf = d.buf;
         const len = d.pages * PAGE;
         const last = 3 * (n - 1);
-        if (n > 0 && this.runs[last] + this.runs[last + 2] === dst + at && this.runs[last + 1] + this.runs[last + 2] === d.offset) {
+        // Pieces of one range join when contiguous; two ranges never do, even when their pages and
+        // image data are: a range ends at its VMA's end, and one UFFDIO_COPY across two VMAs fails
+        // whole with ENOENT (a thread stack's last pages and the read-only VMA after it, in a
+        // real CRIU dump, when a resumed daemon found those pages missing again).
+        if (n > 0 && at > 0 && this.runs[last] + this.runs[last + 2] === dst + at && this.runs[last + 1] + this.runs[last + 2] === d.offset) {
           this.runs[last + 2] += len;
         } else {
           this.runs[3 * n] = dst + at;

@@ -8,8 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuSkip } from '../helpers/criu';
 import { killMoments } from '../helpers/restore';
-import { clearResults, dumpWorkload, killUnder, processesUnder, within } from '../helpers/criu-restore';
-import { criuRestoreLazy, startLazyDaemon } from '../../src/criu/run';
+import { assertVerified, clearResults, dumpWorkload, killUnder, processesUnder, within } from '../helpers/criu-restore';
+import { spawn } from 'node:child_process';
+import { CLI, collect, criuRestoreLazy, startLazyDaemon } from '../../src/criu/run';
 import { readResults, signalTree } from '../../src/criu/workload';
 
 const skip = criuSkip();
@@ -88,4 +89,38 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
     wrong > 0 || results.length < d.procs,
     `--no-guardian: the tree ran on after the daemon was killed: ${wrong} wrong words read; ${d.procs - results.length} of ${d.procs} processes never reported (${leftRunning.length} still running)`,
   );
+});
+
+t.test('criu restore --lazy-pages, faultline SIGKILLed after the hand-over with --recover-timeout: lazy-pages --resume completes it, every word verified', { skip }, async (t) => {
+  const d = await dumpWorkload(t, 'criu-resume', { procs: 3, mib: 96, threads: 2, action: 'verify' });
+  t.teardown(() => void killUnder(d.dir));
+  const next = killMoments(t, 'kill and resume moments');
+  for (let i = 0; i < 3; i++) {
+    clearResults(d);
+    const workDir = path.join(d.dir, `resume${i}`);
+    fs.mkdirSync(workDir);
+    // one worker and one-page fill copies: most of the tree is still missing at the kill
+    const daemon = startLazyDaemon('faultline', { imagesDir: d.images, workDir, extraArgs: ['--recover-timeout', '20', '--workers', '1', '--fill-chunk', '1'] });
+    await within(daemon.ready, 20_000, 'faultline lazy-pages ready');
+    const restore = await criuRestoreLazy(d.images, { workDir, timeoutMs: 30_000 });
+    // the tree verifies every word while the daemon is killed and another takes over
+    signalTree(restore.rootHostPid, 'SIGUSR1');
+    for (const until = Date.now() + 10_000; Date.now() < until && !/restore finished/.test(fs.readFileSync(daemon.logFile!, 'utf8')); ) await sleep(2);
+    const killAt = Math.round(next() * 100);
+    await sleep(killAt);
+    daemon.child.kill('SIGKILL');
+    await new Promise((r) => daemon.child.once('exit', r));
+    const resumeAfter = Math.round(next() * 500);
+    await sleep(resumeAfter);
+    const resumed = await within(collect(spawn(process.execPath, [CLI, 'lazy-pages', '--resume', '-D', d.images, '-W', workDir, '-o', 'resume.log', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })), 60_000, 'lazy-pages --resume exit');
+    const first = await within(daemon.exit, 20_000, 'the killed daemon and its guardian');
+    const label = `run ${i} (killed ${killAt} ms after the hand-over, resumed ${resumeAfter} ms later)`;
+    t.match(first.stderr, /the tree waits .* for `faultline lazy-pages --resume`/, `${label}: the guardian kept the tree waiting`);
+    t.equal(resumed.code, 0, `${label}: --resume exits 0 ${resumed.stderr.trim()}`);
+    t.match(fs.readFileSync(path.join(workDir, 'resume.log'), 'utf8'), /resumed the restore: 3 processes taken from the guardian/, `${label}: it took all 3 processes`);
+    for (const until = Date.now() + 30_000; readResults(d.out).length < d.procs && Date.now() < until; ) await sleep(50);
+    assertVerified(t, d, readResults(d.out));
+    killUnder(d.out);
+    for (const until = Date.now() + 5_000; processesUnder(d.out).length && Date.now() < until; ) await sleep(20);
+  }
 });

@@ -1,0 +1,95 @@
+// Daemon restart (issue 10): with --recover-timeout, a daemon SIGKILLed after the hand-over leaves
+// the tree waiting on its guardian (threads block in their faults), and `lazy-pages --resume` takes
+// it over and completes the restore: every page of every process verifies. Where resuming would be
+// wrong (an event changed a map that only the dead daemon knew) or nobody comes in time, the
+// guardian fail-stops as without the flag: nothing ever reads a zero page.
+import t, { type Test } from 'tap';
+import type { ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { runRestore, type RestoreResult } from '../../src/target/run';
+import { MiB, assertRestored, denseTree, killMoments, makeImages, stopOutcome, tempDir } from '../helpers/restore';
+
+const PROCESSES = 3;
+
+interface KillRun {
+  /** ms after the daemon's "restore finished" (-v3 line) */
+  killAfterMs: number;
+  daemonArgs?: string[];
+  script?: string[];
+  resume?: { afterMs?: number; args?: string[] };
+}
+
+async function killAfterFinished(images: string, dir: string, name: string, k: KillRun): Promise<RestoreResult> {
+  let daemon: ChildProcess | undefined;
+  let seen = '';
+  return runRestore({
+    imagesDir: images,
+    workDir: path.join(dir, name),
+    daemonArgs: ['--workers', '2', '-v3', '--recover-timeout', '20', ...(k.daemonArgs ?? [])],
+    target: { pattern: 'random', fraction: 0.5, seed: 5, threads: 2, ...(k.script ? { extraArgs: k.script } : {}) },
+    onStarted: (d) => (daemon = d),
+    onDaemonStderr: (chunk) => {
+      if (/restore finished/.test(seen)) return;
+      seen += chunk;
+      if (/restore finished/.test(seen)) setTimeout(() => daemon?.kill('SIGKILL'), k.killAfterMs);
+    },
+    resume: k.resume,
+    retries: 0,
+  });
+}
+
+t.test('SIGKILL after the hand-over, then --resume: the restore completes and every page verifies', async (t) => {
+  const dir = tempDir(t, 'resume');
+  const images = makeImages(dir, denseTree(PROCESSES, 48 * MiB));
+  const next = killMoments(t);
+  let resumed = 0;
+  for (let i = 0; i < 6; i++) {
+    const at = Math.round(next() * 150);
+    // Every other run forks first: the children's uffds come back from the guardian as well.
+    const script = i % 2 ? ['--script', 'touch:0-50,fork,touch:50-400'] : undefined;
+    const r = await killAfterFinished(images, dir, `run${i}`, { killAfterMs: at, script, resume: { afterMs: Math.round(next() * 300) } });
+    const label = `run ${i} (kill ${at} ms after the hand-over${script ? ', forking' : ''})`;
+    if (!r.killed || !/faultline-guardian/.test(r.killed.stderr)) {
+      // The restore completed before the kill landed (the guardian had DONE and left quietly):
+      // nothing to resume, nothing lost.
+      const o = stopOutcome(r);
+      t.equal(o.mismatches, 0, `${label}: completed before the kill, no zero page read`);
+      t.equal(o.complete, script ? PROCESSES * 2 : PROCESSES, `${label}: every process verified every page`);
+      continue;
+    }
+    resumed++;
+    t.match(r.killed.stderr, /faultline-guardian: the daemon \(pid \d+\) ended without finishing the restore; the tree waits .* for `faultline lazy-pages --resume`/, `${label}: the guardian says the tree waits`);
+    t.notMatch(r.killed.stderr, /faultline-guardian: error/, `${label}: and did not stop it`);
+    assertRestored(t, r, script ? PROCESSES * 2 : PROCESSES);
+    t.match(r.daemon.stderr, /resumed the restore: \d+ processes taken from the guardian/, `${label}: the new daemon took the tree`);
+  }
+  t.ok(resumed > 0, `${resumed} of 6 kills landed before the restore completed, and were resumed`);
+});
+
+t.test('a tree whose map changed by an event is not resumed: the guardian stops it at once', async (t) => {
+  const dir = tempDir(t, 'resume-tainted');
+  const images = makeImages(dir, denseTree(2, 64 * MiB));
+  // mremap, DONTNEED and munmap while pages are lazy: those changes lived only in the dead daemon.
+  const script = ['--script', 'touch:0-10,mremap:100-300>s0,touch:s0-s50,dontneed:400-500,touch:400-450'];
+  const r = await killAfterFinished(images, dir, 'tainted', { killAfterMs: 30, script, daemonArgs: ['--workers', '1', '--fill-chunk', '1'], resume: { args: [] } });
+  const o = stopOutcome(r);
+  t.equal(o.mismatches, 0, 'no zero page read');
+  t.same(o.unexplained, [], 'every process verified everything or was killed');
+  if (r.killed && /faultline-guardian/.test(r.killed.stderr)) {
+    t.match(r.killed.stderr, /faultline-guardian: error: the daemon \(pid \d+\) ended without finishing the restore and cannot be resumed: a process had mremapped, madvised or unmapped memory/, 'the guardian says why it did not wait');
+    t.not(r.daemon.code, 0, '--resume finds nobody to resume from');
+    t.match(r.daemon.stderr, /--resume: .*lazy-pages\.resume: no guardian waits there/, '--resume says so in one line');
+  } else t.comment('the restore completed before the kill: nothing to check');
+});
+
+t.test('nobody resumes within --recover-timeout: the guardian fail-stops, no zero page read', async (t) => {
+  const dir = tempDir(t, 'resume-timeout');
+  const images = makeImages(dir, denseTree(2, 128 * MiB));
+  // one worker and single-page fill copies: the restore is still far from complete at the kill
+  const r = await killAfterFinished(images, dir, 'late', { killAfterMs: 20, daemonArgs: ['--recover-timeout', '0.5', '--workers', '1', '--fill-chunk', '1'] });
+  const o = stopOutcome(r);
+  t.equal(o.mismatches, 0, 'no zero page read');
+  t.same(o.unexplained, [], 'every process verified everything or was killed');
+  t.ok(o.killed > 0, `${o.killed} processes SIGKILLed`);
+  t.match(r.daemon.stderr, /no daemon resumed it within --recover-timeout \(500 ms\): killed \d+ restored processes/, 'the guardian says why it stopped the tree');
+});
