@@ -12,6 +12,8 @@ import { clientTlsOptions, criuTls, type CriuTlsFlags } from './criu-tls';
 import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
 import { makeLogger, parseLogFormat, resolveLogFile } from './log';
 import { UsageError } from './usage-error';
+import { startProgressBar } from './progress-bar';
+import { parseMetricsAddress, serveMetrics } from './metrics';
 import type { RemoteOptions } from '../source/remote-client';
 
 export { UsageError };
@@ -45,6 +47,7 @@ export interface LazyPagesFlags extends CommonFlags {
   recoverTimeoutMs?: string;
   recoverTimeout?: string;
   resume?: boolean;
+  metrics?: string;
   requestOrder?: string;
   /** commander's --no-guardian */
   guardian?: boolean;
@@ -198,6 +201,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const socketGid = flags.socketGroup === undefined ? undefined : resolveGroup(flags.socketGroup);
   const nice = parseNice(flags.nice);
   const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
+  const metricsAt = flags.metrics === undefined ? undefined : parseMetricsAddress(flags.metrics);
   const recoverS = flags.recoverTimeout === undefined ? 0 : seconds(flags.recoverTimeout, '--recover-timeout');
   if ((flags.resume || recoverS) && flags.guardian === false) throw new UsageError(`${flags.resume ? '--resume' : '--recover-timeout'} needs the guardian: it cannot go with --no-guardian`);
   const remote = flags.pageServer ? remoteOptions(flags, workDir, recoverS) : undefined;
@@ -228,6 +232,15 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
       ...(fillChunk ? { fillChunkMax: fillChunk } : {}),
     },
   });
+  if (metricsAt) {
+    try {
+      const m = await serveMetrics(metricsAt, daemon, { images_dir: path.resolve(flags.imagesDir), work_dir: workDir });
+      process.stderr.write(`faultline lazy-pages: metrics on ${m.url}\n`);
+      void daemon.done.finally(() => m.close()).catch(() => undefined);
+    } catch (e) {
+      daemon.failStop((e as Error).message);
+    }
+  }
   const crash = (e: unknown) => {
     const killed = daemon.emergencyStop();
     log.error(`internal error: ${(e as Error)?.message}; ${killed} restored processes were killed`);
@@ -255,11 +268,14 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
       daemon.failStop(`cannot say we are ready: ${(e as Error).message}`);
     }
   }
+  const stopBar = ready && !isDaemonChild() ? startProgressBar(daemon) : () => undefined;
   try {
     const summary = await daemon.done;
+    stopBar();
     process.stdout.write(flags.json ? JSON.stringify(summary) + '\n' : formatSummary(summary) + '\n');
     return 0;
   } catch (e) {
+    stopBar();
     if (e instanceof FailStop) {
       process.stderr.write(`faultline: error: ${e.message}; the restored processes were stopped\n`);
       if (flags.json) process.stdout.write(JSON.stringify({ ok: false, error: e.message }) + '\n');

@@ -76,6 +76,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--socket-group <group>', 'lazy-pages.socket is 0660 with this group (name or gid), whose members may hand over too (default: 0600, root and our user only)')
     .option('--recover-timeout <seconds>', "if this daemon dies mid-restore, its guardian keeps the tree waiting this long (threads block in their faults) for `lazy-pages --resume` on the same work dir, instead of stopping it at once; also the default of --recover-timeout-ms (default 0)")
     .option('--resume', 'take over the restore of a daemon of this work dir that died, from its guardian (see --recover-timeout); give the images and source flags the first daemon had')
+    .option('--metrics <address>', 'serve Prometheus metrics of this restore on HOST:PORT (loopback only) or unix:/PATH')
     .option('--no-guardian', 'unsafe: no guardian process (a daemon killed outright then leaves the tree reading zeros)')
     .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;

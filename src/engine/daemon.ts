@@ -22,6 +22,7 @@ import { ProcessTree } from './tree';
 import { ArenaProducer, createArena } from '../source/arena';
 import type { PageServerClient, PageRequest, RemoteOptions } from '../source/remote-client';
 import { createBoards } from '../worker/fill-board';
+import { createProgress, readProgress, type Progress } from '../worker/progress';
 
 export interface DaemonOptions {
   imagesDir: string;
@@ -85,6 +86,7 @@ export class LazyPagesDaemon {
   private readonly atStart: { fds: number; rssKiB: number };
   private readonly arenas: ArenaProducer[] = [];
   private readonly remote: PageServerClient | null = null;
+  private readonly progressSab: SharedArrayBuffer;
 
   /** Reads inventory and pstree and listens: the caller may announce readiness once this returns. */
   constructor(private readonly opts: DaemonOptions) {
@@ -116,6 +118,7 @@ export class LazyPagesDaemon {
       this.remote = new Client(opts.remote, (req, reply) => this.deliverPages(req, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
     }
     const boards = createBoards(opts.workers);
+    this.progressSab = createProgress(opts.workers);
     for (let shard = 0; shard < opts.workers; shard++) {
       const arena = opts.remote ? createArena(ARENA_PAGES) : undefined;
       if (arena) this.arenas.push(new ArenaProducer(arena));
@@ -128,6 +131,7 @@ export class LazyPagesDaemon {
         ring: this.poller.rings[shard].sab,
         rings: this.poller.rings.map((r) => r.sab),
         boards,
+        progress: this.progressSab,
         allPids: this.pstree.map((t) => t.pid),
         epfd: this.poller.epfds[shard],
         arena,
@@ -196,6 +200,11 @@ export class LazyPagesDaemon {
   private shardOf(pid: number): number {
     const i = this.pstree.findIndex((t) => t.pid === pid);
     return (i < 0 ? 0 : i) % this.opts.workers;
+  }
+
+  /** Where the restore stands now (workers publish every few ms); exact only in the summary. */
+  progress(): Progress & { processes: number; restoreFinished: boolean } {
+    return { ...readProgress(this.progressSab), processes: this.tree.active, restoreFinished: this.restoreFinished };
   }
 
   get socketPath(): string | undefined {

@@ -13,6 +13,7 @@ import { native } from '../native';
 import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
 import { BOARD_SLOTS, FillBoards, LEASE_RUNS, LeaseState, leaseResultOf, stopOf, type LeaseRun } from './fill-board';
 import { FillBudget, HelpThrottle } from './fill-budget';
+import { ProgressWriter, PUBLISH_NS } from './progress';
 import { RunCopier, type RunsResult } from './uffd-ops';
 import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
@@ -59,6 +60,18 @@ export default function runShard(task: WorkerTask): WorkerResult {
   /** Processes to release once their taken leases are back (a uffd is never closed under a lease). */
   const releasing = new Map<LazyProcess, { how: 'complete' | 'gone'; reason: string }>();
   const copier = new RunCopier();
+  const progress = new ProgressWriter(task.progress, task.shard);
+  let publishedNs = 0;
+  const publish = (force = false) => {
+    const now = native.monotonicNs();
+    if (!force && now - publishedNs < PUBLISH_NS) return;
+    publishedNs = now;
+    let missing = 0;
+    for (const p of processes.values()) missing += p.map.pages + p.inflight.pages;
+    progress.publish(missing, totals, (function* () {
+      for (const p of processes.values()) yield p.counters;
+    })());
+  };
   /** When this worker served its first fault (CLOCK_MONOTONIC ns), 0 if none. */
   let firstFaultNs = 0;
   let filledForOthers = 0;
@@ -117,6 +130,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     const i = filling.indexOf(p);
     if (i >= 0) filling.splice(i, 1);
     for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
+    publish(true);
     if (how === 'complete') post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
     else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
   };
@@ -138,6 +152,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else {
       latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
+      progress.served(p.releasedAtNs - timeNs);
       // Remote: the fault is served when its request leaves (the reply's copy wakes the thread).
       firstFaultNs ||= p.remote ? started : p.releasedAtNs;
     }
@@ -336,6 +351,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
+      publish();
       const n = ring.consume(onRecord);
       if (stop) break;
       collectLeases();

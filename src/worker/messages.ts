@@ -22,6 +22,8 @@ export interface WorkerTask {
   rings: SharedArrayBuffer[];
   /** The fill boards of all shards (fill-board.ts). */
   boards: SharedArrayBuffer;
+  /** Live progress, PROGRESS_SLOTS Float64s per shard (progress.ts): read by the main thread only. */
+  progress: SharedArrayBuffer;
   /** Every pstree pid: a worker may fill any process on lease, so it opens all their page images. */
   allPids: number[];
   /** This shard's epoll set, drained by the worker itself between background chunks. */
