@@ -14,6 +14,21 @@ export interface PageServerFlags extends CommonFlags {
   address?: string;
   lazyPages?: boolean;
   keepServing?: boolean;
+  maxConnections?: string;
+  maxOutstandingRequests?: string;
+  maxUnsentBytes?: string;
+  idleTimeoutMs?: string;
+}
+
+/** A bound's value: a whole number >= min; bytes may end in k, m or g (KiB, MiB, GiB). */
+export function parseBound(flag: string, v: string | undefined, min: number, bytes = false): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+)([kmg]?)$/i.exec(String(v).trim());
+  const n = m && (!m[2] || bytes) ? Number(m[1]) * 1024 ** ' kmg'.indexOf((m[2] || ' ').toLowerCase()) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`${flag} ${v}: must be a whole number${bytes ? ' of bytes (k, m, g: KiB, MiB, GiB)' : ''} >= ${min}`);
+  }
+  return n;
 }
 
 /**
@@ -32,6 +47,12 @@ export async function pageServer(flags: PageServerFlags): Promise<number> {
   }
   const port = flags.port === undefined ? CRIU_DEFAULT_PORT : Number(flags.port);
   if (!/^\d+$/.test(flags.port ?? '0') || port > 65535) throw new UsageError(`--port ${flags.port}: not a port number (0-65535)`);
+  const bounds = {
+    maxConnections: parseBound('--max-connections', flags.maxConnections, 1),
+    maxOutstandingRequests: parseBound('--max-outstanding-requests', flags.maxOutstandingRequests, 1),
+    maxUnsentBytes: parseBound('--max-unsent-bytes', flags.maxUnsentBytes, 1, true),
+    idleTimeoutMs: parseBound('--idle-timeout-ms', flags.idleTimeoutMs, 0),
+  };
   const statusFd = parseStatusFd(flags.statusFd);
   const format = parseLogFormat(flags.logFormat);
   const workDir = workDirOf(flags);
@@ -52,6 +73,7 @@ export async function pageServer(flags: PageServerFlags): Promise<number> {
       ...(t ? { tls: { key: t.key, cert: t.cert, ca: t.ca, crl: t.crl, peerName: t.peerName, requestCert: true, rejectUnauthorized: true } } : {}),
       log: (level, msg) => log[level](msg),
       traceRequests: log.isLevelEnabled('debug'),
+      ...bounds,
       onAllClosed: () => {
         if (!flags.keepServing) sessionOver();
       },
@@ -81,7 +103,8 @@ export async function pageServer(flags: PageServerFlags): Promise<number> {
   ]);
   await server.close();
   const s = server.stats;
-  const what = `${s.connections} connection(s), ${s.gets} GETs, ${s.pages} pages, ${s.refused} refused`;
+  const bounded = [s.overLimit && `${s.overLimit} over --max-connections`, s.throttled && `${s.throttled} throttled`, s.dropped && `${s.dropped} dropped`].filter(Boolean);
+  const what = `${s.connections} connection(s), ${s.gets} GETs, ${s.pages} pages, ${s.refused} refused${bounded.length ? `, ${bounded.join(', ')}` : ''}`;
   if (flags.displayStats) process.stdout.write(`page server: ${what}\n`);
   if (end !== 'session') {
     log.info(`page server: ${end}: stopped after ${what}`);
