@@ -33,12 +33,18 @@
  *   HOLD    {6, id, 0}             + SCM_RIGHTS [socket]         the listening socket: the guardian
  *                                                                accepts on it from now on
  * and the other way, guardian to daemon:
- *   CONN    {7, id, 0}             + SCM_RIGHTS [connection]     a connection it accepted (RELEASE
- *                                                                {3, id, 1} when the daemon closes it)
+ *   CONN    {7, id, listening id}  + SCM_RIGHTS [connection]     a connection it accepted on the
+ *                                                                socket HOLD named (RELEASE {3, id, 1}
+ *                                                                when the daemon closes it; RELEASE
+ *                                                                of a HOLD id drops that socket)
  *   TAINT    {8, id, 0}                                          an mremap, MADV_DONTNEED or munmap
  *                                                                was read for id (sent by the drain)
  *   VPID     {9, id, vpid}                                       id is pid vpid of pstree.img
  *   FINISHED {10, 0, 0}                                          the restorer's hand-over is over
+ *   DROP     {14, host pid, 0}                                   an engine's restore of that process
+ *                                                                ended (complete, or fail-stopped and
+ *                                                                poisoned): forget it entirely (an
+ *                                                                engine's other restores go on)
  *   RESUMED  {11, 0, 0}                                          a resumed daemon has taken every
  *                                                                process (ADD/CHILD/VPID again, by its
  *                                                                own fd numbers): the entries from
@@ -100,10 +106,15 @@ enum {
 	MSG_RESUMED = 11,
 	MSG_PROC = 12,
 	MSG_END = 13,
+	MSG_DROP = 14,
 };
 
-/* The hand-over sockets: the listening one, and the restorer's connection(s) the daemon accepted. */
-#define MAX_SOCKS 8
+/* Ids of connections the guardian accepted: apart from the daemon's fd numbers (HOLD ids). */
+#define CONN_ID_BIT 0x40000000u
+
+/* The hand-over sockets: the listening ones (one per restore an engine serves), and the restorers'
+ * connections accepted on them. */
+#define MAX_SOCKS 1024
 static struct {
 	uint32_t id;
 	int fd;
@@ -336,6 +347,11 @@ static int recv_one(int sock, uint32_t *type)
 		return 1;
 	case MSG_DONE:
 	case MSG_STOPPED:
+		return 1;
+	case MSG_DROP:
+		for (size_t i = 0; i < nprocs; i++)
+			if (procs[i].live && procs[i].host_pid == (int)hdr[1])
+				release(&procs[i]);
 		return 1;
 	case MSG_TAINT:
 	case MSG_VPID:
@@ -625,14 +641,14 @@ static void accept_pending(int sock)
 			if (c < 0)
 				break;
 			if (nsocks == MAX_SOCKS) {
-				close(c); /* one restorer per daemon: a flood of others is refused here */
+				close(c); /* one restorer per restore: a flood of others is refused here */
 				continue;
 			}
-			socks[nsocks].id = (uint32_t)c;
+			socks[nsocks].id = (uint32_t)c | CONN_ID_BIT;
 			socks[nsocks].fd = c;
 			socks[nsocks].listening = 0;
 			nsocks++;
-			uint32_t hdr[3] = { MSG_CONN, (uint32_t)c, 0 };
+			uint32_t hdr[3] = { MSG_CONN, (uint32_t)c | CONN_ID_BIT, socks[i].id };
 			union {
 				char space[CMSG_SPACE(sizeof(int))];
 				struct cmsghdr align;
@@ -849,15 +865,21 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGQUIT, SIG_IGN);
 	for (;;) {
-		struct pollfd pfd[2] = { { sock, POLLIN, 0 }, { -1, POLLIN, 0 } };
+		/* the control socket, then every listening socket (one per restore an engine serves) */
+		static struct pollfd pfd[1 + MAX_SOCKS];
+		int npfd = 1;
+		pfd[0] = (struct pollfd){ sock, POLLIN, 0 };
 		for (int i = 0; i < nsocks; i++)
 			if (socks[i].listening)
-				pfd[1].fd = socks[i].fd;
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+				pfd[npfd++] = (struct pollfd){ socks[i].fd, POLLIN, 0 };
+		if (poll(pfd, npfd, -1) < 0 && errno != EINTR)
 			return 1;
 		/* connections first: a restorer that connected before the daemon died is taken either way */
-		if (pfd[1].revents & POLLIN)
-			accept_pending(sock);
+		for (int i = 1; i < npfd; i++)
+			if (pfd[i].revents & POLLIN) {
+				accept_pending(sock);
+				break;
+			}
 		if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
 			continue;
 		uint32_t type = 0;

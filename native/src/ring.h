@@ -37,9 +37,11 @@
 
 enum RecordKind {
   REC_UFFD_MSG = 1,       // payload: struct uffd_msg
-  REC_PROCESS = 2,        // payload: i32 pid, i32 host pid (0 = unknown)
-  REC_RESTORE_FINISHED = 3,
+  REC_PROCESS = 2,        // payload: i32 pid, i32 host pid (0 = unknown), i32 session
+  REC_RESTORE_FINISHED = 3, // payload: i32 session
   REC_STOP = 4,
   REC_UFFD_ERROR = 5,     // payload: i32 errno (0 = EOF) of a failed read of the uffd
   REC_PAGES = 7,          // page-server data in the worker's arena (written by JS only)
+  REC_SESSION = 8,        // a restore joins the engine (JS only; its details on the worker's port)
+  REC_STOP_SESSION = 9,   // one restore ends, or is fail-stopped (JS only)
 };

@@ -48,6 +48,8 @@ export interface LazyPagesFlags extends CommonFlags {
   recoverTimeout?: string;
   resume?: boolean;
   metrics?: string;
+  /** --engine SOCKET (or FAULTLINE_ENGINE): served by a running `faultline serve` */
+  engine?: string;
   requestOrder?: string;
   /** commander's --no-guardian */
   guardian?: boolean;
@@ -207,8 +209,26 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const remote = flags.pageServer ? remoteOptions(flags, workDir, recoverS) : undefined;
   if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
   const logPath = resolveLogFile(flags.logFile, workDir);
+  const engineSocket = flags.engine ?? process.env.FAULTLINE_ENGINE;
+  if (engineSocket) {
+    // The engine has its own workers, guardian and metrics; a remote or resumed restore is not served by it yet.
+    const own: [unknown, string][] = [[flags.pageServer, '--page-server'], [flags.resume, '--resume'], [flags.recoverTimeout, '--recover-timeout'], [flags.guardian === false ? true : undefined, '--no-guardian'], [flags.workers, '--workers'], [flags.nice, '--nice'], [flags.fillNice, '--fill-nice'], [flags.metrics, '--metrics']];
+    for (const [v, flag] of own) if (v !== undefined && v !== false) throw new UsageError(`${flag} cannot go with --engine: ${flag === '--page-server' || flag === '--resume' || flag === '--recover-timeout' ? 'the engine serves local restores only (run this one stand-alone)' : 'it is the engine\'s (faultline serve)'}`);
+  }
   if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', logPath, statusFd);
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
+  if (engineSocket) {
+    const { runViaEngine } = require('./engine-client') as typeof import('./engine-client');
+    return runViaEngine({
+      socket: engineSocket,
+      request: { imagesDir: path.resolve(flags.imagesDir), workDir, socketGid, faultAround, fillChunk, recordFaults: flags.recordFaults && path.resolve(flags.recordFaults), prefetch: flags.prefetch && path.resolve(flags.prefetch) },
+      json: flags.json,
+      statusFd,
+      onListening: () => writePidfile(pidfile),
+      log,
+      stopSignals: FAIL_STOP_SIGNALS,
+    });
+  }
   raisePriority(nice, log);
   // Before the socket listens: no uffd ever reaches this daemon without the guardian holding a copy.
   // --resume: the guardian of a daemon that died hands its tree over and guards this one instead.
@@ -234,7 +254,8 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   });
   if (metricsAt) {
     try {
-      const m = await serveMetrics(metricsAt, daemon, { images_dir: path.resolve(flags.imagesDir), work_dir: workDir });
+      const labels = { images_dir: path.resolve(flags.imagesDir), work_dir: workDir };
+      const m = await serveMetrics(metricsAt, () => ({ restores: [{ labels, progress: daemon.progress() }] }));
       process.stderr.write(`faultline lazy-pages: metrics on ${m.url}\n`);
       void daemon.done.finally(() => m.close()).catch(() => undefined);
     } catch (e) {

@@ -77,6 +77,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--recover-timeout <seconds>', "if this daemon dies mid-restore, its guardian keeps the tree waiting this long (threads block in their faults) for `lazy-pages --resume` on the same work dir, instead of stopping it at once; also the default of --recover-timeout-ms (default 0)")
     .option('--resume', 'take over the restore of a daemon of this work dir that died, from its guardian (see --recover-timeout); give the images and source flags the first daemon had')
     .option('--metrics <address>', 'serve Prometheus metrics of this restore on HOST:PORT (loopback only) or unix:/PATH')
+    .option('--engine <socket>', 'have a running `faultline serve` serve this restore (also FAULTLINE_ENGINE); waits and exits as a stand-alone daemon would')
     .option('--no-guardian', 'unsafe: no guardian process (a daemon killed outright then leaves the tree reading zeros)')
     .action(async (flags: LazyPagesFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;
@@ -97,6 +98,33 @@ async function main(argv: string[]): Promise<number> {
       if (prelude(flags)) return;
       const { pageServer } = await import('../server/cli');
       code = await pageServer(flags);
+    });
+  program
+    .command('serve')
+    .description('one long-lived engine serving every lazy restore on the host (`lazy-pages --engine SOCKET`)')
+    .option('--socket <path>', 'the control socket (0600; default $FAULTLINE_ENGINE or /run/faultline/engine.sock)')
+    .option('--workers <n>', 'worker threads shared by all restores (default: CPUs)')
+    .option('--max-restores <n>', 'restores served at once; more wait in a queue (default 32)')
+    .option('--no-queue', 'refuse a restore beyond --max-restores (or --max-memory) instead of queueing it')
+    .option('--max-memory <MiB>', "start no restore while the engine's resident memory is above this")
+    .option('--shutdown-timeout <seconds>', 'on SIGTERM/SIGINT, running restores finish for this long, then are fail-stopped (default 30)')
+    .option('--metrics <address>', 'serve Prometheus metrics of every restore on HOST:PORT (loopback only) or unix:/PATH')
+    .option('-o, --log-file <file>', 'log to this file')
+    .option('--log-format <format>', 'text (criu-shaped lines; default) or json')
+    .option('-v, --verbosity <n>', 'log verbosity 0-4', (v) => Number(v), 2)
+    .option('--no-guardian', 'unsafe: no guardian process (an engine killed outright then leaves its trees reading zeros)')
+    .action(async (flags: import('./serve').ServeFlags) => {
+      const { serve } = await import('./serve');
+      code = await serve(flags);
+    });
+  program
+    .command('status')
+    .description("the engine's restores: images, pids, progress, faults/s")
+    .option('--socket <path>', 'the engine control socket (default $FAULTLINE_ENGINE or /run/faultline/engine.sock)')
+    .option('--json', 'print the status as JSON')
+    .action(async (flags: { socket?: string; json?: boolean }) => {
+      const { statusCommand } = await import('./status');
+      code = await statusCommand(flags);
     });
   program
     .command('inspect')

@@ -8,8 +8,13 @@ import type { Registry as PromRegistry } from 'prom-client';
 import { FAULT_BUCKETS_S, type Progress } from '../worker/progress';
 import { UsageError } from './usage-error';
 
-export interface MetricsSource {
-  progress(): Progress & { processes: number; restoreFinished: boolean };
+type RestoreProgress = Progress & { processes: number; restoreFinished: boolean };
+
+/** What a scrape reports: each restore with its labels, and (an engine) how many run and wait. */
+export interface MetricsSnapshot {
+  restores: { labels: Record<string, string>; progress: RestoreProgress }[];
+  active?: number;
+  queued?: number;
 }
 
 export type MetricsAddress = { host: string; port: number } | { path: string };
@@ -34,26 +39,34 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export async function serveMetrics(at: MetricsAddress, source: MetricsSource, labels: Record<string, string>): Promise<MetricsServer> {
+export async function serveMetrics(at: MetricsAddress, snapshot: () => MetricsSnapshot): Promise<MetricsServer> {
   // Loaded only with --metrics: start-up CPU is counted (docs/startup.md).
   const prom = require('prom-client') as typeof import('prom-client');
   const registry: PromRegistry = new prom.Registry();
-  registry.setDefaultLabels(labels);
   prom.collectDefaultMetrics({ register: registry, prefix: 'faultline_daemon_' });
-  let last = source.progress();
-  const gauge = (name: string, help: string, value: (p: typeof last) => number) =>
-    new prom.Gauge({ name, help, registers: [registry], collect() {
-      this.set(value(last));
-    } });
-  const counter = (name: string, help: string, labelNames: string[], values: (p: typeof last) => [Record<string, string>, number][]) =>
-    new prom.Counter({ name, help, labelNames, registers: [registry], collect() {
+  let last = snapshot();
+  const LABELS = ['images_dir', 'work_dir'];
+  const gauge = (name: string, help: string, value: (p: RestoreProgress) => number) =>
+    new prom.Gauge({ name, help, labelNames: LABELS, registers: [registry], collect() {
       this.reset();
-      for (const [l, v] of values(last)) this.inc(l, v);
+      for (const r of last.restores) this.set(r.labels, value(r.progress));
+    } });
+  const counter = (name: string, help: string, labelNames: string[], values: (p: RestoreProgress) => [Record<string, string>, number][]) =>
+    new prom.Counter({ name, help, labelNames: [...labelNames, ...LABELS], registers: [registry], collect() {
+      this.reset();
+      for (const r of last.restores) for (const [l, v] of values(r.progress)) this.inc({ ...l, ...r.labels }, v);
     } });
   // First of all collectors: one consistent reading per scrape.
-  new prom.Gauge({ name: 'faultline_restore_processes', help: 'restored processes still being served', registers: [registry], collect() {
-    last = source.progress();
-    this.set(last.processes);
+  new prom.Gauge({ name: 'faultline_restore_processes', help: 'restored processes still being served', labelNames: LABELS, registers: [registry], collect() {
+    last = snapshot();
+    this.reset();
+    for (const r of last.restores) this.set(r.labels, r.progress.processes);
+  } });
+  new prom.Gauge({ name: 'faultline_restores_active', help: 'restores being served', registers: [registry], collect() {
+    this.set(last.active ?? last.restores.length);
+  } });
+  new prom.Gauge({ name: 'faultline_restores_queued', help: 'restores waiting for room in the engine (--max-restores, --max-memory)', registers: [registry], collect() {
+    this.set(last.queued ?? 0);
   } });
   gauge('faultline_restore_finished', '1 once the restorer handed everything over (the background fill runs from then on)', (p) => (p.restoreFinished ? 1 : 0));
   gauge('faultline_restore_pages_done', 'lazy pages in place: copied by a fault or the fill, zero-filled, or found present', (p) => p.done);
@@ -69,15 +82,17 @@ export async function serveMetrics(at: MetricsAddress, source: MetricsSource, la
     aggregator: 'sum',
     get: async () => {
       const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
-      let cumulative = 0;
-      FAULT_BUCKETS_S.forEach((le, b) => {
-        cumulative += last.faultBuckets[b]!;
-        values.push({ labels: { le }, value: cumulative, metricName: `${name}_bucket` });
-      });
-      cumulative += last.faultBuckets[FAULT_BUCKETS_S.length]!;
-      values.push({ labels: { le: '+Inf' }, value: cumulative, metricName: `${name}_bucket` });
-      values.push({ labels: {}, value: last.faultSeconds, metricName: `${name}_sum` });
-      values.push({ labels: {}, value: cumulative, metricName: `${name}_count` });
+      for (const { labels, progress: p } of last.restores) {
+        let cumulative = 0;
+        FAULT_BUCKETS_S.forEach((le, b) => {
+          cumulative += p.faultBuckets[b]!;
+          values.push({ labels: { le, ...labels }, value: cumulative, metricName: `${name}_bucket` });
+        });
+        cumulative += p.faultBuckets[FAULT_BUCKETS_S.length]!;
+        values.push({ labels: { le: '+Inf', ...labels }, value: cumulative, metricName: `${name}_bucket` });
+        values.push({ labels, value: p.faultSeconds, metricName: `${name}_sum` });
+        values.push({ labels, value: cumulative, metricName: `${name}_count` });
+      }
       return { name, help: 'page fault read from the uffd → the faulting thread released', type: 'histogram', aggregator: 'sum', values };
     },
     reset: () => undefined,

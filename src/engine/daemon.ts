@@ -3,26 +3,21 @@
 // MessagePort only what changes the tree (loaded, complete, gone, forked, fatal).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MessageChannel, type MessagePort } from 'node:worker_threads';
-import { Piscina } from 'piscina';
 import type { Logger } from 'pino';
 import { readInventory, readPstree, type PstreeEntry } from '../images';
 import { native } from '../native';
-import { DEFAULT_TUNING, type Tuning } from '../worker/tuning';
-import type { WorkerMessage, WorkerResult, WorkerTask } from '../worker/messages';
+import type { Tuning } from '../worker/tuning';
+import type { WorkerMessage, WorkerResult } from '../worker/messages';
 import { FailStop, ProtocolError } from './errors';
 import type { HandoverEvent } from './handover';
 import { Listener, lockWorkDir, uffdInitialized } from './listener';
-import { Poller } from './poller';
-import { DEFAULT_RING_CAPACITY } from './ring-layout';
-import { pushPages, pushRestoreFinished, pushStop } from './ring-records';
+import { pushPages, pushRestoreFinished } from './ring-records';
 import { summarize, type RestoreSummary } from './summary';
 import type { Guardian, HeldProcess } from './guardian';
 import { ProcessTree } from './tree';
-import { ArenaProducer, createArena } from '../source/arena';
 import type { PageServerClient, PageRequest, RemoteOptions } from '../source/remote-client';
-import { createBoards } from '../worker/fill-board';
-import { createProgress, readProgress, type Progress } from '../worker/progress';
+import type { Progress } from '../worker/progress';
+import { Engine } from './engine';
 
 export interface DaemonOptions {
   imagesDir: string;
@@ -48,24 +43,28 @@ export interface DaemonOptions {
    * images again from the start (pages already in place answer EEXIST); no restorer is waited for.
    */
   resume?: HeldProcess[];
+  /**
+   * `faultline serve`: this restore joins a running engine (its workers, rings and fill), instead of
+   * starting one of its own.
+   */
+  engine?: Engine;
 }
 
 /** CLOCK_MONOTONIC at this process's start (performance.now() counts from it). */
 const PROCESS_START_NS = native.monotonicNs() - performance.now() * 1e6;
 
-/** Per-worker arena for page-server data: 32 MiB, far above the largest request (256 pages). */
-const ARENA_PAGES = 8192;
-
 export class LazyPagesDaemon {
   private readonly pstree: PstreeEntry[];
   private readonly tree: ProcessTree;
-  private readonly poller: Poller;
+  private readonly engine: Engine;
+  /** This restore's number in the engine (0 for a stand-alone daemon's own engine). */
+  private session = 0;
+  /** Whether the engine is this daemon's alone (stand-alone): it ends with this restore. */
+  private readonly ownEngine: boolean;
   /** Absent when resuming: the restorer is long gone. */
-  private readonly listener: Listener | undefined;
+  private listener: Listener | undefined;
   private readonly resumeLock: number = -1;
-  private readonly pool: Piscina;
-  private readonly tasks: Promise<WorkerResult>[] = [];
-  private readonly ports: MessagePort[] = [];
+  private readonly workDirLock: number;
   private readonly log: Logger;
   private restoreFinished = false;
   private firstHandoverNs = 0;
@@ -79,14 +78,9 @@ export class LazyPagesDaemon {
   readonly done: Promise<RestoreSummary>;
   /** Resolves once every worker runs its loop (and, remote, the page server answered): ready to serve. */
   readonly ready: Promise<void>;
-  private readonly allWorkersReady: Promise<void>;
-  private workersReady = 0;
-  private resolveReady!: () => void;
   private atReady = { fds: 0, rssKiB: 0 };
   private readonly atStart: { fds: number; rssKiB: number };
-  private readonly arenas: ArenaProducer[] = [];
   private readonly remote: PageServerClient | null = null;
-  private readonly progressSab: SharedArrayBuffer;
 
   /** Reads inventory and pstree and listens: the caller may announce readiness once this returns. */
   constructor(private readonly opts: DaemonOptions) {
@@ -100,57 +94,40 @@ export class LazyPagesDaemon {
       this.rejectDone = reject;
     });
     this.done.catch(() => undefined); // observed by the caller; avoid an unhandled rejection warning
-    this.allWorkersReady = new Promise<void>((resolve) => (this.resolveReady = resolve));
-    this.ready = this.allWorkersReady;
     this.tree = new ProcessTree();
-    this.poller = new Poller(opts.workers, opts.ringCapacity ?? DEFAULT_RING_CAPACITY);
-    this.pool = new Piscina({
-      filename: path.resolve(__dirname, '../worker/loop.js'),
-      minThreads: opts.workers,
-      maxThreads: opts.workers,
-      idleTimeout: Infinity,
-      concurrentTasksPerWorker: 1,
+    this.workDirLock = lock;
+    const request = { imagesDir: opts.imagesDir, pids: this.pstree.map((t) => t.pid), recordFaults: !!opts.recordFaults, prefetchFile: opts.prefetch };
+    this.ownEngine = !opts.engine;
+    let engineReady: Promise<void>;
+    if (opts.engine) {
+      this.engine = opts.engine;
+      engineReady = opts.engine.open(this, request).then((id) => {
+        this.session = id;
+      });
+    } else {
+      this.engine = new Engine({
+        workers: opts.workers,
+        ringCapacity: opts.ringCapacity,
+        tuning: opts.tuning,
+        fillNice: opts.fillNice,
+        remote: !!opts.remote,
+        maxSessions: 1,
+        first: { handler: this, request },
+        onWorkerFailed: (why) => this.failStop(why),
+      });
+      engineReady = this.engine.ready;
+    }
+    this.ready = engineReady.then(() => {
+      this.atReady = resourceSnapshot();
     });
-    const tuning = { ...DEFAULT_TUNING, ...opts.tuning };
     if (opts.remote) {
       // Loaded only for a remote restore: it brings node:tls (≈ 10 ms of start-up CPU).
       const { PageServerClient: Client } = require('../source/remote-client') as typeof import('../source/remote-client');
       this.remote = new Client(opts.remote, (req, reply) => this.deliverPages(req, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
     }
-    const boards = createBoards(opts.workers);
-    this.progressSab = createProgress(opts.workers);
-    for (let shard = 0; shard < opts.workers; shard++) {
-      const arena = opts.remote ? createArena(ARENA_PAGES) : undefined;
-      if (arena) this.arenas.push(new ArenaProducer(arena));
-      const { port1, port2 } = new MessageChannel();
-      port1.on('message', (m: WorkerMessage) => this.onWorkerMessage(m));
-      port1.unref();
-      this.ports.push(port1);
-      const task: WorkerTask = {
-        shard,
-        ring: this.poller.rings[shard].sab,
-        rings: this.poller.rings.map((r) => r.sab),
-        boards,
-        progress: this.progressSab,
-        allPids: this.pstree.map((t) => t.pid),
-        epfd: this.poller.epfds[shard],
-        arena,
-        port: port2,
-        imagesDir: path.resolve(opts.imagesDir),
-        tuning,
-        recordFaults: !!opts.recordFaults,
-        fillNice: opts.fillNice,
-        preloadPids: this.pstree.filter((_, i) => i % opts.workers === shard).map((t) => t.pid),
-        warmUpPid: this.pstree[0]?.pid,
-        prefetchFile: opts.prefetch && path.resolve(opts.prefetch),
-      };
-      const t = this.pool.run(task, { transferList: [port2] }) as Promise<WorkerResult>;
-      t.catch((e: Error) => this.failStop(`worker ${shard} failed: ${e.message}`));
-      this.tasks.push(t);
-    }
     if (this.remote) {
       // Remote: ready also means connected to the page server (retried for a bounded time).
-      this.ready = Promise.all([this.allWorkersReady, this.remote.connect()]).then(() => undefined);
+      this.ready = Promise.all([this.ready, this.remote.connect()]).then(() => undefined);
       this.ready.catch((e: Error) => this.failStop(e.message));
     }
     if (opts.resume) {
@@ -160,12 +137,19 @@ export class LazyPagesDaemon {
       this.log.info({ processes: held.length, workers: opts.workers }, 'resuming the restore a daemon left unfinished');
       return;
     }
-    this.listener = new Listener(opts.workDir, this.pstree.length, {
-      onEvent: (e, peer) => this.onHandover(e, peer),
-      onError: (e) => this.failStop(e.message),
-      onRefused: (pid, why) => this.log.warn({ peerPid: pid }, `refused a connection on lazy-pages.socket: ${why}`),
-    }, this.opts.guardian, lock, opts.socketGid);
-    this.log.info({ socket: this.listener!.socketPath, tasks: this.pstree.length, workers: opts.workers }, 'waiting for the restorer');
+    const listen = () => {
+      if (this.stopping) return;
+      this.listener = new Listener(opts.workDir, this.pstree.length, {
+        onEvent: (e, peer) => this.onHandover(e, peer),
+        onError: (e) => this.failStop(e.message),
+        onRefused: (pid, why) => this.log.warn({ peerPid: pid }, `refused a connection on lazy-pages.socket: ${why}`),
+      }, this.opts.guardian, lock, opts.socketGid);
+      this.log.info({ socket: this.listener.socketPath, tasks: this.pstree.length, workers: this.engine.workers }, 'waiting for the restorer');
+    };
+    // In a shared engine, a restore listens once the workers opened its images: the hand-over then
+    // costs no parsing while the restorer waits.
+    if (this.ownEngine) listen();
+    else this.ready = this.ready.then(listen);
   }
 
   /**
@@ -189,7 +173,8 @@ export class LazyPagesDaemon {
     const stranger = held.find((h) => !this.pstree.some((t) => t.pid === h.vpid));
     if (stranger) return this.failStop(`--resume: the guardian holds pid ${stranger.vpid}, which is not in pstree.img: not the images this restore was started with`);
     for (const p of adopted) {
-      this.poller.addProcess(p.uffd, p.shard, p.pid, p.hostPid);
+      this.engine.claim(p.uffd, this.session);
+      this.engine.poller.addProcess(p.uffd, p.shard, p.pid, p.hostPid, this.session);
       wakeFaulted(p.uffd);
     }
     this.log.warn({ processes: held.length }, `resumed the restore: ${held.length} processes taken from the guardian`);
@@ -198,13 +183,22 @@ export class LazyPagesDaemon {
 
   /** The shard that parsed this pid's images at start (see WorkerTask.preloadPids). */
   private shardOf(pid: number): number {
-    const i = this.pstree.findIndex((t) => t.pid === pid);
-    return (i < 0 ? 0 : i) % this.opts.workers;
+    return this.engine.shardOf(this.session, this.pstree.findIndex((t) => t.pid === pid));
+  }
+
+  /** Its number in the engine (a session slot). */
+  get sessionId(): number {
+    return this.session;
+  }
+
+  /** The restored processes' pids (host pid namespace), served or finished. */
+  pids(): number[] {
+    return this.tree.hostPids();
   }
 
   /** Where the restore stands now (workers publish every few ms); exact only in the summary. */
   progress(): Progress & { processes: number; restoreFinished: boolean } {
-    return { ...readProgress(this.progressSab), processes: this.tree.active, restoreFinished: this.restoreFinished };
+    return { ...this.engine.progress(this.session), processes: this.tree.active, restoreFinished: this.restoreFinished };
   }
 
   get socketPath(): string | undefined {
@@ -229,7 +223,8 @@ export class LazyPagesDaemon {
         if (why) return this.failStop(`${peer}: pid ${e.pid} is ${why}`);
         this.opts.guardian?.vpid(e.uffd, e.pid);
         this.log.debug({ vpid: e.pid, hostPid: e.senderPid, uffd: e.uffd, shard: p.shard }, 'process handed over');
-        this.poller.addProcess(e.uffd, p.shard, e.pid, e.senderPid);
+        this.engine.claim(e.uffd, this.session);
+        this.engine.poller.addProcess(e.uffd, p.shard, e.pid, e.senderPid, this.session);
         return;
       }
       case 'zombie':
@@ -242,21 +237,15 @@ export class LazyPagesDaemon {
         this.finishedNs = native.monotonicNs();
         this.opts.guardian?.finished();
         this.log.info('restore finished: filling in the background');
-        this.poller.broadcast(pushRestoreFinished);
+        this.engine.poller.broadcast((ring) => pushRestoreFinished(ring, this.session));
         this.checkDone();
         return;
     }
   }
 
-  private onWorkerMessage(m: WorkerMessage): void {
+  onWorkerMessage(m: WorkerMessage): void {
     if (this.stopping && m.type !== 'fatal') return;
     switch (m.type) {
-      case 'ready':
-        if (++this.workersReady === this.opts.workers) {
-          this.atReady = resourceSnapshot();
-          this.resolveReady();
-        }
-        return;
       case 'loaded': {
         const p = this.tree.get(m.uffd);
         if (p) {
@@ -269,7 +258,8 @@ export class LazyPagesDaemon {
       case 'complete':
       case 'gone': {
         const p = this.tree.release(m.uffd, m.type);
-        if (p) this.poller.unwatch(m.uffd, p.shard);
+        if (p) this.engine.poller.unwatch(m.uffd, p.shard);
+        this.engine.forget(m.uffd);
         if (p) this.remote?.forget(p);
         this.opts.guardian?.release(m.uffd);
         native.closeFd(m.uffd);
@@ -283,11 +273,14 @@ export class LazyPagesDaemon {
         const parent = this.tree.get(m.parentUffd);
         const shard = parent?.shard ?? 0;
         this.tree.add(m.uffd, m.pid, 0, shard).state = 'restoring';
-        this.poller.watch(m.uffd, shard);
+        this.engine.claim(m.uffd, this.session);
+        this.engine.poller.watch(m.uffd, shard);
         return;
       }
       case 'fatal':
         this.failStop(m.message);
+        return;
+      default:
         return;
       case 'get': {
         const p = this.tree.get(m.uffd);
@@ -303,9 +296,9 @@ export class LazyPagesDaemon {
     // Its process was released (exited, or complete after a fork took the pages): drop the data, as
     // CRIU does; the uffd number may already name a forked child that never asked for it.
     if (this.tree.get(uffd) !== req.owner) return true;
-    const first = this.arenas[shard].put(data, pages);
+    const first = this.engine.arenas[shard].put(data, pages);
     if (first < 0) return false;
-    const ring = this.poller.rings[shard];
+    const ring = this.engine.poller.rings[shard];
     if (!pushPages(ring, uffd, tag, pages, first, vaddr)) {
       throw new Error(`ring of worker ${shard} is full`);
     }
@@ -321,9 +314,8 @@ export class LazyPagesDaemon {
 
   private async finish(): Promise<void> {
     // Every process is complete: nothing is missing that a dying daemon could leave to zeros.
-    this.opts.guardian?.done();
-    this.poller.broadcast((ring) => pushStop(ring, false));
-    const results = await Promise.all(this.tasks);
+    this.letGuardianGo('done');
+    const results = (await this.engine.endSession(this.session, false)) ?? [];
     await this.remote?.close();
     await this.teardown();
     const atEnd = resourceSnapshot();
@@ -378,34 +370,39 @@ export class LazyPagesDaemon {
     // An error line, so that tools reading the log (zdtm greps for "Error") see why the restore stopped.
     this.log.error({ killed }, `fail-stop: ${reason}`);
     void (async () => {
-      try {
-        this.poller.broadcast((ring) => pushStop(ring, true));
-      } catch {
-        // a full ring: the pool is destroyed below; the processes are already killed
-      }
-      const [, settled] = await Promise.all([
-        this.listener?.stop(),
-        Promise.race([Promise.allSettled(this.tasks).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000).unref())]),
-      ]);
+      const [, results] = await Promise.all([this.listener?.stop(), this.engine.endSession(this.session, true, 5000)]);
+      const settled = results !== null;
       // The workers poisoned what was missing: the guardian may let go. Workers that did not answer
       // leave it to the guardian, which fail-stops the tree again when this process is gone.
-      if (settled) this.opts.guardian?.stopped();
+      if (settled) this.letGuardianGo('stopped');
       await this.teardown();
       this.rejectDone(new FailStop(reason));
     })();
   }
 
+  /**
+   * This restore needs the guardian no more. Its own guardian exits; an engine's, which guards the
+   * other restores too, forgets this one's processes.
+   */
+  private letGuardianGo(how: 'done' | 'stopped'): void {
+    const g = this.opts.guardian;
+    if (!g) return;
+    if (!this.ownEngine) for (const pid of this.tree.hostPids()) g.drop(pid);
+    else if (how === 'done') g.done();
+    else g.stopped();
+  }
+
   private async teardown(): Promise<void> {
-    this.listener?.close();
-    if (this.resumeLock >= 0) native.closeFd(this.resumeLock);
-    this.poller.close();
+    if (this.listener) this.listener.close();
+    else native.closeFd(this.workDirLock);
     for (const uffd of this.tree.uffds()) {
+      this.engine.poller.unwatch(uffd, this.tree.get(uffd)!.shard);
+      this.engine.forget(uffd);
       this.tree.release(uffd, 'gone');
       native.closeFd(uffd);
     }
     this.tree.closePidfds();
-    for (const port of this.ports) port.close();
-    await this.pool.destroy();
+    if (this.ownEngine) await this.engine.close();
   }
 }
 

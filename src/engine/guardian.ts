@@ -24,6 +24,7 @@ const enum Msg {
   RESUMED = 11,
   PROC = 12,
   END = 13,
+  DROP = 14,
 }
 
 /** Where the guardian waits for `lazy-pages --resume` when the daemon dies (--recover-timeout). */
@@ -52,7 +53,8 @@ export class Guardian {
   private sock: number;
   private lost: string | undefined;
   private watcher: { stop(): void } | undefined;
-  private fallback: (() => void) | undefined;
+  /** Per listening socket (HOLD id = its fd here): where its connections go, and what to do without the guardian. */
+  private readonly acceptors = new Map<number, { take: (fd: number, id: number) => void; fallback: () => void }>();
 
   private constructor(sock: number, readonly pid: number, private readonly onLost: (why: string) => void) {
     this.sock = sock;
@@ -171,14 +173,10 @@ export class Guardian {
    * this process dies is taken by the guardian instead of closing with it (which would turn that
    * process's missing pages into zeros).
    */
-  hold(listening: number): void {
-    this.send(Msg.HOLD, listening, 0, [listening]);
-  }
-
-  /** Connections the guardian accepted, with its id for each (for releaseSocket). */
-  onConnection(take: (fd: number, id: number) => void, fallback: () => void): void {
-    this.fallback = fallback;
-    this.watcher = new native.FdWatcher(this.sock, () => {
+  hold(listening: number, take: (fd: number, id: number) => void, fallback: () => void): void {
+    if (this.lost) return fallback();
+    this.acceptors.set(listening, { take, fallback });
+    this.watcher ??= new native.FdWatcher(this.sock, () => {
       for (;;) {
         const r = this.sock < 0 ? null : native.unixRecv(this.sock, 12);
         if (!r) return;
@@ -187,14 +185,28 @@ export class Guardian {
           for (const fd of r.fds) native.closeFd(fd);
           return this.gone(`sent a control message of ${r.data.length} bytes that is not CONN`);
         }
-        take(r.fds[0]!, r.data.readUInt32LE(4));
+        const id = r.data.readUInt32LE(4);
+        const to = this.acceptors.get(r.data.readUInt32LE(8));
+        if (to) to.take(r.fds[0]!, id);
+        else {
+          // accepted on a socket closed meanwhile: nobody serves it
+          native.closeFd(r.fds[0]!);
+          this.releaseSocket(id);
+        }
       }
     });
+    this.send(Msg.HOLD, listening, 0, [listening]);
   }
 
-  /** The daemon closed the connection the guardian knows as id. */
+  /** The daemon closed the connection (or the listening socket) the guardian knows as id. */
   releaseSocket(id: number): void {
+    this.acceptors.delete(id);
     this.send(Msg.RELEASE, id, Held.SOCKET, []);
+  }
+
+  /** An engine's restore of this process ended cleanly or was stopped: the guardian forgets it. */
+  drop(hostPid: number): void {
+    if (hostPid > 0) this.send(Msg.DROP, hostPid, 0, []);
   }
 
   /** The restore completed: the guardian exits without touching anything. */
@@ -233,6 +245,7 @@ export class Guardian {
     this.lost = `the guardian (pid ${this.pid}) is gone: ${why}`;
     this.watcher?.stop();
     this.onLost(this.lost);
-    this.fallback?.();
+    for (const a of this.acceptors.values()) a.fallback();
+    this.acceptors.clear();
   }
 }

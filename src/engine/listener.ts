@@ -45,10 +45,9 @@ export interface ListenerEvents {
  * killed between accept and anything else would take the uffds queued in it along).
  */
 export interface Acceptor {
-  hold(listening: number): void;
-  /** fallback: the guardian is gone, accept here from now on. */
-  onConnection(take: (fd: number, id: number) => void, fallback: () => void): void;
-  /** We closed the connection it knows as id. */
+  /** Connections on `listening` go to take (with the acceptor's id); fallback: the guardian is gone, accept here from now on. */
+  hold(listening: number, take: (fd: number, id: number) => void, fallback: () => void): void;
+  /** We closed the connection (or the listening socket) it knows as id. */
   releaseSocket(id: number): void;
 }
 
@@ -81,8 +80,8 @@ export class Listener {
       fs.chmodSync(this.socketPath, 0o660);
     }
     if (acceptor) {
-      acceptor.hold(this.fd);
-      acceptor.onConnection(
+      acceptor.hold(
+        this.fd,
         (fd, id) => this.take(native.unixPeer(fd), id),
         () => {
           if (!this.closed) this.watcher = new native.FdWatcher(this.fd, () => this.accept());
@@ -227,6 +226,8 @@ export class Listener {
     this.closed = true;
     this.closeConnection();
     this.watcher?.stop();
+    // the guardian's copy too: in an engine, other restores' guardian lives on
+    this.acceptor?.releaseSocket(this.fd);
     native.closeFd(this.fd);
     for (const fd of this.heldFds.splice(0)) native.closeFd(fd);
     fs.rmSync(this.socketPath, { force: true });

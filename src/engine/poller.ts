@@ -25,8 +25,8 @@ export class Poller {
   }
 
   /** The PROCESS record goes into the ring before the uffd joins epoll, so it precedes its faults. */
-  addProcess(uffd: number, shard: number, pid: number, hostPid: number): void {
-    this.push(shard, (ring) => pushProcess(ring, uffd, pid, hostPid));
+  addProcess(uffd: number, shard: number, pid: number, hostPid: number, session: number): void {
+    this.push(shard, (ring) => pushProcess(ring, uffd, pid, hostPid, session));
     native.epollAdd(this.epfds[shard], uffd, shard);
   }
 

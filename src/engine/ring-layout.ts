@@ -20,8 +20,9 @@ export const RING = {
 
 export const enum RecordKind {
   UFFD_MSG = 1,
-  /** payload: i32 pid, i32 host pid (0 = unknown) */
+  /** payload: i32 pid, i32 host pid (0 = unknown), i32 session (engine.ts) */
   PROCESS = 2,
+  /** payload: i32 session whose restorer handed everything over */
   RESTORE_FINISHED = 3,
   /** payload: i32 1 = fail-stop (poison what is still missing), 0 = normal end */
   STOP = 4,
@@ -29,6 +30,10 @@ export const enum RecordKind {
   UFFD_ERROR = 5,
   /** payload: i32 tag, i32 pages, u32 first arena slot, u64 image address (lo, hi) — page-server data */
   PAGES = 7,
+  /** payload: i32 session: a restore joins; its images etc. wait on the worker's MessagePort */
+  SESSION = 8,
+  /** payload: i32 session, i32 1 = fail-stop (poison its missing pages), 0 = normal end */
+  STOP_SESSION = 9,
 }
 
 /** struct uffd_msg (linux/userfaultfd.h): event byte, then a 24-byte union at offset 8. */

@@ -12,9 +12,11 @@ export type DecodedRecord =
   | { kind: 'remove'; uffd: number; start: number; end: number }
   | { kind: 'unmap'; uffd: number; start: number; end: number }
   | { kind: 'unknown-event'; uffd: number; event: number }
-  | { kind: 'process'; uffd: number; pid: number; hostPid: number }
-  | { kind: 'restore-finished' }
+  | { kind: 'process'; uffd: number; pid: number; hostPid: number; session: number }
+  | { kind: 'restore-finished'; session: number }
   | { kind: 'stop'; failStop: boolean }
+  | { kind: 'session'; session: number }
+  | { kind: 'stop-session'; session: number; failStop: boolean }
   | { kind: 'uffd-error'; uffd: number; errno: number }
   | { kind: 'pages'; uffd: number; tag: number; pages: number; firstSlot: number; imgStart: number };
 
@@ -42,9 +44,13 @@ export function decode(ring: RingConsumer, r: RingRecord): DecodedRecord {
       }
     }
     case RecordKind.PROCESS:
-      return { kind: 'process', uffd: r.fd, pid: ring.i32At(at), hostPid: ring.i32At(at + 4) };
+      return { kind: 'process', uffd: r.fd, pid: ring.i32At(at), hostPid: ring.i32At(at + 4), session: ring.i32At(at + 8) };
     case RecordKind.RESTORE_FINISHED:
-      return { kind: 'restore-finished' };
+      return { kind: 'restore-finished', session: ring.i32At(at) };
+    case RecordKind.SESSION:
+      return { kind: 'session', session: ring.i32At(at) };
+    case RecordKind.STOP_SESSION:
+      return { kind: 'stop-session', session: ring.i32At(at), failStop: ring.i32At(at + 4) === 1 };
     case RecordKind.STOP:
       return { kind: 'stop', failStop: ring.i32At(at) === 1 };
     case RecordKind.UFFD_ERROR:
@@ -57,12 +63,22 @@ export function decode(ring: RingConsumer, r: RingRecord): DecodedRecord {
 }
 
 /** A restored process handed over: precedes every message of its uffd in the ring. */
-export function pushProcess(ring: RingProducer, uffd: number, pid: number, hostPid: number): boolean {
-  return ring.push(RecordKind.PROCESS, uffd, native.monotonicNs(), pid, hostPid);
+export function pushProcess(ring: RingProducer, uffd: number, pid: number, hostPid: number, session: number): boolean {
+  return ring.push(RecordKind.PROCESS, uffd, native.monotonicNs(), pid, hostPid, session);
 }
 
-export function pushRestoreFinished(ring: RingProducer): boolean {
-  return ring.push(RecordKind.RESTORE_FINISHED, -1, native.monotonicNs());
+export function pushRestoreFinished(ring: RingProducer, session: number): boolean {
+  return ring.push(RecordKind.RESTORE_FINISHED, -1, native.monotonicNs(), session);
+}
+
+/** A restore joins: its SessionSpec was posted on the worker's port just before. */
+export function pushSession(ring: RingProducer, session: number): boolean {
+  return ring.push(RecordKind.SESSION, -1, native.monotonicNs(), session);
+}
+
+/** One restore ends (failStop: poison what its processes still miss); the others go on. */
+export function pushStopSession(ring: RingProducer, session: number, failStop: boolean): boolean {
+  return ring.push(RecordKind.STOP_SESSION, -1, native.monotonicNs(), session, failStop ? 1 : 0);
 }
 
 /** failStop: poison what is still missing before letting go; otherwise a normal end. */

@@ -91,6 +91,11 @@ export class ProcessTree {
   uffds(): number[] {
     return [...this.byUffd.keys()];
   }
+
+  /** Every process with a known pid, served or finished. */
+  hostPids(): number[] {
+    return [...this.byUffd.values(), ...this.finished].map((p) => p.hostPid).filter((pid) => pid > 0);
+  }
 }
 
 const SIGKILL = 9;

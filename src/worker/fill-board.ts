@@ -82,6 +82,7 @@ const ERRNO = 6;
 const EXISTING = 7;
 const IOCTLS = 8;
 const NRUNS = 9;
+const SESSION = 10;
 // f64 fields of a slot (index in the Float64Array, relative to the slot); runs follow the header
 // as [dst, imgStart, pages] triples.
 const DEALT = 6;
@@ -101,6 +102,8 @@ export interface LeaseRun {
 export interface Lease {
   uffd: number;
   pid: number;
+  /** The restore it belongs to: whose images its pid names. */
+  session: number;
   epoch: number;
   /** In copy order; `dealt` counts bytes through them in this order. */
   runs: LeaseRun[];
@@ -148,6 +151,7 @@ export class FillBoards {
     const b = this.base(shard, slot);
     this.i32[b + UFFD] = l.uffd;
     this.i32[b + PID] = l.pid;
+    this.i32[b + SESSION] = l.session;
     this.i32[b + EPOCH] = l.epoch | 0;
     this.i32[b + PAGES] = l.runs.reduce((n, r) => n + r.pages, 0);
     this.i32[b + NRUNS] = l.runs.length;
@@ -169,7 +173,7 @@ export class FillBoards {
       const at = b / 2 + RUNS + 3 * i;
       runs.push({ dst: this.f64[at], imgStart: this.f64[at + 1], pages: this.f64[at + 2] });
     }
-    return { uffd: this.i32[b + UFFD], pid: this.i32[b + PID], epoch: this.i32[b + EPOCH] >>> 0, runs };
+    return { uffd: this.i32[b + UFFD], pid: this.i32[b + PID], session: this.i32[b + SESSION], epoch: this.i32[b + EPOCH] >>> 0, runs };
   }
 
   /** The taker: reports how far it got (results first, state last). */

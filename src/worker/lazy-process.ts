@@ -59,6 +59,8 @@ export class LazyProcess {
   private prefetchAt = 0;
   /** Remote mode: ranges requested from the page server and not yet copied (CRIU's `reqs`). */
   readonly inflight = new MemoryMap();
+  /** The restore it belongs to (engine.ts: one engine serves several); its images are that restore's. */
+  session = 0;
   private readonly requests = new Map<number, { imgStart: number; pages: number; urgent: boolean }>();
   private fillsInFlight = 0;
   /** Local mode: fill leases of this process on the board (taken or not). */
@@ -111,6 +113,7 @@ export class LazyProcess {
     for (const r of this.inflight) map.insert(r);
     const child = new LazyProcess(uffd, this.pid, this.source, map, this.vmas.map((v) => ({ ...v })), this.tuning, this.gate);
     child.remote = this.remote;
+    child.session = this.session;
     return child;
   }
 

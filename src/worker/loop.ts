@@ -2,7 +2,9 @@
 // of the processes in its shard, in order) and serves faults first. The background fill goes through
 // fill leases (fill-board.ts): the worker offers ranges of its own processes, and takes leases from
 // every board, its own first, so every worker fills every process. It blocks in Atomics.wait, so the
-// main thread talks to it only through the ring.
+// main thread talks to it only through the ring. One loop serves every restore of its engine
+// (engine/engine.ts): each is a session, whose images, counters and end are its own, and an error
+// in one (a bad image, a protocol violation) stops that one only.
 import { newHistogram, toPairs } from '../engine/histogram';
 import { RingConsumer, RingWaker, type RingRecord } from '../engine/ring';
 import { decode } from '../engine/ring-records';
@@ -19,7 +21,8 @@ import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import type { FaultTrace, WorkerMessage, WorkerResult, WorkerTask } from './messages';
+import { receiveMessageOnPort } from 'node:worker_threads';
+import type { FaultTrace, SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from './messages';
 
 const IDLE_WAIT_MS = 1000;
 /**
@@ -42,6 +45,36 @@ interface PendingFault {
   timeNs: number;
 }
 
+type Histogram = ReturnType<typeof newHistogram>;
+
+/** One restore as this worker serves it. */
+interface Session {
+  spec: SessionSpec;
+  /** Its restorer handed everything over: its processes are filled in the background. */
+  finished: boolean;
+  /** STOP_SESSION read: it ends once no lease of it is out (failStop: poison first). */
+  stopping: { failStop: boolean } | null;
+  /** An error of its own was reported: nothing more is done for it until its STOP_SESSION. */
+  broken: boolean;
+  sources: Map<number, PageSource>;
+  preloaded: Map<number, Preloaded | Error>;
+  prefetch: Map<number, number[]>;
+  latency: Histogram;
+  /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
+  pickup: Histogram;
+  /** Counters of its processes already released. */
+  totals: ProcessCounters;
+  traces: FaultTrace[];
+  firstFaultNs: number;
+  filledForOthers: number;
+  leases: number;
+  leasesHelped: number;
+  progress: ProgressWriter;
+  publishedNs: number;
+}
+
+const newCounters = (): ProcessCounters => ({ faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 });
+
 export default function runShard(task: WorkerTask): WorkerResult {
   const ring = new RingConsumer(task.ring);
   const port = task.port;
@@ -49,7 +82,12 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const processes = new Map<number, LazyProcess>();
   const filling: LazyProcess[] = [];
   let fillIndex = 0;
+  /** Some restore finished its hand-over: from then on this worker fills (and helps fill). */
   let restoreFinished = false;
+  const sessions = new Map<number, Session>();
+  const sessionOf = (p: LazyProcess): Session | undefined => sessions.get(p.session);
+  /** Faults and fills of a restore that is ending, or reported broken, are not served any more. */
+  const idle = (s: Session | undefined) => !s || s.broken || s.stopping !== null;
   let stop = false;
   let failStop = false;
   let retry: PendingFault[] = [];
@@ -60,23 +98,21 @@ export default function runShard(task: WorkerTask): WorkerResult {
   /** Processes to release once their taken leases are back (a uffd is never closed under a lease). */
   const releasing = new Map<LazyProcess, { how: 'complete' | 'gone'; reason: string }>();
   const copier = new RunCopier();
-  const progress = new ProgressWriter(task.progress, task.shard);
-  let publishedNs = 0;
-  const publish = (force = false) => {
+  const publish = (s: Session, force = false) => {
     const now = native.monotonicNs();
-    if (!force && now - publishedNs < PUBLISH_NS) return;
-    publishedNs = now;
+    if (!force && now - s.publishedNs < PUBLISH_NS) return;
+    s.publishedNs = now;
     let missing = 0;
-    for (const p of processes.values()) missing += p.map.pages + p.inflight.pages;
-    progress.publish(missing, totals, (function* () {
-      for (const p of processes.values()) yield p.counters;
-    })());
+    const live: ProcessCounters[] = [];
+    for (const p of processes.values()) {
+      if (p.session !== s.spec.id) continue;
+      missing += p.map.pages + p.inflight.pages;
+      live.push(p.counters);
+    }
+    s.progress.publish(missing, s.totals, live);
   };
   /** When this worker served its first fault (CLOCK_MONOTONIC ns), 0 if none. */
   let firstFaultNs = 0;
-  let filledForOthers = 0;
-  let leasesTaken = 0;
-  let leasesHelped = 0;
   const budget = new FillBudget(task.tuning.fillShare, MAX_FILL_CREDIT_NS, native.monotonicNs);
   const throttle = new HelpThrottle(HELP_BACKOFF_MIN_NS, HELP_BACKOFF_MAX_NS, native.monotonicNs);
   // Faults are served at the daemon's priority (--nice, above the restored tree). The background
@@ -92,22 +128,62 @@ export default function runShard(task: WorkerTask): WorkerResult {
       // lowering is always allowed; raising back needs the privilege the main thread had
     }
   };
-  const latency = newHistogram();
-  /** Read from the uffd → picked up by this worker: the ring hop, and whatever the worker finished first. */
-  const pickup = newHistogram();
-  const totals: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 };
-  const traces: FaultTrace[] = [];
   const arena = task.arena ? new ArenaConsumer(task.arena) : undefined;
   const remote: RemoteLink | undefined = task.arena
     ? { request: (p, tag, vaddr, pages, urgent) => post({ type: 'get', uffd: p.uffd, pid: p.pid, tag, vaddr, pages, urgent }) }
     : undefined;
-  const prefetch = new Map<number, number[]>();
-  if (task.prefetchFile) {
-    for (const line of fs.readFileSync(task.prefetchFile, 'utf8').split('\n')) if (line.trim()) {
-      const t = JSON.parse(line) as FaultTrace;
-      prefetch.set(t.pid, t.pages);
+
+  /** A restore joins: its images are opened (and its own processes' maps built) before it says so. */
+  const openSession = (spec: SessionSpec): Session => {
+    const s: Session = {
+      spec,
+      finished: false,
+      stopping: null,
+      broken: false,
+      sources: new Map(),
+      preloaded: new Map(),
+      prefetch: new Map(),
+      latency: newHistogram(),
+      pickup: newHistogram(),
+      totals: newCounters(),
+      traces: [],
+      firstFaultNs: 0,
+      filledForOthers: 0,
+      leases: 0,
+      leasesHelped: 0,
+      progress: new ProgressWriter(task.progress, task.shard, spec.id, task.rings.length),
+      publishedNs: 0,
+    };
+    sessions.set(spec.id, s);
+    try {
+      if (spec.prefetchFile) {
+        for (const line of fs.readFileSync(spec.prefetchFile, 'utf8').split('\n')) if (line.trim()) {
+          const t = JSON.parse(line) as FaultTrace;
+          s.prefetch.set(t.pid, t.pages);
+        }
+      }
+    } catch (e) {
+      sessionFailed(s, e);
     }
-  }
+    s.preloaded = preload(spec, !!task.arena, s.sources);
+    return s;
+  };
+
+  /** An error of one restore: it alone is stopped (the main thread fail-stops its tree). */
+  const sessionFailed = (s: Session | undefined, e: unknown) => {
+    if (!s) throw e;
+    if (!s.broken) post({ type: 'fatal', message: (e as Error).message, session: s.spec.id });
+    s.broken = true;
+  };
+  /** Runs `fn` for one restore: what it throws stops that restore only. */
+  const guarded = <T>(s: Session | undefined, fn: () => T): T | undefined => {
+    try {
+      return fn();
+    } catch (e) {
+      sessionFailed(s, e);
+      return undefined;
+    }
+  };
 
   const release = (p: LazyProcess, how: 'complete' | 'gone', reason = '') => {
     if (!processes.has(p.uffd) || processes.get(p.uffd) !== p) return;
@@ -126,11 +202,14 @@ export default function runShard(task: WorkerTask): WorkerResult {
     releasing.delete(p);
     // Forget the uffd before telling the main thread, which closes it (and may reuse the number).
     processes.delete(p.uffd);
-    if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
+    const s = sessionOf(p);
+    if (p.trace) s?.traces.push({ pid: p.pid, pages: p.trace });
     const i = filling.indexOf(p);
     if (i >= 0) filling.splice(i, 1);
-    for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
-    publish(true);
+    if (s) {
+      for (const k of Object.keys(s.totals) as (keyof ProcessCounters)[]) s.totals[k] += p.counters[k];
+      publish(s, true);
+    }
     if (how === 'complete') post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
     else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
   };
@@ -145,16 +224,20 @@ export default function runShard(task: WorkerTask): WorkerResult {
   // Serving faults earns the background fill a share of the thread's time (FillBudget), which it
   // may use while faults wait; beyond it, a waiting fault cuts the fill short at the next slice.
   const serveFault = (p: LazyProcess, address: number, timeNs: number, retried = false) => {
+    const s = sessionOf(p)!;
+    if (idle(s)) return;
     const started = native.monotonicNs();
-    if (!retried) pickup.recordValue(Math.max(1, started - timeNs));
+    if (!retried) s.pickup.recordValue(Math.max(1, started - timeNs));
     if (FAULT_DELAY_NS > 0 && !retried) for (const until = started + FAULT_DELAY_NS; native.monotonicNs() < until; );
-    const outcome = p.fault(address, retried);
+    const outcome = guarded(s, () => p.fault(address, retried));
+    if (outcome === undefined) return;
     if (outcome === 'again') retry.push({ p, address, timeNs });
     else {
-      latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
-      progress.served(p.releasedAtNs - timeNs);
+      s.latency.recordValue(Math.max(1, p.releasedAtNs - timeNs));
+      s.progress.served(p.releasedAtNs - timeNs);
       // Remote: the fault is served when its request leaves (the reply's copy wakes the thread).
-      firstFaultNs ||= p.remote ? started : p.releasedAtNs;
+      s.firstFaultNs ||= p.remote ? started : p.releasedAtNs;
+      firstFaultNs ||= s.firstFaultNs;
     }
     settle(p, outcome);
     budget.earn(native.monotonicNs() - started);
@@ -168,7 +251,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
       const l = offered[s]!;
       offered[s] = null;
       const stop = stopOf(o);
-      const outcome = l.p.leaseSettled(l.runs, { dealt: o.dealt, existing: o.existing, ioctls: o.ioctls, stop });
+      const outcome = guarded(sessionOf(l.p), () => l.p.leaseSettled(l.runs, { dealt: o.dealt, existing: o.existing, ioctls: o.ioctls, stop }));
+      if (outcome === undefined) continue;
       if (outcome === 'again') againUntil.set(l.p, native.monotonicNs() + AGAIN_WAIT_MS * 1e6);
       settle(l.p, outcome);
     }
@@ -193,32 +277,31 @@ export default function runShard(task: WorkerTask): WorkerResult {
       offerIndex %= filling.length;
       const p = filling[offerIndex++];
       tries++;
-      if (p.remote || releasing.has(p) || p.gone) continue;
+      if (p.remote || releasing.has(p) || p.gone || idle(sessionOf(p))) continue;
       const until = againUntil.get(p);
       if (until !== undefined) {
         if (now < until) continue;
         againUntil.delete(p);
       }
-      const pieces = p.leaseNext(LEASE_RUNS);
+      const pieces = guarded(sessionOf(p), () => p.leaseNext(LEASE_RUNS)) ?? [];
       if (!pieces.length) continue;
       tries = 0;
       const runs = pieces.map((r) => ({ dst: r.start, imgStart: r.imgStart, pages: (r.end - r.start) / 4096 }));
       offered[slot] = { p, runs };
-      boards.offer(task.shard, slot, { uffd: p.uffd, pid: p.pid, epoch: ring.epoch, runs });
+      boards.offer(task.shard, slot, { uffd: p.uffd, pid: p.pid, session: p.session, epoch: ring.epoch, runs });
       untaken++;
       made++;
     }
     if (made) for (let w = 0; w < wakers.length; w++) if (w !== task.shard) wakers[w].wake();
   };
 
-  const sources = new Map<number, PageSource>();
-  const sourceOf = (pid: number): PageSource => {
-    let s = sources.get(pid);
-    if (!s) {
-      s = openLocalProcess(task.imagesDir, pid).source;
-      sources.set(pid, s);
+  const sourceOf = (session: Session, pid: number): PageSource => {
+    let src = session.sources.get(pid);
+    if (!src) {
+      src = openLocalProcess(session.spec.imagesDir, pid).source;
+      session.sources.set(pid, src);
     }
-    return s;
+    return src;
   };
   /**
    * Takes one offered lease, this worker's own board first, and copies it; false if none was on
@@ -237,14 +320,20 @@ export default function runShard(task: WorkerTask): WorkerResult {
         const preemptions = owner === task.shard ? 0 : native.threadPreemptions();
         let r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'done', errno: 0 };
         let finished = false;
+        const session = sessions.get(l.session);
         if (fillNice !== serveNice) setNice(fillNice);
         try {
-          const source = sourceOf(l.pid);
+          // A restore this worker has not opened (it ended here already) or that is ending: handed back.
+          if (!session) throw new LeaseBack();
+          const source = sourceOf(session, l.pid);
           const yieldAt = budget.yieldAt();
           const epfd = processes.size ? task.epfd : -1;
           // The runs in order; the first that stops short ends the lease there.
           r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
           finished = true;
+        } catch (e) {
+          // Its images failed here: that restore is stopped; the lease goes back as stopped by an event.
+          if (!(e instanceof LeaseBack)) sessionFailed(session, e);
         } finally {
           if (fillNice !== serveNice) setNice(serveNice);
           budget.spend(started);
@@ -252,11 +341,13 @@ export default function runShard(task: WorkerTask): WorkerResult {
           if (!finished) r = { ...r, stop: 'event' };
           const result = leaseResultOf(r.stop);
           boards.finish(owner, s, { result, dealt: r.dealt, existing: r.existing, errno: r.errno, ioctls: r.ioctls });
-          leasesTaken++;
+          if (session) session.leases++;
           if (owner === task.shard) collectLeases();
           else {
-            leasesHelped++;
-            filledForOthers += r.dealt / 4096 - r.existing;
+            if (session) {
+              session.leasesHelped++;
+              session.filledForOthers += r.dealt / 4096 - r.existing;
+            }
             throttle.helped(native.threadPreemptions() > preemptions);
             wakers[owner].wake();
           }
@@ -283,43 +374,52 @@ export default function runShard(task: WorkerTask): WorkerResult {
         if (!p) return;
         const child = p.forkChild(r.childUffd);
         processes.set(child.uffd, child);
-        if (restoreFinished) filling.push(child);
+        if (sessionOf(p)?.finished) filling.push(child);
         post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
         settle(child, 'ok');
         return;
       }
-      case 'remap':
-        processes.get(r.uffd)?.remapped(r.from, r.to, r.len);
+      case 'remap': {
+        const p = processes.get(r.uffd);
+        if (p) guarded(sessionOf(p), () => p.remapped(r.from, r.to, r.len));
         return;
+      }
       case 'remove': {
         const p = processes.get(r.uffd);
-        if (p) settle(p, p.removed(r.start, r.end));
+        const outcome = p && guarded(sessionOf(p), () => p.removed(r.start, r.end));
+        if (p && outcome) settle(p, outcome);
         return;
       }
       case 'unmap': {
         const p = processes.get(r.uffd);
         if (!p) return;
-        p.unmapped(r.start, r.end);
-        settle(p, 'ok');
+        if (guarded(sessionOf(p), () => (p.unmapped(r.start, r.end), true))) settle(p, 'ok');
         return;
       }
       case 'unknown-event': {
         const p = processes.get(r.uffd);
-        if (p) throw new Error(`pid ${p.pid}: unknown uffd event 0x${r.event.toString(16)}`);
+        if (p) sessionFailed(sessionOf(p), new Error(`pid ${p.pid}: unknown uffd event 0x${r.event.toString(16)}`));
         return;
       }
       case 'process': {
-        const parsed = preloaded.get(r.pid);
-        preloaded.delete(r.pid);
-        if (parsed instanceof Error) throw parsed;
-        const pages = parsed ?? openLocalProcess(task.imagesDir, r.pid, !!task.arena);
-        const p = LazyProcess.fromImages(r.uffd, r.pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
+        const s = sessions.get(r.session);
+        // Its restore is ending (fail-stop) or unknown: the main thread kills the process.
+        if (!s || s.stopping) return;
+        const p = guarded(s, () => {
+          const parsed = s.preloaded.get(r.pid);
+          s.preloaded.delete(r.pid);
+          if (parsed instanceof Error) throw parsed;
+          const pages = parsed ?? openLocalProcess(s.spec.imagesDir, r.pid, !!task.arena);
+          return LazyProcess.fromImages(r.uffd, r.pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
+        });
+        if (!p) return;
+        p.session = s.spec.id;
         if (remote) p.remote = remote;
-        if (task.recordFaults) p.trace = [];
-        const pre = prefetch.get(r.pid);
+        if (s.spec.recordFaults) p.trace = [];
+        const pre = s.prefetch.get(r.pid);
         if (pre) p.setPrefetch(pre);
         processes.set(r.uffd, p);
-        if (restoreFinished) filling.push(p);
+        if (s.finished) filling.push(p);
         post({ type: 'loaded', uffd: r.uffd, pid: r.pid, lazyPages: p.map.pages });
         settle(p, 'ok');
         return;
@@ -327,7 +427,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
       case 'pages': {
         const p = processes.get(r.uffd);
         // A process released meanwhile (exited): its data is dropped, as CRIU does.
-        if (p) settle(p, p.received(r.tag, r.imgStart, r.pages, arena!.data, arena!.offset(r.firstSlot)));
+        const outcome = p && !idle(sessionOf(p)) ? guarded(sessionOf(p), () => p.received(r.tag, r.imgStart, r.pages, arena!.data, arena!.offset(r.firstSlot))) : undefined;
+        if (p && outcome) settle(p, outcome);
         arena!.free(r.firstSlot, r.pages);
         return;
       }
@@ -336,10 +437,40 @@ export default function runShard(task: WorkerTask): WorkerResult {
         if (p) release(p, 'gone', `its uffd failed (${r.errno || 'EOF'})`);
         return;
       }
-      case 'restore-finished':
+      case 'restore-finished': {
+        const s = sessions.get(r.session);
+        if (!s) return;
+        s.finished = true;
         restoreFinished = true;
-        for (const p of processes.values()) if (!filling.includes(p)) filling.push(p);
+        for (const p of processes.values()) if (p.session === r.session && !filling.includes(p)) filling.push(p);
         return;
+      }
+      case 'session': {
+        // Its spec was posted on this port just before the record was pushed.
+        for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
+          const spec = (m.message as { session?: SessionSpec }).session;
+          if (!spec) continue;
+          openSession(spec);
+          post({ type: 'session-ready', session: spec.id, shard: task.shard });
+          if (spec.id === r.session) break;
+        }
+        return;
+      }
+      case 'stop-session': {
+        const s = sessions.get(r.session);
+        if (!s) return;
+        s.stopping = { failStop: r.failStop };
+        // Offers nobody took go now; taken ones come back before the restore's uffds may close.
+        for (let slot = 0; slot < BOARD_SLOTS; slot++) {
+          const o = offered[slot];
+          if (o && o.p.session === r.session && boards.cancel(task.shard, slot)) {
+            o.p.leaseSettled(o.runs, { dealt: 0, existing: 0, ioctls: 0, stop: 'done' });
+            offered[slot] = null;
+          }
+        }
+        retry = retry.filter((f) => f.p.session !== r.session);
+        return;
+      }
       case 'stop':
         stop = true;
         failStop = r.failStop;
@@ -347,14 +478,45 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
   };
 
-  const preloaded = preload(task, sources);
+  /**
+   * A restore that is ending, once no lease of its processes is out: its missing pages poisoned if
+   * it is fail-stopped, its processes forgotten (the main thread closes their uffds), its share of
+   * this worker's work reported.
+   */
+  const endSessions = () => {
+    for (const s of sessions.values()) {
+      if (!s.stopping) continue;
+      if (offered.some((o) => o && o.p.session === s.spec.id)) continue;
+      sessions.delete(s.spec.id);
+      post({ type: 'session-result', session: s.spec.id, result: endSession(s, s.stopping.failStop) });
+    }
+  };
+  const endSession = (s: Session, poison: boolean): WorkerResult => {
+    let poisonedPages = 0;
+    const totals = { ...s.totals };
+    for (const p of [...processes.values()]) {
+      if (p.session !== s.spec.id) continue;
+      if (poison) poisonedPages += p.poisonRemaining();
+      for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
+      if (p.trace) s.traces.push({ pid: p.pid, pages: p.trace });
+      processes.delete(p.uffd);
+      releasing.delete(p);
+      againUntil.delete(p);
+      const i = filling.indexOf(p);
+      if (i >= 0) filling.splice(i, 1);
+    }
+    return { shard: task.shard, latency: toPairs(s.latency), pickup: toPairs(s.pickup), totals, poisonedPages, traces: s.traces, filledForOthers: s.filledForOthers, leases: s.leases, leasesHelped: s.leasesHelped, nice: os.getPriority(), firstFaultNs: s.firstFaultNs };
+  };
+
+  if (task.session) openSession(task.session);
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
-      publish();
+      for (const s of sessions.values()) publish(s);
       const n = ring.consume(onRecord);
       if (stop) break;
       collectLeases();
+      endSessions();
       if (retry.length) {
         // A fault held back by the copy gate: read what is pending in this shard first (the event
         // that made the mm change, or the messages a drain was waiting to read).
@@ -393,13 +555,19 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });
-    // Wait for the main thread's STOP so that fail-stop can still poison what this shard misses.
+    // Wait for the main thread's STOP (or each restore's STOP_SESSION) so that fail-stop can still
+    // poison what this shard misses.
     while (!stop) {
       ring.consume((record) => {
         const r = decode(ring, record);
         if (r.kind === 'stop') {
           stop = true;
           failStop = r.failStop;
+        } else if (r.kind === 'stop-session') {
+          const s = sessions.get(r.session);
+          if (!s) return;
+          sessions.delete(r.session);
+          post({ type: 'session-result', session: r.session, result: endSession(s, r.failStop) });
         }
       });
       if (!stop) ring.wait(IDLE_WAIT_MS);
@@ -417,11 +585,12 @@ export default function runShard(task: WorkerTask): WorkerResult {
     collectLeases();
     if (offered.some((o) => o)) ring.wait(1, ownLeasesDone);
   }
-  let poisonedPages = 0;
-  if (failStop) for (const p of processes.values()) poisonedPages += p.poisonRemaining();
-  for (const p of processes.values()) for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
-  for (const p of processes.values()) if (p.trace) traces.push({ pid: p.pid, pages: p.trace });
-  return { shard: task.shard, latency: toPairs(latency), pickup: toPairs(pickup), totals, poisonedPages, traces, filledForOthers, leases: leasesTaken, leasesHelped, nice: os.getPriority(), firstFaultNs };
+  // The engine's end: every restore still here ends with it (poisoned if it is a fail-stop).
+  for (const s of [...sessions.values()]) {
+    sessions.delete(s.spec.id);
+    post({ type: 'session-result', session: s.spec.id, result: endSession(s, failStop || (s.stopping?.failStop ?? false)) });
+  }
+  return { shard: task.shard, latency: [], pickup: [], totals: newCounters(), poisonedPages: 0, traces: [], filledForOthers: 0, leases: 0, leasesHelped: 0, nice: os.getPriority(), firstFaultNs };
 
   /**
    * Remote: one background request for the next process that can take one; processes with a
@@ -433,8 +602,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
     for (let tries = 0; tries < filling.length; tries++) {
       fillIndex = fillIndex % filling.length;
       const p = filling[fillIndex++];
-      const outcome = p.fillNext();
-      if (outcome === 'busy' || outcome === 'empty') continue;
+      if (idle(sessionOf(p))) continue;
+      const outcome = guarded(sessionOf(p), () => p.fillNext());
+      if (outcome === undefined || outcome === 'busy' || outcome === 'empty') continue;
       settle(p, outcome);
       return true;
     }
@@ -455,20 +625,20 @@ type Preloaded = ProcessPages & { map: MemoryMap };
  * backed yet (≈ 10 µs a page here), so building even a 4,000-range map at hand-over took 10-20 ms
  * that the restorer spent blocked on its first faults.
  */
-function preload(task: WorkerTask, sources: Map<number, PageSource>): Map<number, Preloaded | Error> {
+function preload(task: SessionSpec, remote: boolean, sources: Map<number, PageSource>): Map<number, Preloaded | Error> {
   const out = new Map<number, Preloaded | Error>();
   for (const pid of task.preloadPids) {
     try {
-      const pages = openLocalProcess(task.imagesDir, pid, !!task.arena);
+      const pages = openLocalProcess(task.imagesDir, pid, remote);
       out.set(pid, { ...pages, map: LazyProcess.mapOf(pages.lazyRanges) });
-      if (!task.arena) sources.set(pid, pages.source);
+      if (!remote) sources.set(pid, pages.source);
     } catch (e) {
       out.set(pid, e as Error);
     }
   }
   // Every other process's page images too: this worker may fill any process on lease, and must
   // not parse images while a restored thread waits.
-  if (!task.arena) {
+  if (!remote) {
     for (const pid of task.allPids) {
       if (sources.has(pid)) continue;
       try {
@@ -481,20 +651,23 @@ function preload(task: WorkerTask, sources: Map<number, PageSource>): Map<number
       }
     }
   }
-  if (!out.size) warmUp(task);
+  if (!out.size) warmUp(task, remote);
   return out;
 }
 
-function warmUp(task: WorkerTask): void {
+function warmUp(task: SessionSpec, remote: boolean): void {
   if (task.warmUpPid === undefined) return;
   try {
-    const p = openLocalProcess(task.imagesDir, task.warmUpPid, !!task.arena);
+    const p = openLocalProcess(task.imagesDir, task.warmUpPid, remote);
     const r = p.lazyRanges[0];
-    if (r && !task.arena) p.source.locate(r.start, 1);
+    if (r && !remote) p.source.locate(r.start, 1);
   } catch {
     // reported properly when this process is handed over
   }
 }
+
+/** Thrown inside a lease's copy to hand the lease back untouched. */
+class LeaseBack extends Error {}
 
 module.exports = runShard;
 module.exports.default = runShard;

@@ -10,7 +10,12 @@ export type WorkerMessage =
   | { type: 'complete'; uffd: number; pid: number; counters: ProcessCounters }
   | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
   | { type: 'forked'; uffd: number; parentUffd: number; pid: number }
-  | { type: 'fatal'; message: string; pid?: number }
+  /** session: the restore at fault (only it is stopped); none: the worker itself failed (all are). */
+  | { type: 'fatal'; message: string; pid?: number; session?: number }
+  /** The worker opened a joining restore's images: it may hand over. */
+  | { type: 'session-ready'; session: number; shard: number }
+  /** A restore's share of this worker's work, once it ended (STOP_SESSION) and its pages were poisoned if asked. */
+  | { type: 'session-result'; session: number; result: WorkerResult }
   | { type: 'get'; uffd: number; pid: number; tag: number; vaddr: number; pages: number; urgent: boolean };
 
 export interface WorkerTask {
@@ -22,15 +27,27 @@ export interface WorkerTask {
   rings: SharedArrayBuffer[];
   /** The fill boards of all shards (fill-board.ts). */
   boards: SharedArrayBuffer;
-  /** Live progress, PROGRESS_SLOTS Float64s per shard (progress.ts): read by the main thread only. */
+  /** Live progress, PROGRESS_SLOTS Float64s per session slot and shard (progress.ts): read by the main thread only. */
   progress: SharedArrayBuffer;
-  /** Every pstree pid: a worker may fill any process on lease, so it opens all their page images. */
-  allPids: number[];
+  /** The restore the engine starts with (a stand-alone daemon's one); later ones come as SESSION records. */
+  session?: SessionSpec;
   /** This shard's epoll set, drained by the worker itself between background chunks. */
   epfd: number;
   port: MessagePort;
-  imagesDir: string;
   tuning: Tuning;
+  /** The nice value for background fill copies (--fill-nice); faults are served at the thread's own. */
+  fillNice?: number;
+  /** Session slots the progress buffer holds (the engine's bound on concurrent restores). */
+  maxSessions: number;
+}
+
+/** One restore, as a worker needs to know it. */
+export interface SessionSpec {
+  /** Its slot, 0 .. maxSessions-1 (reused once it ended). */
+  id: number;
+  imagesDir: string;
+  /** Every pstree pid: a worker may fill any process on lease, so it opens all their page images. */
+  allPids: number[];
   /**
    * The pstree pids this shard will serve (their hand-over goes to this shard): their images are
    * parsed before the worker says it is ready, so that a hand-over costs no parsing while the
@@ -39,8 +56,6 @@ export interface WorkerTask {
   preloadPids: number[];
   /** With no pid of its own, a pid whose images the worker reads once at start, to compile the decoders. */
   warmUpPid?: number;
-  /** The nice value for background fill copies (--fill-nice); faults are served at the thread's own. */
-  fillNice?: number;
   /** Record the first-fault order per process (--record-faults). */
   recordFaults: boolean;
   /** A trace written by --record-faults: pages to fill first (--prefetch). */

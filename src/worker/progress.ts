@@ -23,15 +23,18 @@ const enum Slot {
 /** A worker publishes at most this often: a restore's progress moves in milliseconds, not µs. */
 export const PUBLISH_NS = 20_000_000;
 
-export function createProgress(shards: number): SharedArrayBuffer {
-  return new SharedArrayBuffer(shards * PROGRESS_SLOTS * Float64Array.BYTES_PER_ELEMENT);
+/** Slots for `sessions` restores (an engine's bound on concurrent ones) of `shards` workers each. */
+export function createProgress(shards: number, sessions = 1): SharedArrayBuffer {
+  return new SharedArrayBuffer(sessions * shards * PROGRESS_SLOTS * Float64Array.BYTES_PER_ELEMENT);
 }
 
-/** One worker's writer for its own slots. */
+/** One worker's writer for its own slots of one restore. */
 export class ProgressWriter {
   private readonly slots: Float64Array;
-  constructor(sab: SharedArrayBuffer, shard: number) {
-    this.slots = new Float64Array(sab, shard * PROGRESS_SLOTS * Float64Array.BYTES_PER_ELEMENT, PROGRESS_SLOTS);
+  constructor(sab: SharedArrayBuffer, shard: number, session = 0, shards = 1) {
+    this.slots = new Float64Array(sab, (session * shards + shard) * PROGRESS_SLOTS * Float64Array.BYTES_PER_ELEMENT, PROGRESS_SLOTS);
+    // a slot reused by a later restore starts from nothing
+    this.slots.fill(0);
   }
 
   /** One fault served in `ns`: its bucket, counted as it happens (a single writer per slot). */
@@ -80,8 +83,9 @@ export interface Progress {
   faultSeconds: number;
 }
 
-export function readProgress(sab: SharedArrayBuffer): Progress {
-  const all = new Float64Array(sab);
+/** The sum of one restore's slots over the shards. */
+export function readProgress(sab: SharedArrayBuffer, session = 0, shards = sab.byteLength / (PROGRESS_SLOTS * Float64Array.BYTES_PER_ELEMENT)): Progress {
+  const all = new Float64Array(sab, session * shards * PROGRESS_SLOTS * Float64Array.BYTES_PER_ELEMENT, shards * PROGRESS_SLOTS);
   const p: Progress = { done: 0, total: 0, faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, faultBuckets: new Array<number>(FAULT_BUCKETS_S.length + 1).fill(0), faultSeconds: 0 };
   let missing = 0;
   let existing = 0;

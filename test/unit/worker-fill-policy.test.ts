@@ -34,23 +34,23 @@ t.test('fill board: offer, take once, finish, collect; an offer can be withdrawn
   const boards = new FillBoards(createBoards(2), 2);
   t.equal(boards.freeSlot(1), 0);
   t.notOk(boards.anyOffered());
-  boards.offer(1, 0, { uffd: 17, pid: 4, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] });
+  boards.offer(1, 0, { uffd: 17, pid: 4, session: 2, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] });
   t.equal(boards.state(1, 0), LeaseState.OFFERED);
   t.ok(boards.anyOffered());
   t.equal(boards.freeSlot(1), 1, 'the next free slot');
   const l = boards.take(1, 0);
-  t.same(l, { uffd: 17, pid: 4, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] }, 'the lease as offered, its runs in order, addresses above 2^32 intact');
+  t.same(l, { uffd: 17, pid: 4, session: 2, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] }, 'the lease as offered, its runs in order, addresses above 2^32 intact');
   t.equal(boards.take(1, 0), null, 'a second taker gets nothing');
   t.notOk(boards.cancel(1, 0), 'a taken lease cannot be withdrawn');
   boards.finish(1, 0, { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.DONE);
   t.same(boards.collect(1, 0), { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.FREE);
-  boards.offer(0, 5, { uffd: 3, pid: 1, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
-  t.throws(() => boards.offer(0, 6, { uffd: 3, pid: 1, epoch: 0, runs: [] }), RangeError, 'a lease has at least one run');
+  boards.offer(0, 5, { uffd: 3, pid: 1, session: 0, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
+  t.throws(() => boards.offer(0, 6, { uffd: 3, pid: 1, session: 0, epoch: 0, runs: [] }), RangeError, 'a lease has at least one run');
   t.ok(boards.cancel(0, 5), 'an untaken offer is withdrawn');
   t.equal(boards.take(0, 5), null, 'and cannot be taken after');
-  for (let s = 0; s < BOARD_SLOTS; s++) boards.offer(0, s, { uffd: 3, pid: 1, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
+  for (let s = 0; s < BOARD_SLOTS; s++) boards.offer(0, s, { uffd: 3, pid: 1, session: 0, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
   t.equal(boards.freeSlot(0), -1, 'a full board has no free slot');
 });
 
@@ -146,5 +146,5 @@ t.test('a lease of several runs skips the holes between lazy ranges; a cut in it
   t.equal(p.inflight.pages, 0);
   t.same([...p.map].map((r) => [r.start, r.end]), [[BASE + 10 * PAGE, BASE + 12 * PAGE], [BASE + 16 * PAGE, BASE + 20 * PAGE], [BASE + 24 * PAGE, BASE + 28 * PAGE]], 'the rest of the second run and the later runs are missing again');
   const board = new FillBoards(createBoards(1), 1);
-  t.throws(() => board.offer(0, 0, { uffd: 1, pid: 1, epoch: 0, runs: Array.from({ length: 17 }, () => ({ dst: 0, imgStart: 0, pages: 1 })) }), RangeError, 'at most LEASE_RUNS runs');
+  t.throws(() => board.offer(0, 0, { uffd: 1, pid: 1, session: 0, epoch: 0, runs: Array.from({ length: 17 }, () => ({ dst: 0, imgStart: 0, pages: 1 })) }), RangeError, 'at most LEASE_RUNS runs');
 });

@@ -1,0 +1,128 @@
+// `faultline serve` (issue 11): one engine serves several restores at once through
+// `faultline lazy-pages --engine SOCKET`, each verified page by page by the restore target; a bad
+// image stops its own tree only; --max-restores with --no-queue refuses with one line; `faultline
+// status` lists what runs; SIGTERM lets running restores finish or fail-stops them at the timeout,
+// never leaving a tree on zeros.
+import t, { type Test } from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CLI, collect, runRestore, type Exit } from '../../src/target/run';
+import { MiB, assertRestored, assertStopped, denseTree, makeImages, stopOutcome, tempDir } from '../helpers/restore';
+
+interface EngineProcess {
+  child: ChildProcess;
+  socket: string;
+  exit: Promise<Exit>;
+}
+
+async function startEngine(t: Test, dir: string, args: string[] = []): Promise<EngineProcess> {
+  const socket = path.join(dir, 'engine.sock');
+  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exit = collect(child);
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  await new Promise<void>((resolve, reject) => {
+    let seen = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      seen += String(d);
+      if (/listening on/.test(seen)) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`faultline serve exited ${code}: ${seen}`)));
+  });
+  return { child, socket, exit };
+}
+
+t.test('several restores at once through one engine; a bad image stops its own tree only; SIGTERM lets them finish', async (t) => {
+  const dir = tempDir(t, 'engine');
+  const images = makeImages(dir, denseTree(2, 32 * MiB));
+  const damaged = path.join(dir, 'damaged');
+  fs.cpSync(images, damaged, { recursive: true });
+  const pm = path.join(damaged, 'pagemap-2.img');
+  fs.truncateSync(pm, fs.statSync(pm).size - 3);
+  const engine = await startEngine(t, dir, ['--workers', '2', '--max-restores', '8']);
+  // Once all five are under way, the engine is told to stop: running restores finish first.
+  let started = 0;
+  const onStarted = () => {
+    if (++started === 5) engine.child.kill('SIGTERM');
+  };
+  const good = (i: number) => runRestore({ imagesDir: images, workDir: path.join(dir, `w${i}`), daemonArgs: ['--engine', engine.socket], target: { pattern: 'random', fraction: 0.5, seed: i, threads: 2 }, retries: 0, onStarted });
+  const bad = runRestore({ imagesDir: damaged, planImagesDir: images, workDir: path.join(dir, 'bad'), daemonArgs: ['--engine', engine.socket], target: { fraction: 0.5 }, retries: 0, onStarted });
+  const results = await Promise.all([good(0), good(1), bad, good(2), good(3)]);
+  for (const [i, r] of results.entries()) {
+    if (i === 2) assertStopped(t, r, /pagemap-2\.img/);
+    else assertRestored(t, r, 2);
+  }
+  const e = await engine.exit;
+  t.equal(e.code, 0, `SIGTERM during the restores: they finished, then the engine exited 0 ${e.stderr}`);
+  t.match(e.stderr, /received SIGTERM: \d+ restores finish/, 'it said it lets them finish');
+  t.notOk(fs.existsSync(engine.socket), 'its socket is gone');
+});
+
+/** A `lazy-pages --engine` whose restorer never comes: its restore holds an engine slot until stopped. */
+function waitingClient(images: string, workDir: string, socket: string): { child: ChildProcess; exit: Promise<Exit> } {
+  fs.mkdirSync(workDir, { recursive: true });
+  const child = spawn(process.execPath, [CLI, 'lazy-pages', '-D', images, '-W', workDir, '--engine', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return { child, exit: collect(child) };
+}
+
+async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
+  for (const end = Date.now() + ms; !ok(); ) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const status = (socket: string) => spawnSync(process.execPath, [CLI, 'status', '--socket', socket], { encoding: 'utf8' }).stdout;
+
+t.test('--max-restores: --no-queue refuses in one line, the queue waits its turn; SIGTERM fail-stops what outlives --shutdown-timeout', async (t) => {
+  const dir = tempDir(t, 'engine-limits');
+  const images = makeImages(dir, denseTree(1, 16 * MiB));
+  const strict = await startEngine(t, path.join(dir), ['--workers', '1', '--max-restores', '1', '--no-queue', '--shutdown-timeout', '0.3']);
+  const a = waitingClient(images, path.join(dir, 'a'), strict.socket);
+  await until('the first restore to hold the slot', () => /waiting for the restorer/.test(status(strict.socket)));
+  const st = status(strict.socket);
+  t.match(st, /1 of at most 1 restores, 0 queued, 1 workers/, 'status: the engine');
+  t.match(st, new RegExp(`0\\s+waiting for the restorer\\s+0% 0/\\d+ MiB\\s+0\\s+-\\s+${images.replace(/[/.]/g, '\\$&')}\\s+${path.join(dir, 'a').replace(/[/.]/g, '\\$&')}`), `status: its restore ${st}`);
+  const b = spawnSync(process.execPath, [CLI, 'lazy-pages', '-D', images, '-W', dir, '--engine', strict.socket], { encoding: 'utf8' });
+  t.equal(b.status, 1, 'a second restore is refused: exit 1');
+  t.match(b.stderr, /^faultline: error: the engine at \S+ is full: it serves 1 restores at once \(--max-restores\), and it does not queue \(--no-queue\)\n$/, 'in one line');
+  strict.child.kill('SIGTERM');
+  const ax = await a.exit;
+  t.equal(ax.code, 1, 'the restore that outlived --shutdown-timeout: its client exits 1');
+  t.match(ax.stderr, /^faultline: error: the engine received SIGTERM and its --shutdown-timeout \(0\.3 s\) ran out before the restore completed; the restored processes were stopped\n$/, 'and says why in one line');
+  t.equal((await strict.exit).code, 0, 'the engine exits 0 after its shutdown');
+
+  const queueing = await startEngine(t, path.join(dir, 'q'), ['--workers', '1', '--max-restores', '1']);
+  const c = waitingClient(images, path.join(dir, 'c'), queueing.socket);
+  await until('the first restore', () => /1 of at most 1 restores/.test(status(queueing.socket)));
+  const d = waitingClient(images, path.join(dir, 'd'), queueing.socket);
+  let dErr = '';
+  d.child.stderr!.on('data', (x: Buffer) => (dErr += String(x)));
+  await until('the second restore to be queued', () => /0 queued/.test(status(queueing.socket)) === false);
+  t.match(status(queueing.socket), /1 of at most 1 restores, 1 queued/, 'status: one running, one queued');
+  c.child.kill('SIGTERM');
+  const cx = await c.exit;
+  t.match(cx.stderr, /faultline lazy-pages --engine received SIGTERM before the restore completed; the restored processes were stopped/, 'a client stopped by SIGTERM stops its restore');
+  await until('the queued restore to start', () => /waiting for the restorer.*\/d\n/s.test(status(queueing.socket)));
+  t.pass('the queued restore started when the slot came free');
+  d.child.kill('SIGTERM');
+  await d.exit;
+  t.match(dErr, /Warn .*the engine is full: this restore waits, number 1 in its queue/, 'the queued client said it waits');
+  queueing.child.kill('SIGTERM');
+  t.equal((await queueing.exit).code, 0);
+});
+
+t.test('lazy-pages --engine: one line when no engine listens, or for flags that belong to the engine', async (t) => {
+  const dir = tempDir(t, 'engine-client');
+  const images = makeImages(dir, denseTree(1, 16 * MiB));
+  const none = spawnSync(process.execPath, [CLI, 'lazy-pages', '-D', images, '--engine', path.join(dir, 'nobody.sock')], { encoding: 'utf8' });
+  t.equal(none.status, 1);
+  t.match(none.stderr, /^faultline: error: --engine \S+nobody\.sock: no engine listens there \(start one with `faultline serve`\)\n$/);
+  const env = spawnSync(process.execPath, [CLI, 'lazy-pages', '-D', images], { encoding: 'utf8', env: { ...process.env, FAULTLINE_ENGINE: path.join(dir, 'nobody.sock') } });
+  t.match(env.stderr, /--engine \S+nobody\.sock: no engine listens there/, 'FAULTLINE_ENGINE works like --engine');
+  const own = spawnSync(process.execPath, [CLI, 'lazy-pages', '-D', images, '--engine', 'x.sock', '--workers', '2'], { encoding: 'utf8' });
+  t.equal(own.status, 2);
+  t.match(own.stderr, /^faultline: error: --workers cannot go with --engine: it is the engine's \(faultline serve\)\n$/);
+});
