@@ -8,7 +8,9 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLI, collect, runRestore, type Exit } from '../../src/target/run';
-import { MiB, assertRestored, assertStopped, denseTree, makeImages, stopOutcome, tempDir } from '../helpers/restore';
+import { MiB, assertRestored, assertStopped, denseTree, makeImages, tempDir } from '../helpers/restore';
+import { freePort } from '../helpers/criu-restore';
+import * as http from 'node:http';
 
 interface EngineProcess {
   child: ChildProcess;
@@ -41,11 +43,17 @@ t.test('several restores at once through one engine; a bad image stops its own t
   fs.cpSync(images, damaged, { recursive: true });
   const pm = path.join(damaged, 'pagemap-2.img');
   fs.truncateSync(pm, fs.statSync(pm).size - 3);
-  const engine = await startEngine(t, dir, ['--workers', '2', '--max-restores', '8']);
-  // Once all five are under way, the engine is told to stop: running restores finish first.
+  const port = await freePort();
+  const engine = await startEngine(t, dir, ['--workers', '2', '--max-restores', '8', '--metrics', `127.0.0.1:${port}`]);
+  // Once all five are under way, the engine's metrics are scraped and it is told to stop: running
+  // restores finish first.
   let started = 0;
+  let scraped = '';
   const onStarted = () => {
-    if (++started === 5) engine.child.kill('SIGTERM');
+    if (++started < 5) return;
+    http.get(`http://127.0.0.1:${port}/metrics`, (res) => {
+      res.setEncoding('utf8').on('data', (d: string) => (scraped += d)).on('end', () => engine.child.kill('SIGTERM'));
+    });
   };
   const good = (i: number) => runRestore({ imagesDir: images, workDir: path.join(dir, `w${i}`), daemonArgs: ['--engine', engine.socket], target: { pattern: 'random', fraction: 0.5, seed: i, threads: 2 }, retries: 0, onStarted });
   const bad = runRestore({ imagesDir: damaged, planImagesDir: images, workDir: path.join(dir, 'bad'), daemonArgs: ['--engine', engine.socket], target: { fraction: 0.5 }, retries: 0, onStarted });
@@ -55,6 +63,9 @@ t.test('several restores at once through one engine; a bad image stops its own t
     else assertRestored(t, r, 2);
   }
   const e = await engine.exit;
+  t.match(scraped, /^faultline_restores_active [1-5]$/m, 'metrics: restores active');
+  t.match(scraped, /^faultline_restores_queued 0$/m, 'metrics: none queued');
+  t.match(scraped, new RegExp(`^faultline_restore_pages\\{images_dir="[^"]+",work_dir="${dir.replace(/[/.]/g, '\\$&')}\\/(w\\d|bad)"\\} \\d+$`, 'm'), 'metrics: each restore labelled with its work dir');
   t.equal(e.code, 0, `SIGTERM during the restores: they finished, then the engine exited 0 ${e.stderr}`);
   t.match(e.stderr, /received SIGTERM: \d+ restores finish/, 'it said it lets them finish');
   t.notOk(fs.existsSync(engine.socket), 'its socket is gone');
