@@ -8,7 +8,7 @@
 import { newHistogram, toPairs } from '../engine/histogram';
 import { RingConsumer, RingWaker, type RingRecord } from '../engine/ring';
 import { decode } from '../engine/ring-records';
-import { openLocalProcess } from '../source/local';
+import { openCachedProcess } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
 import { native } from '../native';
@@ -298,7 +298,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const sourceOf = (session: Session, pid: number): PageSource => {
     let src = session.sources.get(pid);
     if (!src) {
-      src = openLocalProcess(session.spec.imagesDir, pid).source;
+      src = openCachedProcess(session.spec.imagesDir, pid).source;
       session.sources.set(pid, src);
     }
     return src;
@@ -409,7 +409,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
           const parsed = s.preloaded.get(r.pid);
           s.preloaded.delete(r.pid);
           if (parsed instanceof Error) throw parsed;
-          const pages = parsed ?? openLocalProcess(s.spec.imagesDir, r.pid, !!task.arena);
+          const pages = parsed ?? openCachedProcess(s.spec.imagesDir, r.pid, !!task.arena);
           return LazyProcess.fromImages(r.uffd, r.pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
         });
         if (!p) return;
@@ -629,7 +629,7 @@ function preload(task: SessionSpec, remote: boolean, sources: Map<number, PageSo
   const out = new Map<number, Preloaded | Error>();
   for (const pid of task.preloadPids) {
     try {
-      const pages = openLocalProcess(task.imagesDir, pid, remote);
+      const pages = openCachedProcess(task.imagesDir, pid, remote);
       out.set(pid, { ...pages, map: LazyProcess.mapOf(pages.lazyRanges) });
       if (!remote) sources.set(pid, pages.source);
     } catch (e) {
@@ -642,7 +642,7 @@ function preload(task: SessionSpec, remote: boolean, sources: Map<number, PageSo
     for (const pid of task.allPids) {
       if (sources.has(pid)) continue;
       try {
-        const pages = openLocalProcess(task.imagesDir, pid);
+        const pages = openCachedProcess(task.imagesDir, pid);
         sources.set(pid, pages.source);
         const r = pages.lazyRanges[0];
         if (r) pages.source.locate(r.start, 1);
@@ -658,7 +658,7 @@ function preload(task: SessionSpec, remote: boolean, sources: Map<number, PageSo
 function warmUp(task: SessionSpec, remote: boolean): void {
   if (task.warmUpPid === undefined) return;
   try {
-    const p = openLocalProcess(task.imagesDir, task.warmUpPid, remote);
+    const p = openCachedProcess(task.imagesDir, task.warmUpPid, remote);
     const r = p.lazyRanges[0];
     if (r && !remote) p.source.locate(r.start, 1);
   } catch {

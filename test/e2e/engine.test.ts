@@ -8,7 +8,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLI, collect, runRestore, type Exit } from '../../src/target/run';
-import { MiB, assertRestored, assertStopped, denseTree, makeImages, tempDir } from '../helpers/restore';
+import { MiB, assertRestored, assertStopped, chaosTree, denseTree, makeImages, tempDir } from '../helpers/restore';
 import { freePort } from '../helpers/criu-restore';
 import * as http from 'node:http';
 
@@ -123,6 +123,22 @@ t.test('--max-restores: --no-queue refuses in one line, the queue waits its turn
   t.match(dErr, /Warn .*the engine is full: this restore waits, number 1 in its queue/, 'the queued client said it waits');
   queueing.child.kill('SIGTERM');
   t.equal((await queueing.exit).code, 0);
+});
+
+t.test('the same checkpoint restored again is served from the parsed images; a dump rewritten in place is parsed afresh', async (t) => {
+  const dir = tempDir(t, 'engine-cache');
+  const images = makeImages(dir, denseTree(2, 16 * MiB));
+  const engine = await startEngine(t, dir, ['--workers', '2']);
+  const restore = (name: string) => runRestore({ imagesDir: images, workDir: path.join(dir, name), daemonArgs: ['--engine', engine.socket], target: { pattern: 'random', fraction: 0.5, seed: 3 }, retries: 0 });
+  assertRestored(t, await restore('first'), 2);
+  assertRestored(t, await restore('again'), 2);
+  // Another dump of other processes, written over the same files (same inodes, new sizes and
+  // times): served from stale parses, its pages would land at the old layout's addresses.
+  const other = makeImages(path.join(dir, 'other'), chaosTree(2, 41));
+  for (const f of fs.readdirSync(other)) fs.writeFileSync(path.join(images, f), fs.readFileSync(path.join(other, f)));
+  assertRestored(t, await restore('rewritten'), 2);
+  engine.child.kill('SIGTERM');
+  t.equal((await engine.exit).code, 0);
 });
 
 t.test('lazy-pages --engine: one line when no engine listens, or for flags that belong to the engine', async (t) => {
