@@ -3,8 +3,11 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LazyPagesDaemon, FailStop } from '../engine/daemon';
-import { Guardian } from '../engine/guardian';
+// The engine's modules load only for a stand-alone daemon: `--engine` is a thin client (its start-up
+// CPU and memory count once per restore; docs/DESIGN.md, "The engine").
+import type { LazyPagesDaemon as Daemon } from '../engine/daemon';
+import type { Guardian } from '../engine/guardian';
+import { FailStop } from '../engine/errors';
 import { formatSummary } from '../engine/summary';
 import { native } from '../native';
 import { MAX_COPY_PAGES } from '../worker/tuning';
@@ -161,12 +164,12 @@ export function parseStatusFd(v: string | undefined): number {
  * at debug level.
  */
 export const DEFAULT_NICE = -10;
-function parseNice(v: string | undefined, flag = '--nice'): number {
+export function parseNice(v: string | undefined, flag = '--nice'): number {
   const nice = v === undefined ? DEFAULT_NICE : Number(v);
   if (!/^-?\d+$/.test(v ?? '0') || nice < -20 || nice > 19) throw new UsageError(`${flag} must be an integer from -20 to 19, got '${v}'`);
   return nice;
 }
-function raisePriority(nice: number, log: { debug(msg: string): void }): void {
+export function raisePriority(nice: number, log: { debug(msg: string): void }): void {
   try {
     os.setPriority(nice);
   } catch (e) {
@@ -180,7 +183,8 @@ function unguarded(log: { warn(msg: string): void }): (why: string) => void {
 
 function startGuardian(log: { warn(msg: string): void; debug(obj: object, msg: string): void }, logFile?: string, resume?: { workDir: string; recoverMs: number }): Guardian {
   try {
-    const g = Guardian.start(unguarded(log), logFile, resume);
+    const { Guardian: G } = require('../engine/guardian') as typeof import('../engine/guardian');
+    const g = G.start(unguarded(log), logFile, resume);
     log.debug({ pid: g.pid }, 'guardian started');
     return g;
   } catch (e) {
@@ -232,10 +236,12 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   raisePriority(nice, log);
   // Before the socket listens: no uffd ever reaches this daemon without the guardian holding a copy.
   // --resume: the guardian of a daemon that died hands its tree over and guards this one instead.
-  const taken = flags.resume ? Guardian.resume(workDir, unguarded(log)) : undefined;
+  const { Guardian: G } = require('../engine/guardian') as typeof import('../engine/guardian');
+  const { LazyPagesDaemon } = require('../engine/daemon') as typeof import('../engine/daemon');
+  const taken = flags.resume ? G.resume(workDir, unguarded(log)) : undefined;
   const guardian = taken?.guardian ?? (flags.guardian === false ? undefined : startGuardian(log, logPath === '-' ? undefined : logPath, recoverS ? { workDir, recoverMs: Math.round(recoverS * 1000) } : undefined));
 
-  const daemon = new LazyPagesDaemon({
+  const daemon: Daemon = new LazyPagesDaemon({
     imagesDir: flags.imagesDir,
     workDir,
     workers,

@@ -107,6 +107,8 @@ async function main(argv: string[]): Promise<number> {
     .option('--max-restores <n>', 'restores served at once; more wait in a queue (default 32)')
     .option('--no-queue', 'refuse a restore beyond --max-restores (or --max-memory) instead of queueing it')
     .option('--max-memory <MiB>', "start no restore while the engine's resident memory is above this")
+    .option('--nice <n>', "the engine threads' nice value, above the restored trees' (default -10; root)")
+    .option('--fill-nice <n>', 'nice value of the background fill (default: --nice)')
     .option('--shutdown-timeout <seconds>', 'on SIGTERM/SIGINT, running restores finish for this long, then are fail-stopped (default 30)')
     .option('--metrics <address>', 'serve Prometheus metrics of every restore on HOST:PORT (loopback only) or unix:/PATH')
     .option('-o, --log-file <file>', 'log to this file')

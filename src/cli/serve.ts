@@ -24,7 +24,7 @@ import { MAX_COPY_PAGES } from '../worker/tuning';
 import { makeLogger, parseLogFormat } from './log';
 import { UsageError } from './usage-error';
 import { parseMetricsAddress, serveMetrics } from './metrics';
-import { maxWorkers, positiveInt } from './lazy-pages';
+import { maxWorkers, parseNice, positiveInt, raisePriority } from './lazy-pages';
 
 /** Where `faultline serve` listens, and `lazy-pages --engine` looks, unless told otherwise. */
 export const DEFAULT_ENGINE_SOCKET = '/run/faultline/engine.sock';
@@ -43,6 +43,8 @@ export interface ServeFlags {
   verbosity: number;
   /** commander's --no-guardian */
   guardian?: boolean;
+  nice?: string;
+  fillNice?: string;
 }
 
 /** What `lazy-pages --engine` asks for: the stand-alone daemon's flags that mean something here. */
@@ -96,9 +98,13 @@ export async function serve(flags: ServeFlags): Promise<number> {
   const maxMemoryMiB = positiveInt(flags.maxMemory, '--max-memory');
   const shutdownMs = seconds(flags.shutdownTimeout ?? '30', '--shutdown-timeout') * 1000;
   const metricsAt = flags.metrics === undefined ? undefined : parseMetricsAddress(flags.metrics);
+  const nice = parseNice(flags.nice);
+  const fillNice = flags.fillNice === undefined ? undefined : parseNice(flags.fillNice, '--fill-nice');
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir: path.dirname(socketPath), format: parseLogFormat(flags.logFormat), truncate: true });
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
   const lock = lockSocket(socketPath);
+  // As a stand-alone daemon's: the workers (started below, inheriting it) serve every restore's faults.
+  raisePriority(nice, log);
 
   const running = new Map<number, Running>();
   let nextKey = 0;
@@ -111,6 +117,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
       : Guardian.start((why) => log.warn(`${why}; the engine goes on, but an engine that dies now leaves its trees unguarded`), flags.logFile && flags.logFile !== '-' ? path.resolve(flags.logFile) : undefined);
   const engine = new Engine({
     workers,
+    fillNice,
     maxSessions: maxRestores,
     // A worker that failed outside any restore can no longer be trusted with any of them.
     onWorkerFailed: (why) => {
