@@ -160,7 +160,7 @@ export interface EngineProcess {
 export async function startEngine(dir: string, maxRestores: number, extra: string[] = []): Promise<EngineProcess> {
   fs.mkdirSync(dir, { recursive: true });
   const socket = path.join(dir, 'engine.sock');
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, '--max-restores', String(maxRestores), ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...(process.env.FAULTLINE_BENCH_ENGINE_NODE_ARGS ?? '').split(' ').filter(Boolean), CLI, 'serve', '--socket', socket, '--max-restores', String(maxRestores), ...extra, ...(process.env.FAULTLINE_BENCH_ENGINE_ARGS ?? '').split(' ').filter(Boolean)], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exit = collect(child);
   await new Promise<void>((resolve, reject) => {
     let seen = '';

@@ -103,7 +103,7 @@ async function main(argv: string[]): Promise<number> {
     .command('serve')
     .description('one long-lived engine serving every lazy restore on the host (`lazy-pages --engine SOCKET`)')
     .option('--socket <path>', 'the control socket (0600; default $FAULTLINE_ENGINE or /run/faultline/engine.sock)')
-    .option('--workers <n>', 'worker threads shared by all restores (default: CPUs)')
+    .option('--workers <n>', 'worker threads shared by all restores (default: 2 × CPUs, at least 8)')
     .option('--max-restores <n>', 'restores served at once; more wait in a queue (default 32)')
     .option('--no-queue', 'refuse a restore beyond --max-restores (or --max-memory) instead of queueing it')
     .option('--max-memory <MiB>', "start no restore while the engine's resident memory is above this")
