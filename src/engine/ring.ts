@@ -45,7 +45,10 @@ class RingView {
 /** Any thread's handle on a ring it does not consume: to wake its consumer. */
 export class RingWaker extends RingView {}
 
-/** Main-thread side. The native drain writes into the same ring; both run on the main thread only. */
+/**
+ * The producers' side: the main thread's control records and its native drain, and the owning
+ * worker's own drain of its shard (loop.ts); READING makes them take turns.
+ */
 export class RingProducer extends RingView {
   /** Appends one control record; false if the ring is full (the caller retries after a notify). */
   push(kind: RecordKind, fd: number, timeNs: number, ...payload: number[]): boolean {

@@ -89,7 +89,9 @@ export function assertStopped(t: Test, r: RestoreResult, mentions: RegExp): void
   t.equal(s?.mismatches ?? 0, 0, 'no process read wrong data (no zeros where the image has data)');
   t.ok((s?.killed.length ?? 0) > 0, `restored processes were killed: ${JSON.stringify(s?.killed)} ${r.target.stderr.trim()}`);
   for (const k of s?.killed ?? []) t.equal(k.signal, 9, `pid ${k.pid} killed by SIGKILL`);
-  t.equal(r.target.processes.filter((p) => p.verified === p.pages && p.mismatches === 0 && p.touched > 0).length <= r.target.processes.length, true);
+  // A process that reported (it was not killed) finished its work on memory that was all in place.
+  const partial = r.target.processes.filter((p) => p.verified !== p.pages || p.mismatches !== 0);
+  t.same(partial.map((p) => `pid ${p.pid}: ${p.verified} of ${p.pages} pages verified, ${p.mismatches} mismatches`), [], 'every process that was not killed verified all its pages');
 }
 
 /** Open fds of this process, to check that nothing leaks. */
