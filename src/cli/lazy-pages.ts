@@ -210,22 +210,31 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
   const metricsAt = flags.metrics === undefined ? undefined : parseMetricsAddress(flags.metrics);
   const recoverS = flags.recoverTimeout === undefined ? 0 : seconds(flags.recoverTimeout, '--recover-timeout');
   if ((flags.resume || recoverS) && flags.guardian === false) throw new UsageError(`${flags.resume ? '--resume' : '--recover-timeout'} needs the guardian: it cannot go with --no-guardian`);
-  const remote = flags.pageServer ? remoteOptions(flags, workDir, recoverS) : undefined;
-  if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
-  const logPath = resolveLogFile(flags.logFile, workDir);
   const engineSocket = flags.engine ?? process.env.FAULTLINE_ENGINE;
   if (engineSocket) {
     // The engine has its own workers, guardian and metrics; a remote or resumed restore is not served by it yet.
-    const own: [unknown, string][] = [[flags.pageServer, '--page-server'], [flags.resume, '--resume'], [flags.recoverTimeout, '--recover-timeout'], [flags.guardian === false ? true : undefined, '--no-guardian'], [flags.workers, '--workers'], [flags.nice, '--nice'], [flags.fillNice, '--fill-nice'], [flags.metrics, '--metrics']];
-    for (const [v, flag] of own) if (v !== undefined && v !== false) throw new UsageError(`${flag} cannot go with --engine: ${flag === '--page-server' || flag === '--resume' || flag === '--recover-timeout' ? 'the engine serves local restores only (run this one stand-alone)' : 'it is the engine\'s (faultline serve)'}`);
+    const own: [unknown, string][] = [[flags.tls, '--tls'], [flags.resume, '--resume'], [flags.recoverTimeout, '--recover-timeout'], [flags.guardian === false ? true : undefined, '--no-guardian'], [flags.workers, '--workers'], [flags.nice, '--nice'], [flags.fillNice, '--fill-nice'], [flags.metrics, '--metrics']];
+    for (const [v, flag] of own) if (v !== undefined && v !== false) throw new UsageError(`${flag} cannot go with --engine: ${flag === '--tls' || flag === '--resume' || flag === '--recover-timeout' ? 'the engine does not serve such a restore yet (run this one stand-alone)' : 'it is the engine\'s (faultline serve)'}`);
   }
+  const remote = flags.pageServer ? remoteOptions(flags, workDir, recoverS) : undefined;
+  if (!flags.pageServer) criuTls(flags, workDir); // still refuses --tls-* without --tls, and bad files
+  const logPath = resolveLogFile(flags.logFile, workDir);
   if (flags.daemon && !isDaemonChild()) return daemonize('the lazy-pages daemon', logPath, statusFd);
   const log = makeLogger({ verbosity: flags.verbosity, logFile: flags.logFile, workDir, format, truncate: !isDaemonChild() });
   if (engineSocket) {
     const { runViaEngine } = require('./engine-client') as typeof import('./engine-client');
     return runViaEngine({
       socket: engineSocket,
-      request: { imagesDir: path.resolve(flags.imagesDir), workDir, socketGid, faultAround, fillChunk, recordFaults: flags.recordFaults && path.resolve(flags.recordFaults), prefetch: flags.prefetch && path.resolve(flags.prefetch) },
+      request: {
+        imagesDir: path.resolve(flags.imagesDir),
+        workDir,
+        socketGid,
+        faultAround,
+        fillChunk,
+        recordFaults: flags.recordFaults && path.resolve(flags.recordFaults),
+        prefetch: flags.prefetch && path.resolve(flags.prefetch),
+        ...(remote ? { pageServer: withoutTls(remote) } : {}),
+      },
       json: flags.json,
       statusFd,
       onListening: () => writePidfile(pidfile),
@@ -310,6 +319,11 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     }
     throw e;
   }
+}
+
+function withoutTls(r: RemoteOptions): Omit<RemoteOptions, 'tls'> {
+  const { tls: _tls, ...rest } = r;
+  return rest;
 }
 
 function remoteOptions(flags: LazyPagesFlags, workDir: string, recoverS: number): RemoteOptions {

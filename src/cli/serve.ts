@@ -57,6 +57,8 @@ export interface RestoreRequest {
   fillChunk?: number;
   recordFaults?: string;
   prefetch?: string;
+  /** `--page-server`: the page server and the client's settings (TLS is not carried: refused by the client). */
+  pageServer?: Omit<import('../source/remote-client').RemoteOptions, 'tls'>;
 }
 
 export type EngineEvent =
@@ -122,6 +124,9 @@ export async function serve(flags: ServeFlags): Promise<number> {
   const engine = new Engine({
     workers,
     fillNice,
+    // Arenas for page-server data in every worker: any restore may be a remote one (untouched
+    // SharedArrayBuffer pages cost no memory).
+    remote: true,
     maxSessions: maxRestores,
     // A worker that failed outside any restore can no longer be trusted with any of them.
     onWorkerFailed: (why) => {
@@ -143,6 +148,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
         socketGid: request.socketGid,
         recordFaults: request.recordFaults,
         prefetch: request.prefetch,
+        remote: request.pageServer,
         tuning: {
           ...(request.faultAround ? { faultAroundMin: Math.min(16, request.faultAround), faultAroundMax: Math.min(request.faultAround, MAX_COPY_PAGES) } : {}),
           ...(request.fillChunk ? { fillChunkMax: Math.min(request.fillChunk, MAX_COPY_PAGES) } : {}),

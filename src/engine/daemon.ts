@@ -96,7 +96,7 @@ export class LazyPagesDaemon {
     this.done.catch(() => undefined); // observed by the caller; avoid an unhandled rejection warning
     this.tree = new ProcessTree();
     this.workDirLock = lock;
-    const request = { imagesDir: opts.imagesDir, pids: this.pstree.map((t) => t.pid), recordFaults: !!opts.recordFaults, prefetchFile: opts.prefetch };
+    const request = { imagesDir: opts.imagesDir, pids: this.pstree.map((t) => t.pid), recordFaults: !!opts.recordFaults, prefetchFile: opts.prefetch, remote: !!opts.remote };
     this.ownEngine = !opts.engine;
     let engineReady: Promise<void>;
     if (opts.engine) {

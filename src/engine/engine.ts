@@ -29,6 +29,8 @@ export interface SessionRequest {
   pids: number[];
   recordFaults?: boolean;
   prefetchFile?: string;
+  /** Its pages come from a page server (the engine must have arenas: EngineOptions.remote). */
+  remote?: boolean;
 }
 
 export interface EngineOptions {
@@ -151,6 +153,7 @@ export class Engine {
       warmUpPid: r.pids[0],
       recordFaults: !!r.recordFaults,
       prefetchFile: r.prefetchFile && path.resolve(r.prefetchFile),
+      remote: !!r.remote,
     };
   }
 

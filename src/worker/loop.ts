@@ -165,7 +165,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     } catch (e) {
       sessionFailed(s, e);
     }
-    s.preloaded = preload(spec, !!task.arena, s.sources);
+    s.preloaded = preload(spec, !!spec.remote, s.sources);
     return s;
   };
 
@@ -409,12 +409,16 @@ export default function runShard(task: WorkerTask): WorkerResult {
           const parsed = s.preloaded.get(r.pid);
           s.preloaded.delete(r.pid);
           if (parsed instanceof Error) throw parsed;
-          const pages = parsed ?? openCachedProcess(s.spec.imagesDir, r.pid, !!task.arena);
+          const pages = parsed ?? openCachedProcess(s.spec.imagesDir, r.pid, !!s.spec.remote);
           return LazyProcess.fromImages(r.uffd, r.pid, pages.source, pages.lazyRanges, pages.lazyVmas, task.tuning, ring, parsed?.map);
         });
         if (!p) return;
         p.session = s.spec.id;
-        if (remote) p.remote = remote;
+        // A page server's restore: its pages come through this worker's arena.
+        if (s.spec.remote) {
+          if (!remote) return sessionFailed(s, new Error('a remote restore on an engine without arenas'));
+          p.remote = remote;
+        }
         if (s.spec.recordFaults) p.trace = [];
         const pre = s.prefetch.get(r.pid);
         if (pre) p.setPrefetch(pre);
@@ -602,7 +606,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     for (let tries = 0; tries < filling.length; tries++) {
       fillIndex = fillIndex % filling.length;
       const p = filling[fillIndex++];
-      if (idle(sessionOf(p))) continue;
+      if (!p.remote || idle(sessionOf(p))) continue;
       const outcome = guarded(sessionOf(p), () => p.fillNext());
       if (outcome === undefined || outcome === 'busy' || outcome === 'empty') continue;
       settle(p, outcome);

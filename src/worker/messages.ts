@@ -60,6 +60,8 @@ export interface SessionSpec {
   recordFaults: boolean;
   /** A trace written by --record-faults: pages to fill first (--prefetch). */
   prefetchFile?: string;
+  /** Page contents come from a page server (through the worker's arena), not the images' pages files. */
+  remote?: boolean;
 }
 
 /** --record-faults file: one JSON object per line. */

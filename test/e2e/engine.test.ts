@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, collect, runRestore, type Exit } from '../../src/target/run';
+import { CLI, collect, runRestore, startPageServer, type Exit } from '../../src/target/run';
 import { MiB, assertRestored, assertStopped, chaosTree, denseTree, makeImages, tempDir } from '../helpers/restore';
 import { freePort } from '../helpers/criu-restore';
 import * as http from 'node:http';
@@ -36,41 +36,6 @@ async function startEngine(t: Test, dir: string, args: string[] = []): Promise<E
   return { child, socket, exit };
 }
 
-t.test('several restores at once through one engine; a bad image stops its own tree only; SIGTERM lets them finish', async (t) => {
-  const dir = tempDir(t, 'engine');
-  const images = makeImages(dir, denseTree(2, 32 * MiB));
-  const damaged = path.join(dir, 'damaged');
-  fs.cpSync(images, damaged, { recursive: true });
-  const pm = path.join(damaged, 'pagemap-2.img');
-  fs.truncateSync(pm, fs.statSync(pm).size - 3);
-  const port = await freePort();
-  const engine = await startEngine(t, dir, ['--workers', '2', '--max-restores', '8', '--metrics', `127.0.0.1:${port}`]);
-  // Once all five are under way, the engine's metrics are scraped and it is told to stop: running
-  // restores finish first.
-  let started = 0;
-  let scraped = '';
-  const onStarted = () => {
-    if (++started < 5) return;
-    http.get(`http://127.0.0.1:${port}/metrics`, (res) => {
-      res.setEncoding('utf8').on('data', (d: string) => (scraped += d)).on('end', () => engine.child.kill('SIGTERM'));
-    });
-  };
-  const good = (i: number) => runRestore({ imagesDir: images, workDir: path.join(dir, `w${i}`), daemonArgs: ['--engine', engine.socket], target: { pattern: 'random', fraction: 0.5, seed: i, threads: 2 }, retries: 0, onStarted });
-  const bad = runRestore({ imagesDir: damaged, planImagesDir: images, workDir: path.join(dir, 'bad'), daemonArgs: ['--engine', engine.socket], target: { fraction: 0.5 }, retries: 0, onStarted });
-  const results = await Promise.all([good(0), good(1), bad, good(2), good(3)]);
-  for (const [i, r] of results.entries()) {
-    if (i === 2) assertStopped(t, r, /pagemap-2\.img/);
-    else assertRestored(t, r, 2);
-  }
-  const e = await engine.exit;
-  t.match(scraped, /^faultline_restores_active [1-5]$/m, 'metrics: restores active');
-  t.match(scraped, /^faultline_restores_queued 0$/m, 'metrics: none queued');
-  t.match(scraped, new RegExp(`^faultline_restore_pages\\{images_dir="[^"]+",work_dir="${dir.replace(/[/.]/g, '\\$&')}\\/(w\\d|bad)"\\} \\d+$`, 'm'), 'metrics: each restore labelled with its work dir');
-  t.equal(e.code, 0, `SIGTERM during the restores: they finished, then the engine exited 0 ${e.stderr}`);
-  t.match(e.stderr, /received SIGTERM: \d+ restores finish/, 'it said it lets them finish');
-  t.notOk(fs.existsSync(engine.socket), 'its socket is gone');
-});
-
 /** A `lazy-pages --engine` whose restorer never comes: its restore holds an engine slot until stopped. */
 function waitingClient(images: string, workDir: string, socket: string): { child: ChildProcess; exit: Promise<Exit> } {
   fs.mkdirSync(workDir, { recursive: true });
@@ -86,6 +51,49 @@ async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void
 }
 
 const status = (socket: string) => spawnSync(process.execPath, [CLI, 'status', '--socket', socket], { encoding: 'utf8' }).stdout;
+
+t.test('several restores at once through one engine; a bad image stops its own tree only; SIGTERM lets them finish', async (t) => {
+  const dir = tempDir(t, 'engine');
+  const images = makeImages(dir, denseTree(2, 32 * MiB));
+  const damaged = path.join(dir, 'damaged');
+  fs.cpSync(images, damaged, { recursive: true });
+  const pm = path.join(damaged, 'pagemap-2.img');
+  fs.truncateSync(pm, fs.statSync(pm).size - 3);
+  const port = await freePort();
+  const engine = await startEngine(t, dir, ['--workers', '2', '--max-restores', '8', '--metrics', `127.0.0.1:${port}`]);
+  // A restore whose restorer never comes holds one slot (and one set of labelled metrics) all along.
+  const holder = waitingClient(images, path.join(dir, 'held'), engine.socket);
+  await until('the held restore', () => /waiting for the restorer/.test(status(engine.socket)));
+  // Once all five are under way, the engine's metrics are scraped and it is told to stop: running
+  // restores finish first.
+  let started = 0;
+  let scraped = '';
+  const onStarted = () => {
+    if (++started < 5) return;
+    http.get(`http://127.0.0.1:${port}/metrics`, (res) => {
+      res.setEncoding('utf8').on('data', (d: string) => (scraped += d)).on('end', () => {
+        holder.child.kill('SIGTERM');
+        engine.child.kill('SIGTERM');
+      });
+    });
+  };
+  const good = (i: number) => runRestore({ imagesDir: images, workDir: path.join(dir, `w${i}`), daemonArgs: ['--engine', engine.socket], target: { pattern: 'random', fraction: 0.5, seed: i, threads: 2 }, retries: 0, onStarted });
+  const bad = runRestore({ imagesDir: damaged, planImagesDir: images, workDir: path.join(dir, 'bad'), daemonArgs: ['--engine', engine.socket], target: { fraction: 0.5 }, retries: 0, onStarted });
+  const results = await Promise.all([good(0), good(1), bad, good(2), good(3)]);
+  for (const [i, r] of results.entries()) {
+    if (i === 2) assertStopped(t, r, /pagemap-2\.img/);
+    else assertRestored(t, r, 2);
+  }
+  const e = await engine.exit;
+  t.match(scraped, /^faultline_restores_active [1-6]$/m, 'metrics: restores active');
+  t.match(scraped, /^faultline_restores_queued 0$/m, 'metrics: none queued');
+  t.match(scraped, new RegExp(`^faultline_restore_pages\\{images_dir="[^"]+",work_dir="${dir.replace(/[/.]/g, '\\$&')}\\/(w\\d|bad|held)"\\} \\d+$`, 'm'), 'metrics: each restore labelled with its work dir');
+  t.match((await holder.exit).stderr, /faultline lazy-pages --engine received SIGTERM before the restore completed/, 'the held restore was stopped by its client');
+  t.equal(e.code, 0, `SIGTERM during the restores: they finished, then the engine exited 0 ${e.stderr}`);
+  t.match(e.stderr, /received SIGTERM: \d+ restores finish/, 'it said it lets them finish');
+  t.notOk(fs.existsSync(engine.socket), 'its socket is gone');
+});
+
 
 t.test('--max-restores: --no-queue refuses in one line, the queue waits its turn; SIGTERM fail-stops what outlives --shutdown-timeout', async (t) => {
   const dir = tempDir(t, 'engine-limits');
@@ -137,6 +145,29 @@ t.test('the same checkpoint restored again is served from the parsed images; a d
   const other = makeImages(path.join(dir, 'other'), chaosTree(2, 41));
   for (const f of fs.readdirSync(other)) fs.writeFileSync(path.join(images, f), fs.readFileSync(path.join(other, f)));
   assertRestored(t, await restore('rewritten'), 2);
+  engine.child.kill('SIGTERM');
+  t.equal((await engine.exit).code, 0);
+});
+
+t.test('remote restores through the engine: two from one page server and a local one at once', async (t) => {
+  const dir = tempDir(t, 'engine-remote');
+  const full = makeImages(dir, denseTree(2, 32 * MiB));
+  // the restoring side's images: no pages files, the page server has them
+  const local = path.join(dir, 'local');
+  fs.mkdirSync(local);
+  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const server = await startPageServer(full);
+  t.teardown(() => server.stop());
+  const engine = await startEngine(t, dir, ['--workers', '2']);
+  const remote = (name: string, lanes: string) =>
+    runRestore({ imagesDir: local, planImagesDir: full, workDir: path.join(dir, name), daemonArgs: ['--engine', engine.socket, '--page-server', '--port', String(server.port), '--lanes', lanes], target: { pattern: 'random', fraction: 0.3, threads: 2 }, retries: 0 });
+  const [a, b, c] = await Promise.all([remote('r1', '1'), remote('r2', '2'), runRestore({ imagesDir: full, workDir: path.join(dir, 'l'), daemonArgs: ['--engine', engine.socket], target: { fraction: 0.3 }, retries: 0 })]);
+  assertRestored(t, a, 2);
+  assertRestored(t, b, 2);
+  assertRestored(t, c, 2);
+  t.ok((a.daemon.summary?.pagesRequested ?? 0) > 0 && (b.daemon.summary?.pagesRequested ?? 0) > 0, `the remote ones asked the page server: ${a.daemon.summary?.pagesRequested}, ${b.daemon.summary?.pagesRequested} pages`);
+  const tls = spawnSync(process.execPath, [CLI, 'lazy-pages', '-D', local, '--engine', engine.socket, '--page-server', '--port', String(server.port), '--tls'], { encoding: 'utf8' });
+  t.match(tls.stderr, /^faultline: error: --tls cannot go with --engine: the engine does not serve such a restore yet \(run this one stand-alone\)\n$/, 'a TLS restore is refused in one line');
   engine.child.kill('SIGTERM');
   t.equal((await engine.exit).code, 0);
 });
