@@ -10,6 +10,7 @@ import { criuRestoreLazy, firstCriuError, startLazyDaemon, startPageServer, stde
 import { descendants, expectedPages, killTree, signalTree, waitResults, type WorkloadAction, type WorkloadResult } from '../src/criu/workload';
 import { startDaemon } from '../src/target/run';
 import { writeTargetPlan } from '../src/target/plan';
+import { readTimed } from './fanout-measure';
 
 /**
  * The daemons compared. 'baseline' is native/bin/faultline-baseline (CRIU's policy in small C) fed a
@@ -137,30 +138,6 @@ const TIMED = 'f=$1; shift; "$@"; rc=$?; end=$EPOCHREALTIME; { echo "end $end"; 
 
 function timedWrap(file: string, prefix: string[] = []): string[] {
   return [...prefix, 'bash', '-c', TIMED, 'fl-timed', file];
-}
-
-interface Timed {
-  endMs: number;
-  cpuMs: number;
-}
-
-function readTimed(file: string): Timed | undefined {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const end = /^end (\d+)[.,](\d+)/m.exec(text);
-  // `times`: line 1 the shell's own user/sys, line 2 its children's, as "0m1.234s 0m0.056s"
-  const lines = text.split('\n').filter((l) => /^\d+m[\d.,]+s \d+m[\d.,]+s/.test(l));
-  if (!end || lines.length < 2) return undefined;
-  const secs = (s: string) => {
-    const m = /^(\d+)m([\d.,]+)s$/.exec(s)!;
-    return Number(m[1]) * 60 + Number(m[2].replace(',', '.'));
-  };
-  const [u, s] = lines[1].split(' ');
-  return { endMs: Number(end[1]) * 1000 + Number(`0.${end[2]}`) * 1000, cpuMs: (secs(u) + secs(s)) * 1000 };
 }
 
 /** A started daemon of any kind, behind one small interface. */

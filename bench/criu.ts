@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { findCriu } from '../src/criu/find';
-import { ROOT, criuDump, withPipeMaxSize } from '../src/criu/run';
+import { ROOT, criuDump, whilePipeMaxSizeRaised } from '../src/criu/run';
 import { killTree, startWorkload } from '../src/criu/workload';
 import { criuScenarios, fingerprint, runOnce, type CriuBenchDaemon, type CriuRunMetrics, type CriuScenario, type DumpedScenario, type RemoteNet } from './criu-scenarios';
 import { formatFloor, runCopyFloor } from './floor';
@@ -190,23 +190,12 @@ export async function runCriuBench(o: CriuBenchOptions): Promise<CriuBenchReport
   };
   const list = criuScenarios(o.quick).filter((s) => !o.only || o.only.includes(s.name));
   // criu's page server and lazy-pages daemon move pages through 4 MiB pipes
-  const restorePipe = withPipeMaxSize();
-  const onSignal = () => {
-    restorePipe();
-    process.exit(130);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
+  await whilePipeMaxSizeRaised(async () => {
     for (const s of list) {
       o.log(`${s.name}: ${s.what}`);
       report.scenarios.push(await runCriuScenario(s, o));
     }
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    restorePipe();
-  }
+  });
   fs.mkdirSync(o.out, { recursive: true });
   fs.writeFileSync(path.join(o.out, 'criu-results.json'), JSON.stringify(report, null, 2) + '\n');
   return report;

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuDump, criuRestoreLazy, firstCriuError, startLazyDaemon, stderrReason, type DaemonExit, type LazyDaemon } from '../src/criu/run';
 import { expectedPages, killTree, signalTree, startWorkload, waitResults, type WorkloadResult } from '../src/criu/workload';
-import { ProcSampler, killLeftovers, nowMs, pct, readTimed, reduceRows, round, startEngine, timedWrap, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
+import { ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, pct, readTimed, reduceRows, round, timedWrap, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
 
 export interface FanoutDump {
   images: string;
@@ -153,15 +153,7 @@ export async function runCriuFanout(d: FanoutDump, setup: FanoutRun['setup'], n:
     let cpu0 = 0;
     let warmup: number | undefined;
     if (setup === 'engine') {
-      engine = await startEngine(path.join(root, 'engine'), Math.max(32, n));
-      warmup = 0;
-      if (!o.coldEngine) {
-        const w = await restoreOne(d, 'engine', path.join(root, 'warm'), 0, nowMs(), engine);
-        if (!w.ok) throw new Error(`the engine's warm-up restore failed: ${w.error}`);
-        warmup = 1;
-      }
-      if (!engine.resetPeak()) o.log('  (cannot reset the engine\'s VmHWM through clear_refs: its peak RSS includes its warm-up)');
-      cpu0 = engine.cpuMs();
+      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, !!o.coldEngine, (e) => restoreOne(d, 'engine', path.join(root, 'warm'), 0, nowMs(), e), o.log));
     }
     const sampler = new ProcSampler(engine?.pid);
     const t0 = nowMs();
@@ -169,7 +161,6 @@ export async function runCriuFanout(d: FanoutDump, setup: FanoutRun['setup'], n:
     sampler.stop();
     const touches = rows.flatMap((r) => r.firstTouchMs.map((ms) => ms * 1000));
     const base = reduceRows(rows);
-    const sum = (f: (r: RestoreRow) => number) => rows.reduce((a, r) => a + f(r), 0);
     const done = rows.map((r) => r.doneMs).filter((x): x is number => typeof x === 'number');
     const run: FanoutRun = {
       group: 'criu',
@@ -184,10 +175,7 @@ export async function runCriuFanout(d: FanoutDump, setup: FanoutRun['setup'], n:
         p99: round(pct(touches, 99)),
         max: round(Math.max(...touches)),
       },
-      daemonCpuMs: round(engine ? engine.cpuMs() - cpu0 : sum((r) => r.cpuMs)),
-      daemonPeakRssMiB: round((engine ? engine.hwmKiB() : sum((r) => r.maxRssKiB)) / 1024),
-      daemonPeakAnonMiB: round((engine ? sampler.enginePeakAnonKiB : sampler.peakAnonSumKiB) / 1024),
-      ...(engine ? { clients: { cpuMs: round(sum((r) => r.cpuMs)), peakRssMiB: round(sum((r) => r.maxRssKiB) / 1024) } } : {}),
+      ...daemonTotals(engine, cpu0, rows, sampler),
       ...(warmup !== undefined ? { warmup } : {}),
       restores: rows.map(({ firstTouchMs: _f, doneMs: _d, ...r }) => ({ ...r, endMs: round(r.endMs), cpuMs: round(r.cpuMs) })),
     };

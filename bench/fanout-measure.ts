@@ -292,3 +292,30 @@ export function reduceRows(rows: RestoreRow[]): Pick<FanoutRun, 'ok' | 'errors' 
     mismatches: rows.reduce((a, r) => a + r.mismatches, 0),
   };
 }
+
+/**
+ * The engine set-up of a fan-out run: a fresh `faultline serve`, warmed by one unmeasured restore
+ * (`warm`) unless cold, its peak RSS reset, and its CPU so far (what the N restores add is theirs).
+ */
+export async function prepareEngine(root: string, n: number, cold: boolean, warm: (e: EngineProcess) => Promise<{ ok: boolean; error?: string }>, log: (l: string) => void): Promise<{ engine: EngineProcess; warmup: number; cpu0: number }> {
+  const engine = await startEngine(path.join(root, 'engine'), Math.max(32, n));
+  let warmup = 0;
+  if (!cold) {
+    const w = await warm(engine);
+    if (!w.ok) throw new Error(`the engine's warm-up restore failed: ${w.error}`);
+    warmup = 1;
+  }
+  if (!engine.resetPeak()) log("  (cannot reset the engine's VmHWM through clear_refs: its peak RSS includes its warm-up)");
+  return { engine, warmup, cpu0: engine.cpuMs() };
+}
+
+/** The daemons' side of a fan-out run: the engine's process, or the sum over stand-alone daemons; the engine's clients apart. */
+export function daemonTotals(engine: EngineProcess | undefined, cpu0: number, rows: RestoreRow[], sampler: ProcSampler): { daemonCpuMs: number; daemonPeakRssMiB: number; daemonPeakAnonMiB: number; clients?: { cpuMs: number; peakRssMiB: number } } {
+  const sum = (f: (r: RestoreRow) => number) => rows.reduce((a, r) => a + f(r), 0);
+  return {
+    daemonCpuMs: round(engine ? engine.cpuMs() - cpu0 : sum((r) => r.cpuMs)),
+    daemonPeakRssMiB: round((engine ? engine.hwmKiB() : sum((r) => r.maxRssKiB)) / 1024),
+    daemonPeakAnonMiB: round((engine ? sampler.enginePeakAnonKiB : sampler.peakAnonSumKiB) / 1024),
+    ...(engine ? { clients: { cpuMs: round(sum((r) => r.cpuMs)), peakRssMiB: round(sum((r) => r.maxRssKiB) / 1024) } } : {}),
+  };
+}

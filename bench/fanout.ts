@@ -18,13 +18,13 @@ import { spawnSync } from 'node:child_process';
 import { Command } from 'commander';
 import * as hdr from 'hdr-histogram-js';
 import { findCriu } from '../src/criu/find';
-import { ROOT, withPipeMaxSize } from '../src/criu/run';
+import { ROOT, whilePipeMaxSizeRaised } from '../src/criu/run';
 import { TARGET, runRestore, type RestoreResult, type TargetOptions } from '../src/target/run';
 import { checkUffdAvailable } from '../src/cli/preflight';
 import type { GenerateSpec } from '../src/images';
 import { imagesFor } from './harness';
 import { dumpForFanout, runCriuFanout, warmCriu, type FanoutDump } from './fanout-criu';
-import { HAS_GNU_TIME, ProcSampler, killLeftovers, nowMs, readTimed, reduceRows, round, startEngine, timedWrap, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
+import { HAS_GNU_TIME, ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, readTimed, reduceRows, round, timedWrap, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
 
 const PAGES_PER_MIB = 256;
 const BASE = 0x2000_0000_0000;
@@ -154,22 +154,13 @@ async function runTargetFanout(images: string, setup: 'engine' | 'standalone', n
     let cpu0 = 0;
     let warmup: number | undefined;
     if (setup === 'engine') {
-      engine = await startEngine(path.join(root, 'engine'), Math.max(32, n));
-      warmup = 0;
-      if (!c.coldEngine) {
-        const w = await targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHist(), 'engine', engine);
-        if (!w.ok) throw new Error(`the engine's warm-up restore failed: ${w.error}`);
-        warmup = 1;
-      }
-      if (!engine.resetPeak()) c.log("  (cannot reset the engine's VmHWM through clear_refs: its peak RSS includes its warm-up)");
-      cpu0 = engine.cpuMs();
+      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, c.coldEngine, (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHist(), 'engine', e), c.log));
     }
     const sampler = new ProcSampler(engine?.pid);
     const hist = newHist();
     const t0 = nowMs();
     const rows = await Promise.all(Array.from({ length: n }, (_, i) => targetRestore(images, path.join(root, `r${i}`), i, t0, hist, setup, engine, sampler, wrappers)));
     sampler.stop();
-    const sum = (f: (r: RestoreRow) => number) => rows.reduce((a, r) => a + f(r), 0);
     const us = (p: number) => round(hist.getValueAtPercentile(p) / 1000, 1);
     const run: FanoutRun = {
       group: 'target',
@@ -185,10 +176,7 @@ async function runTargetFanout(images: string, setup: 'engine' | 'standalone', n
         p99: us(99),
         max: round(hist.maxValue / 1000, 1),
       },
-      daemonCpuMs: round(engine ? engine.cpuMs() - cpu0 : sum((r) => r.cpuMs)),
-      daemonPeakRssMiB: round((engine ? engine.hwmKiB() : sum((r) => r.maxRssKiB)) / 1024),
-      daemonPeakAnonMiB: round((engine ? sampler.enginePeakAnonKiB : sampler.peakAnonSumKiB) / 1024),
-      ...(engine ? { clients: { cpuMs: round(sum((r) => r.cpuMs)), peakRssMiB: round(sum((r) => r.maxRssKiB) / 1024) } } : {}),
+      ...daemonTotals(engine, cpu0, rows, sampler),
       ...(warmup !== undefined ? { warmup } : {}),
       restores: rows.map((r) => ({ ...r, endMs: round(r.endMs), cpuMs: round(r.cpuMs) })),
     };
@@ -375,18 +363,12 @@ export async function fanout(argv: string[]): Promise<number> {
     const cmib = Math.max(1, Math.floor(mib / procs));
     log(`criu-fanout: one criu dump of faultline-workload (${procs} processes × ${cmib} MiB, 2 threads each, verifying every word right after restore), N = ${criuNs.join(', ')} concurrent \`criu restore --lazy-pages\` (criu ${found.found.version})${left.length ? `; N = ${left.join(', ')} left out: above --criu-max-n ${criuMaxN}` : ''}`);
     // criu's lazy-pages daemon moves pages through pipes of up to 4 MiB
-    const restorePipe = withPipeMaxSize();
-    const onSignal = () => {
-      restorePipe();
-      process.exit(130);
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    try {
+    const criu = found.found;
+    await whilePipeMaxSizeRaised(async () => {
       let d: FanoutDump | undefined;
       try {
         d = await dumpForFanout(path.join(work, 'criu-dump'), { procs, mib: cmib, threads: 2 });
-        report.criu = { ...found.found, ns: criuNs, dump: { procs, mib: cmib, threads: 2, dumpMs: round(d.dumpMs, 0) } };
+        report.criu = { ...criu, ns: criuNs, dump: { procs, mib: cmib, threads: 2, dumpMs: round(d.dumpMs, 0) } };
         log(`  dumped in ${d.dumpMs.toFixed(0)} ms`);
         await warmCriu(d, c);
       } catch (e) {
@@ -407,11 +389,7 @@ export async function fanout(argv: string[]): Promise<number> {
         }
         fs.rmSync(path.join(work, 'criu-dump'), { recursive: true, force: true });
       }
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      restorePipe();
-    }
+    });
   }
 
   report.ratios = ratios(report.runs);

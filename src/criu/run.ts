@@ -306,3 +306,21 @@ export function withPipeMaxSize(bytes = 4 << 20): () => void {
   fs.writeFileSync(PIPE_MAX_SIZE, String(bytes));
   return () => fs.writeFileSync(PIPE_MAX_SIZE, old);
 }
+
+/** Runs `fn` with fs.pipe-max-size raised, put back afterwards, on SIGINT/SIGTERM too (the benches). */
+export async function whilePipeMaxSizeRaised<T>(fn: () => Promise<T>, bytes = 4 << 20): Promise<T> {
+  const restore = withPipeMaxSize(bytes);
+  const onSignal = () => {
+    restore();
+    process.exit(130);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    return await fn();
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    restore();
+  }
+}

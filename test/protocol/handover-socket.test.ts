@@ -59,9 +59,11 @@ t.test('a second connection is refused while the restore goes on', async (t) => 
   const dir = tempDir(t, 'second');
   let second: Promise<number> | null = null;
   const r = await runRestore({
-    imagesDir: makeImages(dir, small()),
+    // big enough, and filled by one worker, that the restore still goes on when the second client
+    // (started on the first hand-over line, as this process reads it) connects
+    imagesDir: makeImages(dir, denseTree(2, 64 * MiB)),
     workDir: dir,
-    daemonArgs: ['-v4'],
+    daemonArgs: ['-v4', '--workers', '1'],
     target: { fraction: 0.2 },
     onDaemonStderr: (chunk) => {
       if (second || !chunk.includes('process handed over')) return;
