@@ -629,6 +629,29 @@ static void fail_stop(const char *why)
 	free(killed);
 }
 
+/* One control record, with up to two descriptors; 0 when all of it went. */
+static int send_record(int fd, const uint32_t *rec, size_t len, const int *fds, int nfds)
+{
+	union {
+		char space[CMSG_SPACE(sizeof(int) * 2)];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { (void *)rec, len };
+	struct msghdr msg = { 0 };
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	if (nfds > 0) {
+		msg.msg_control = control.space;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+	}
+	return sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+}
+
 /* Accepts every pending connection on the listening socket: the guardian keeps one copy and the
  * daemon gets the other (CONN). A daemon that is gone by now is noticed by the control socket's EOF. */
 static void accept_pending(int sock)
@@ -649,22 +672,7 @@ static void accept_pending(int sock)
 			socks[nsocks].listening = 0;
 			nsocks++;
 			uint32_t hdr[3] = { MSG_CONN, (uint32_t)c | CONN_ID_BIT, socks[i].id };
-			union {
-				char space[CMSG_SPACE(sizeof(int))];
-				struct cmsghdr align;
-			} control;
-			struct iovec iov = { hdr, sizeof hdr };
-			struct msghdr msg = { 0 };
-			msg.msg_iov = &iov;
-			msg.msg_iovlen = 1;
-			msg.msg_control = control.space;
-			msg.msg_controllen = sizeof control.space;
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(cm), &c, sizeof(int));
-			if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
+			if (send_record(sock, hdr, sizeof hdr, &c, 1) < 0) {
 				/* the daemon is gone: the EOF that follows fail-stops, this connection included */
 			}
 		}
@@ -713,27 +721,6 @@ static const char *not_resumable(void)
 	return NULL;
 }
 
-static int send_record(int fd, const uint32_t *rec, size_t len, const int *fds, int nfds)
-{
-	union {
-		char space[CMSG_SPACE(sizeof(int) * 2)];
-		struct cmsghdr align;
-	} control;
-	struct iovec iov = { (void *)rec, len };
-	struct msghdr msg = { 0 };
-	msg.msg_iov = &iov;
-	msg.msg_iovlen = 1;
-	if (nfds > 0) {
-		msg.msg_control = control.space;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-	}
-	return sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
-}
 
 /* Every process still to be served, to the resuming daemon on c; -1 if it went away meanwhile. */
 static int hand_over(int c)

@@ -347,7 +347,7 @@ function remoteOptions(flags: LazyPagesFlags, workDir: string, recoverS: number)
 }
 
 /** A duration in whole or fractional seconds, 0 allowed (off); at most a day. */
-function seconds(v: string, flag: string): number {
+export function seconds(v: string, flag: string): number {
   const n = Number(v);
   if (!/^\d+(\.\d+)?$/.test(v) || n > 86_400) throw new UsageError(`${flag} must be a number of seconds (0-86400), got '${v}'`);
   return n;

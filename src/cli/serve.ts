@@ -13,7 +13,6 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Logger } from 'pino';
 import { LazyPagesDaemon } from '../engine/daemon';
 import { Engine } from '../engine/engine';
 import { FailStop } from '../engine/errors';
@@ -24,7 +23,7 @@ import { MAX_COPY_PAGES } from '../worker/tuning';
 import { makeLogger, parseLogFormat } from './log';
 import { UsageError } from './usage-error';
 import { parseMetricsAddress, serveMetrics } from './metrics';
-import { maxWorkers, parseNice, positiveInt, raisePriority } from './lazy-pages';
+import { maxWorkers, parseNice, positiveInt, raisePriority, seconds } from './lazy-pages';
 
 /** Where `faultline serve` listens, and `lazy-pages --engine` looks, unless told otherwise. */
 export const DEFAULT_ENGINE_SOCKET = '/run/faultline/engine.sock';
@@ -85,7 +84,6 @@ interface Running {
   request: RestoreRequest;
   daemon: LazyPagesDaemon;
   session: number;
-  pids: number[];
   state: RestoreStatus['state'];
   /** for faults/s: the last reading */
   last: { atMs: number; faults: number; rate: number };
@@ -159,7 +157,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
       client.end();
       return next();
     }
-    const r: Running = { request, daemon, session: -1, pids: [], state: 'starting', last: { atMs: performance.now(), faults: 0, rate: 0 } };
+    const r: Running = { request, daemon, session: -1, state: 'starting', last: { atMs: performance.now(), faults: 0, rate: 0 } };
     const key = nextKey++;
     running.set(key, r);
     client.onStop = (reason) => daemon.failStop(reason);
@@ -350,10 +348,4 @@ function lockSocket(socketPath: string): number {
   }
 }
 
-function seconds(v: string, flag: string): number {
-  const n = Number(v);
-  if (!/^\d+(\.\d+)?$/.test(v) || n > 86_400) throw new UsageError(`${flag} must be a number of seconds (0-86400), got '${v}'`);
-  return n;
-}
 
-export type { Logger };

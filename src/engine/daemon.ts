@@ -63,7 +63,6 @@ export class LazyPagesDaemon {
   private readonly ownEngine: boolean;
   /** Absent when resuming: the restorer is long gone. */
   private listener: Listener | undefined;
-  private readonly resumeLock: number = -1;
   private readonly workDirLock: number;
   private readonly log: Logger;
   private restoreFinished = false;
@@ -132,7 +131,6 @@ export class LazyPagesDaemon {
     }
     if (opts.resume) {
       const held = opts.resume;
-      this.resumeLock = lock;
       this.ready.then(() => this.adopt(held), () => undefined);
       this.log.info({ processes: held.length, workers: opts.workers }, 'resuming the restore a daemon left unfinished');
       return;

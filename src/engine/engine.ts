@@ -137,10 +137,8 @@ export class Engine {
   private reserve(handler: SessionHandler): number {
     const id = this.freeSlot();
     if (id < 0) throw new Error(`the engine serves ${this.maxSessions} restores at most`);
-    let resolveOpen!: () => void;
-    const opened = new Promise<void>((r) => (resolveOpen = r));
-    void opened;
-    this.sessions.set(id, { handler, opened: 0, resolveOpen, results: [], resolveEnd: null, ending: null });
+    // open() sets resolveOpen; the first session's workers opened its images before they were ready
+    this.sessions.set(id, { handler, opened: 0, resolveOpen: () => undefined, results: [], resolveEnd: null, ending: null });
     return id;
   }
 
