@@ -34,6 +34,8 @@ export interface NativeCore {
   epollDel(epfd: number, fd: number): void;
   drain(epfd: number, rings: Uint8Array[], firstRing?: number): number;
   setGuardian(fd: number): void;
+  /** A memfd whose first word counts drains between a read and its guardian sends (WATCH). */
+  guardReadingWord(): number;
   ringLayout(): Record<string, number>;
   monotonicNs(): number;
   FdWatcher: new (fd: number, onReady: (status: number) => void) => { stop(): void };

@@ -45,6 +45,11 @@
  *                                                                ended (complete, or fail-stopped and
  *                                                                poisoned): forget it entirely (an
  *                                                                engine's other restores go on)
+ *   WATCH    {15, 0, 0}             + SCM_RIGHTS [memfd]          (only with RESUME_PATH) a page whose
+ *                                                                first u32 counts the daemon's drains
+ *                                                                between a read and their TAINT/CHILD
+ *                                                                sends: non-zero at its death, the
+ *                                                                tree is not resumable
  *   RESUMED  {11, 0, 0}                                          a resumed daemon has taken every
  *                                                                process (ADD/CHILD/VPID again, by its
  *                                                                own fd numbers): the entries from
@@ -75,6 +80,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -107,6 +113,7 @@ enum {
 	MSG_PROC = 12,
 	MSG_END = 13,
 	MSG_DROP = 14,
+	MSG_WATCH = 15,
 };
 
 /* Ids of connections the guardian accepted: apart from the daemon's fd numbers (HOLD ids). */
@@ -158,6 +165,8 @@ static int daemon_pid;
 static unsigned generation;
 /* FINISHED: the restorer handed everything over (a resumed daemon inherits it) */
 static int finished;
+/* WATCH: the daemon's count of drains between their read() and their sends (NULL: not given) */
+static uint32_t *reading_word;
 static const char *resume_path;
 static long recover_ms;
 /* Ids the guardian gives processes it found itself (never a daemon uffd number). */
@@ -369,6 +378,20 @@ static int recv_one(int sock, uint32_t *type)
 		for (size_t i = 0; i < nprocs; i++)
 			if (procs[i].live && procs[i].stale)
 				release(&procs[i]);
+		return 1;
+	case MSG_WATCH:
+		if (nfds >= 1) {
+			void *w = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fds[0], 0);
+			if (w != MAP_FAILED) {
+				/* a resumed daemon's word replaces the dead one's (which counted nothing at its end,
+				 * or it would not have been resumed) */
+				if (reading_word)
+					munmap(reading_word, 4096);
+				reading_word = w;
+			}
+		}
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
 		return 1;
 	case MSG_HOLD:
 		if (nfds < 1 || nsocks == MAX_SOCKS) {
@@ -704,6 +727,8 @@ static const char *not_resumable(void)
 {
 	if (!finished)
 		return "the restorer's hand-over had not finished";
+	if (reading_word && __atomic_load_n(reading_word, __ATOMIC_SEQ_CST) != 0)
+		return "it died between reading a uffd event and telling the guardian of it";
 	for (int i = 0; i < nsocks; i++) {
 		char b;
 		if (!socks[i].listening && recv(socks[i].fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0)

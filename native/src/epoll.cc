@@ -2,9 +2,12 @@
 // one call, and FdWatcher: a libuv poll handle so the main thread learns of readiness without ever
 // blocking its event loop.
 #include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <linux/userfaultfd.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -35,6 +38,43 @@ static void GuardTaint(int uffd) {
   if (guardian_fd < 0) return;
   uint32_t msg[3] = {8 /* TAINT */, (uint32_t)uffd, 0};
   SendWithFds(guardian_fd, msg, sizeof msg, nullptr, 0, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// The TAINT and CHILD sends above follow the read() of their event by a few microseconds; a daemon
+// killed in between leaves the guardian believing a tree resumable whose map changed, or whose child
+// it never heard of. This word, in a page shared with the guardian, counts drains between their
+// reads and their sends: a guardian that finds it non-zero after the daemon died does not wait for a
+// resume, it stops the tree (and every descendant).
+static uint32_t *reading_word = nullptr;
+
+// guardReadingWord(): a memfd whose first word counts drains in progress, for the guardian to map.
+static Napi::Value GuardReadingWord(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = memfd_create("faultline-reading", MFD_CLOEXEC);
+  if (fd < 0) return ThrowErrno(env, "memfd_create", errno);
+  if (ftruncate(fd, 4096) < 0) {
+    int e = errno;
+    close(fd);
+    return ThrowErrno(env, "ftruncate", e);
+  }
+  void *p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    close(fd);
+    return ThrowErrno(env, "mmap", e);
+  }
+  // The previous word (a resumed daemon's second guardian line) stays mapped: a drain of another
+  // thread may still hold it.
+  __atomic_store_n(&reading_word, (uint32_t *)p, __ATOMIC_SEQ_CST);
+  return Napi::Number::New(env, fd);
+}
+
+// Fault injection for the tests only: SIGKILL this process right after reading an event that is not
+// a page fault, before the guardian hears of it (the window reading_word exists for).
+static bool DieAfterEventRead() {
+  static int on = -1;
+  if (on < 0) on = getenv("FAULTLINE_TEST_DIE_AFTER_EVENT_READ") != nullptr;
+  return on == 1;
 }
 
 // setGuardian(fd): where forked children's uffds are sent as they are read (-1: nowhere).
@@ -121,6 +161,8 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
   }
   double now = MonotonicNs();
   uint32_t touched = 0;
+  uint32_t *word = __atomic_load_n(&reading_word, __ATOMIC_SEQ_CST);
+  if (word && n > 0) __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
   for (int i = 0; i < n; i++) {
     int fd = (int)(uint32_t)evs[i].data.u64;
     uint32_t ri = (uint32_t)(evs[i].data.u64 >> 32) - first;
@@ -169,6 +211,7 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
         // Counted before head is published, under READING: a worker that sees the count ahead of
         // what it handled knows an mm change it has not caught up with is queued.
         if (msgs[k].event != UFFD_EVENT_PAGEFAULT) __atomic_add_fetch(r->events, 1, __ATOMIC_SEQ_CST);
+        if (msgs[k].event != UFFD_EVENT_PAGEFAULT && DieAfterEventRead()) raise(SIGKILL);
         if (msgs[k].event == UFFD_EVENT_FORK) GuardChild((int)msgs[k].arg.fork.ufd, fd);
         else if (msgs[k].event == UFFD_EVENT_REMAP || msgs[k].event == UFFD_EVENT_REMOVE || msgs[k].event == UFFD_EVENT_UNMAP) GuardTaint(fd);
         uint8_t *s = Slot(r, head++);
@@ -190,6 +233,7 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
     if (rings[i].state == 1 || rings[i].state == 0) __atomic_store_n(rings[i].want_read, 0, __ATOMIC_SEQ_CST);
     if (rings[i].state == 1) __atomic_store_n(rings[i].reading, 0, __ATOMIC_SEQ_CST);
   }
+  if (word && n > 0) __atomic_sub_fetch(word, 1, __ATOMIC_SEQ_CST);
   return Napi::Number::New(env, touched);
 }
 
@@ -280,6 +324,7 @@ void InitEpoll(Napi::Env env, Napi::Object exports) {
   exports.Set("epollDel", Napi::Function::New(env, EpollDel));
   exports.Set("drain", Napi::Function::New(env, Drain));
   exports.Set("setGuardian", Napi::Function::New(env, SetGuardian));
+  exports.Set("guardReadingWord", Napi::Function::New(env, GuardReadingWord));
   exports.Set("ringLayout", Napi::Function::New(env, RingLayout));
   exports.Set("monotonicNs", Napi::Function::New(env, Now));
   exports.Set("FdWatcher", FdWatcher::Define(env));

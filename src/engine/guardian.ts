@@ -25,6 +25,7 @@ const enum Msg {
   PROC = 12,
   END = 13,
   DROP = 14,
+  WATCH = 15,
 }
 
 /** Where the guardian waits for `lazy-pages --resume` when the daemon dies (--recover-timeout). */
@@ -77,7 +78,9 @@ export class Guardian {
       if (child.pid === undefined) throw new Error(`guardian: cannot start ${bin}`);
       child.unref();
       native.setGuardian(ours);
-      return new Guardian(ours, child.pid, onLost);
+      const g = new Guardian(ours, child.pid, onLost);
+      if (resumeArgs.length) g.watchReads();
+      return g;
     } finally {
       native.closeFd(theirs);
     }
@@ -126,7 +129,10 @@ export class Guardian {
       held.push({ id: rec.readUInt32LE(4), parent: rec.readUInt32LE(8), vpid: rec.readUInt32LE(12), hostPid: rec.readUInt32LE(16), uffd: r!.fds[0]! });
     }
     native.setGuardian(sock);
-    return { guardian: new Guardian(sock, peer.pid, onLost), held };
+    const guardian = new Guardian(sock, peer.pid, onLost);
+    // it waits for a resume again if this daemon dies too
+    guardian.watchReads();
+    return { guardian, held };
   }
 
   /**
@@ -145,6 +151,19 @@ export class Guardian {
       this.send(Msg.ADD, h.uffd, h.hostPid, pidfd >= 0 ? [h.uffd, pidfd] : [h.uffd]);
       if (pidfd >= 0) native.closeFd(pidfd);
       this.vpid(h.uffd, h.vpid);
+    }
+  }
+
+  /**
+   * Only where the guardian may wait for a resume: a daemon killed between reading an mremap (or a
+   * fork) and telling the guardian must be stopped, not resumed (native/src/epoll.cc, reading_word).
+   */
+  private watchReads(): void {
+    const memfd = native.guardReadingWord();
+    try {
+      this.send(Msg.WATCH, 0, 0, [memfd]);
+    } finally {
+      native.closeFd(memfd);
     }
   }
 

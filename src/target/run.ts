@@ -107,7 +107,7 @@ export interface RestoreRunOptions {
    * When the daemon dies of a signal, wait `afterMs`, then start `lazy-pages --resume` (with `args`)
    * on the same images and work dir and treat it as the daemon from then on.
    */
-  resume?: { afterMs?: number; args?: string[] };
+  resume?: { afterMs?: number; args?: string[]; /** instead of daemonEnv */ env?: NodeJS.ProcessEnv };
 }
 
 export function targetArgs(planPath: string, o: TargetOptions): string[] {
@@ -261,7 +261,7 @@ async function runOnce(opts: RestoreRunOptions): Promise<RestoreResult> {
     firstDaemon.once('exit', (_code, signal) => {
       if (!signal) return resolve(undefined);
       setTimeout(() => {
-        daemon = spawn(...wrapped(opts.daemonWrap ?? [], process.execPath, [CLI, 'lazy-pages', '--resume', '-D', opts.imagesDir, '-W', opts.workDir, '--json', ...(resume.args ?? [])]), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.daemonEnv } });
+        daemon = spawn(...wrapped(opts.daemonWrap ?? [], process.execPath, [CLI, 'lazy-pages', '--resume', '-D', opts.imagesDir, '-W', opts.workDir, '--json', ...(resume.args ?? [])]), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(resume.env ?? opts.daemonEnv) } });
         resolve(collect(daemon));
       }, resume.afterMs ?? 0);
     });

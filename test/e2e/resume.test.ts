@@ -12,11 +12,12 @@ import { MiB, assertRestored, denseTree, killMoments, makeImages, stopOutcome, t
 const PROCESSES = 3;
 
 interface KillRun {
-  /** ms after the daemon's "restore finished" (-v3 line) */
-  killAfterMs: number;
+  /** ms after the daemon's "restore finished" (-v3 line); undefined: the daemon is not killed by the test */
+  killAfterMs?: number;
   daemonArgs?: string[];
+  daemonEnv?: NodeJS.ProcessEnv;
   script?: string[];
-  resume?: { afterMs?: number; args?: string[] };
+  resume?: { afterMs?: number; args?: string[]; env?: NodeJS.ProcessEnv };
 }
 
 async function killAfterFinished(images: string, dir: string, name: string, k: KillRun): Promise<RestoreResult> {
@@ -27,11 +28,12 @@ async function killAfterFinished(images: string, dir: string, name: string, k: K
     workDir: path.join(dir, name),
     daemonArgs: ['--workers', '2', '-v3', '--recover-timeout', '20', ...(k.daemonArgs ?? [])],
     target: { pattern: 'random', fraction: 0.5, seed: 5, threads: 2, ...(k.script ? { extraArgs: k.script } : {}) },
+    ...(k.daemonEnv ? { daemonEnv: k.daemonEnv } : {}),
     onStarted: (d) => (daemon = d),
     onDaemonStderr: (chunk) => {
       if (/restore finished/.test(seen)) return;
       seen += chunk;
-      if (/restore finished/.test(seen)) setTimeout(() => daemon?.kill('SIGKILL'), k.killAfterMs);
+      if (/restore finished/.test(seen) && k.killAfterMs !== undefined) setTimeout(() => daemon?.kill('SIGKILL'), k.killAfterMs);
     },
     resume: k.resume,
     retries: 0,
@@ -98,6 +100,22 @@ t.test('a tree whose map changed by an event is not resumed: the guardian stops 
     } else t.comment(`${label}: the restore completed before the kill`);
   }
   t.ok(refused, 'one kill landed after an event changed a map, and the guardian refused to wait');
+});
+
+t.test('a daemon killed between reading an mremap and telling the guardian is not resumed', async (t) => {
+  const dir = tempDir(t, 'resume-mid-read');
+  const images = makeImages(dir, denseTree(2, 32 * MiB));
+  // The fault injection SIGKILLs the daemon right after its read() of the first event that is not a
+  // fault, before the TAINT send: the guardian has not heard of the mremap, only the shared count of
+  // drains in progress says that something was read and is known to nobody now.
+  const script = ['--script', 'touch:0-10,mremap:100-300>s0,touch:s0-s50'];
+  const r = await killAfterFinished(images, dir, 'mid-read', { script, daemonEnv: { FAULTLINE_TEST_DIE_AFTER_EVENT_READ: '1' }, daemonArgs: ['--workers', '1'], resume: { args: [], env: {} } });
+  const o = stopOutcome(r);
+  t.equal(o.mismatches, 0, 'no zero page read, no stale page at the moved address');
+  t.same(o.unexplained, [], 'every process verified everything or was killed');
+  t.ok(o.killed > 0, `${o.killed} processes SIGKILLed`);
+  t.match(r.killed?.stderr ?? '', /faultline-guardian: error: the daemon \(pid \d+\) ended without finishing the restore and cannot be resumed: it died between reading a uffd event and telling the guardian of it/, 'the guardian says why it did not wait');
+  t.not(r.daemon.code, 0, '--resume finds nobody to resume from');
 });
 
 t.test('nobody resumes within --recover-timeout: the guardian fail-stops, no zero page read', async (t) => {
