@@ -7,7 +7,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuSkip } from '../helpers/criu';
-import { killMoments } from '../helpers/restore';
+import { killMoments, killRuns } from '../helpers/restore';
 import { assertVerified, clearResults, dumpWorkload, killUnder, processesUnder, within } from '../helpers/criu-restore';
 import { spawn } from 'node:child_process';
 import { CLI, collect, criuRestoreLazy, startLazyDaemon } from '../../src/criu/run';
@@ -55,7 +55,7 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
   };
 
   const next = killMoments(t);
-  const runs = 20;
+  const runs = killRuns(t, 12);
   let stopped = 0;
   for (let i = 0; i < runs; i++) {
     // 0-400 ms after criu restore started: the hand-over of 3 processes, the fill of 288 MiB, or after

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { runRestore, type RestoreResult } from '../../src/target/run';
-import { MiB, denseTree, killMoments, makeImages, stopOutcome as outcome, tempDir } from '../helpers/restore';
+import { denseTree, killMoments, killRuns, makeImages, MiB, stopOutcome as outcome, tempDir } from '../helpers/restore';
 
 const PROCESSES = 3;
 /**
@@ -40,7 +40,7 @@ t.test('SIGKILL of the daemon at random moments: no process ever reads a zero pa
   const dir = tempDir(t, 'guardian');
   const images = makeImages(dir, denseTree(PROCESSES, 64 * MiB));
   const next = killMoments(t);
-  const runs = 20;
+  const runs = killRuns(t, 12);
   let killedRuns = 0;
   for (let i = 0; i < runs; i++) {
     // Half the runs in the first 10 ms (connect and hand-over), half in 0-250 ms (fill, faults, events).

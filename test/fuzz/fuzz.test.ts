@@ -1,5 +1,5 @@
 // Coverage-guided fuzzing of every parser that reads outside input (test/fuzz/targets.ts), each
-// target for a bounded time in `npm test` (FAULTLINE_FUZZ_SECONDS, default 2), in a process of its
+// target for a bounded time in `npm test` (FAULTLINE_FUZZ_SECONDS, default 1), in a process of its
 // own (test/fuzz/run.ts); `npm run fuzz` runs longer and keeps its corpus. Inputs that once crashed a
 // parser live in test/fuzz/regressions/<target>/ and are replayed first.
 import t from 'tap';
@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { TARGETS } from './targets';
 
-const SECONDS = Number(process.env.FAULTLINE_FUZZ_SECONDS ?? 2);
+const SECONDS = Number(process.env.FAULTLINE_FUZZ_SECONDS ?? 1);
 const SEED = Number(process.env.FAULTLINE_FUZZ_SEED ?? Date.now() % 1_000_000);
 const RUN = path.join(__dirname, 'run.js');
 

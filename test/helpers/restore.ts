@@ -114,6 +114,16 @@ export function stopOutcome(r: RestoreResult): { mismatches: number; killed: num
 }
 
 /**
+ * How many kills a kill test makes: FAULTLINE_KILL_RUNS, else `byDefault` (kept small for `npm test`;
+ * each CI run draws new moments, and a long soak is FAULTLINE_KILL_RUNS=200).
+ */
+export function killRuns(t: Test, byDefault: number): number {
+  const n = Number(process.env.FAULTLINE_KILL_RUNS ?? byDefault);
+  t.comment(`${n} kills (FAULTLINE_KILL_RUNS to change)`);
+  return n;
+}
+
+/**
  * Random moments for the kill tests, deterministic per seed (FAULTLINE_KILL_SEED, else the clock),
  * the seed printed so that a failing run can be replayed. Returns a generator of values in [0, 1).
  */
