@@ -1,5 +1,5 @@
 // Layout of the SharedArrayBuffer rings that carry events from the main thread to a worker.
-// Declared twice, here and in src/engine/ring-layout.ts, with the same offsets; test/unit/ring-layout
+// Declared twice, here and in src/protocol/ring-layout.ts, with the same offsets; test/unit/ring-layout
 // checks that the addon reports exactly these numbers.
 //
 // One producer at a time (READING is the producer lock: the main thread's drain and control records,

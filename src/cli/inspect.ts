@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PE_LAZY, PE_PARENT, PE_PRESENT, ProcessImages, readInventory, readPstree } from '../images';
 
-const PAGE = 4096;
+import { PAGE_SIZE } from '../address';
 
 export interface InspectedProcess {
   pid: number;
@@ -73,8 +73,8 @@ export function inspect(imagesDir: string): InspectReport {
     let covered = 0;
     for (const e of images.pagemap.entries) {
       const start = e.vaddr;
-      const end = e.vaddr + e.nrPages * PAGE;
-      for (const v of lazyVmas) covered += Math.max(0, Math.min(end, v.end) - Math.max(start, v.start)) / PAGE;
+      const end = e.vaddr + e.nrPages * PAGE_SIZE;
+      for (const v of lazyVmas) covered += Math.max(0, Math.min(end, v.end) - Math.max(start, v.start)) / PAGE_SIZE;
     }
     return {
       pid: t.pid,
@@ -82,10 +82,10 @@ export function inspect(imagesDir: string): InspectReport {
       threads: t.threads.length,
       vmas: images.mm.vmas.length,
       lazyVmas: lazyVmas.length,
-      lazyPages: images.lazyRanges().reduce((n, r) => n + (r.end - r.start) / PAGE, 0),
+      lazyPages: images.lazyRanges().reduce((n, r) => n + (r.end - r.start) / PAGE_SIZE, 0),
       eagerPages: count((f) => (f & PE_PRESENT) !== 0 && (f & PE_LAZY) === 0),
       parentPages: count((f) => (f & PE_PARENT) !== 0),
-      holePages: lazyVmas.reduce((n, v) => n + (v.end - v.start) / PAGE, 0) - covered,
+      holePages: lazyVmas.reduce((n, v) => n + (v.end - v.start) / PAGE_SIZE, 0) - covered,
       pagemapEntries: images.pagemap.entries.length,
     };
   });
@@ -95,7 +95,7 @@ export function inspect(imagesDir: string): InspectReport {
 }
 
 function mib(pages: number): string {
-  return `${((pages * PAGE) / 2 ** 20).toFixed(1)} MiB`;
+  return `${((pages * PAGE_SIZE) / 2 ** 20).toFixed(1)} MiB`;
 }
 
 export function formatInspect(r: InspectReport): string {

@@ -10,7 +10,7 @@ import type { Guardian } from '../engine/guardian';
 import { FailStop } from '../engine/errors';
 import { formatSummary } from '../engine/summary';
 import { native } from '../native';
-import { MAX_COPY_PAGES } from '../worker/tuning';
+import { MAX_COPY_PAGES } from '../protocol/tuning';
 import { clientTlsOptions, criuTls, type CriuTlsFlags } from './criu-tls';
 import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
 import { makeLogger, parseLogFormat, resolveLogFile } from './log';

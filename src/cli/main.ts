@@ -94,9 +94,9 @@ async function main(argv: string[]): Promise<number> {
     .option('--max-outstanding-requests <n>', 'requests a connection may have unanswered; beyond, it is not read until it takes its replies (default 1024)')
     .option('--max-unsent-bytes <n>', 'reply bytes a connection may have asked for and not taken (k, m, g suffixes); beyond, as above (default 1g)')
     .option('--idle-timeout-ms <ms>', 'close a connection owed nothing that neither it nor another from its address used this long, and drop one whose replies have not moved this long (default 600000; 0: never)')
-    .action(async (flags: import('../server/cli').PageServerFlags & { close?: number[]; version?: boolean }) => {
+    .action(async (flags: import('./page-server').PageServerFlags & { close?: number[]; version?: boolean }) => {
       if (prelude(flags)) return;
-      const { pageServer } = await import('../server/cli');
+      const { pageServer } = await import('./page-server');
       code = await pageServer(flags);
     });
   program

@@ -1,11 +1,11 @@
 // Prometheus metrics of a lazy restore (`--metrics`): prom-client's exposition, on a loopback
 // address or a unix socket only (the metrics name processes and sizes of a checkpoint; nothing here
 // needs to leave the host). Everything is read at scrape time from the restore's live progress
-// (worker/progress.ts); nothing is counted twice.
+// (protocol/progress.ts); nothing is counted twice.
 import * as http from 'node:http';
 import * as fs from 'node:fs';
 import type { Registry as PromRegistry } from 'prom-client';
-import { FAULT_BUCKETS_S, type Progress } from '../worker/progress';
+import { FAULT_BUCKETS_S, type Progress } from '../protocol/progress';
 import { UsageError } from './usage-error';
 
 type RestoreProgress = Progress & { processes: number; restoreFinished: boolean };

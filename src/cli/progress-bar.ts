@@ -2,7 +2,7 @@
 // rate and the time left, while the restore fills. Only when stderr is a TTY (and the daemon did not
 // detach): logs, pipes and CI output stay line-based.
 import type { SingleBar as Bar } from 'cli-progress';
-import type { Progress } from '../worker/progress';
+import type { Progress } from '../protocol/progress';
 
 const REFRESH_MS = 200;
 

@@ -19,7 +19,7 @@ import { FailStop } from '../engine/errors';
 import { Guardian } from '../engine/guardian';
 import type { RestoreSummary } from '../engine/summary';
 import { native } from '../native';
-import { MAX_COPY_PAGES } from '../worker/tuning';
+import { MAX_COPY_PAGES } from '../protocol/tuning';
 import { makeLogger, parseLogFormat } from './log';
 import { UsageError } from './usage-error';
 import { parseMetricsAddress, serveMetrics } from './metrics';

@@ -4,19 +4,20 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
+import { PAGE_SIZE } from '../address';
 import { readInventory, readPstree, type PstreeEntry } from '../images';
 import { native } from '../native';
-import type { Tuning } from '../worker/tuning';
-import type { WorkerMessage, WorkerResult } from '../worker/messages';
+import type { Tuning } from '../protocol/tuning';
+import type { WorkerMessage, WorkerResult } from '../protocol/worker-messages';
 import { FailStop, ProtocolError } from './errors';
 import type { HandoverEvent } from './handover';
 import { Listener, lockWorkDir, uffdInitialized } from './listener';
-import { pushPages, pushRestoreFinished } from './ring-records';
+import { pushPages, pushRestoreFinished } from '../protocol/ring-records';
 import { summarize, type RestoreSummary } from './summary';
 import type { Guardian, HeldProcess } from './guardian';
 import { ProcessTree } from './tree';
 import type { PageServerClient, PageRequest, RemoteOptions } from '../source/remote-client';
-import type { Progress } from '../worker/progress';
+import type { Progress } from '../protocol/progress';
 import { Engine } from './engine';
 
 export interface DaemonOptions {
@@ -410,14 +411,13 @@ export class LazyPagesDaemon {
  * only that the range lies in user space, not that it is mapped.)
  */
 function wakeFaulted(uffd: number): void {
-  const PAGE = 4096;
   let low = 65536;
   try {
     low = Number(fs.readFileSync('/proc/sys/vm/mmap_min_addr', 'utf8'));
   } catch {
     // the usual default
   }
-  low = Math.ceil(Math.max(low, PAGE) / PAGE) * PAGE;
+  low = Math.ceil(Math.max(low, PAGE_SIZE) / PAGE_SIZE) * PAGE_SIZE;
   const TASK_SIZE = 0x7fff_ffff_f000; // x86-64 with 4-level page tables: the top of user space
   try {
     native.uffdWake(uffd, low, TASK_SIZE - low);

@@ -7,13 +7,13 @@ import * as path from 'node:path';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { Poller } from './poller';
-import { DEFAULT_RING_CAPACITY } from './ring-layout';
-import { pushSession, pushStop, pushStopSession } from './ring-records';
+import { DEFAULT_RING_CAPACITY } from '../protocol/ring-layout';
+import { pushSession, pushStop, pushStopSession } from '../protocol/ring-records';
 import { ArenaProducer, createArena } from '../source/arena';
 import { createBoards } from '../worker/fill-board';
-import { createProgress, readProgress, type Progress } from '../worker/progress';
-import { DEFAULT_TUNING, type Tuning } from '../worker/tuning';
-import type { SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from '../worker/messages';
+import { createProgress, readProgress, type Progress } from '../protocol/progress';
+import { DEFAULT_TUNING, type Tuning } from '../protocol/tuning';
+import type { SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from '../protocol/worker-messages';
 
 /** Per-worker arena for page-server data: 32 MiB, far above the largest request (256 pages). */
 const ARENA_PAGES = 8192;

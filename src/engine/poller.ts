@@ -3,8 +3,8 @@
 // worker also drains its own set between background chunks (no cross-thread wake when it is already
 // running); READING in the ring header keeps the two from producing at once.
 import { native } from '../native';
-import { RingProducer, createRingBuffer } from './ring';
-import { pushProcess } from './ring-records';
+import { RingProducer, createRingBuffer } from '../protocol/ring';
+import { pushProcess } from '../protocol/ring-records';
 
 export class Poller {
   readonly epfds: number[];

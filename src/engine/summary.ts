@@ -1,7 +1,7 @@
 // The end-of-restore summary: one screen for people, JSON for machines.
-import { addPairs, newHistogram, percentilesUs } from './histogram';
-import type { ProcessCounters } from '../worker/lazy-process';
-import type { WorkerResult } from '../worker/messages';
+import { addPairs, newHistogram, percentilesUs } from '../protocol/histogram';
+import { addCounters, newCounters, type ProcessCounters } from '../protocol/counters';
+import type { WorkerResult } from '../protocol/worker-messages';
 
 export interface RestoreSummary {
   ok: boolean;
@@ -50,7 +50,7 @@ export function summarize(
 ): RestoreSummary {
   const total = newHistogram();
   const pickup = newHistogram();
-  const t: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 };
+  const t = newCounters();
   let poisoned = 0;
   let helped = 0;
   let leases = 0;
@@ -61,7 +61,7 @@ export function summarize(
     leasesHelped += r.leasesHelped;
     addPairs(total, r.latency);
     addPairs(pickup, r.pickup);
-    for (const k of Object.keys(t) as (keyof ProcessCounters)[]) t[k] += r.totals[k];
+    addCounters(t, r.totals);
     poisoned += r.poisonedPages;
   }
   return {

@@ -19,7 +19,3 @@ export class ImageError extends Error {
     if (opts.field !== undefined) this.field = opts.field;
   }
 }
-
-export function hex(n: number): string {
-  return '0x' + n.toString(16);
-}

@@ -1,4 +1,5 @@
-import { ImageError, hex } from './errors';
+import { hex } from '../address';
+import { ImageError } from './errors';
 import { decodeMessage, MessageKind, messageNames, RawMessage } from './proto';
 
 export const MAGIC = {

@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { ImageError, hex } from './errors';
+import { firstAbove, hex } from '../address';
+import { ImageError } from './errors';
 import {
   displayName,
   MmImage,
@@ -77,16 +78,7 @@ class Layer {
   /** Index of the entry containing addr, or -1. */
   find(addr: number): number {
     const s = this.starts;
-    let lo = 0;
-    let hi = s.length - 1;
-    let best = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (s[mid]! <= addr) {
-        best = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
+    const best = firstAbove(s.length, (i) => s[i]!, addr) - 1;
     if (best < 0) return -1;
     const e = this.pagemap.entries[best]!;
     return addr < e.vaddr + e.nrPages * PAGE_SIZE ? best : -1;

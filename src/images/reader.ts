@@ -1,10 +1,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { ImageError, hex } from './errors';
+import { PAGE_SIZE, hex } from '../address';
+import { ImageError } from './errors';
 import { decodeEntry, MAGIC, splitEntries, IMG_VERSION_V1, IMG_VERSION_V1_1 } from './framing';
 import { RawMessage } from './proto';
 
-export const PAGE_SIZE = 4096;
+export { PAGE_SIZE };
 
 /** PagemapEntry.flags bits (criu/include/pagemap.h). */
 export const PE_PARENT = 1;

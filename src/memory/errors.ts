@@ -1,4 +1,4 @@
-const hex = (n: number): string => `0x${n.toString(16)}`;
+import { hex } from '../address';
 
 /** Base class so callers can catch every MemoryMap failure with one instanceof test. */
 export class MemoryMapError extends Error {

@@ -1,6 +1,8 @@
 import { InvalidRangeError, MisalignedAddressError, RangeOverlapError } from './errors';
 
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE, firstAbove } from '../address';
+
+export { PAGE_SIZE };
 
 /**
  * One lazy piece of memory still to be copied. `start`/`end` are run-time addresses (they follow
@@ -102,15 +104,14 @@ export class MemoryMap implements Iterable<LazyRange> {
 
   /** The first block whose last range ends above addr (blocks.length if none). */
   private blockAbove(addr: number): number {
-    let lo = 0;
-    let hi = this.blocks.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const b = this.blocks[mid]!;
-      if (b[b.length - 1]!.end > addr) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
+    return firstAbove(
+      this.blocks.length,
+      (i) => {
+        const b = this.blocks[i]!;
+        return b[b.length - 1]!.end;
+      },
+      addr,
+    );
   }
 
   /** The range containing addr; addr need not be aligned (raw fault addresses are accepted). */
@@ -271,12 +272,5 @@ export class MemoryMap implements Iterable<LazyRange> {
 
 /** Index of the first range in sorted rs whose end is above addr (rs.length if none). */
 function lowerBound(rs: readonly LazyRange[], addr: number): number {
-  let lo = 0;
-  let hi = rs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (rs[mid]!.end > addr) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
+  return firstAbove(rs.length, (i) => rs[i]!.end, addr);
 }

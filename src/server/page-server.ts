@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
+import { firstAbove, hex } from '../address';
 import { ImageError, ProcessImages, readInventory, readPstree, type OpenPagesFile } from '../images';
 import {
   CLOSE_REPLY_SIZE,
@@ -14,13 +15,12 @@ import {
   HEADER_SIZE,
   formatPeer,
   looksLikeTls,
-  hex,
   MAX_REQUEST_PAGES,
   PAGE_SIZE,
   ProtocolError,
   RequestParser,
   type Request,
-} from './protocol';
+} from '../protocol/page-server-wire';
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 export type PageServerLog = (level: LogLevel, msg: string) => void;
@@ -368,17 +368,7 @@ function oneLine(s: string): string {
 }
 
 function findRange(starts: Float64Array, addr: number): number {
-  let lo = 0;
-  let hi = starts.length - 1;
-  let best = -1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    if (starts[mid]! <= addr) {
-      best = mid;
-      lo = mid + 1;
-    } else hi = mid - 1;
-  }
-  return best;
+  return firstAbove(starts.length, (i) => starts[i]!, addr) - 1;
 }
 
 /** A request taken off the wire, or the protocol error that stands in its place in line. */

@@ -8,10 +8,10 @@ const WRITE = 0; // i32 index: pages allocated (producer, free-running)
 const READ = 16; // i32 index: pages freed (consumer), own cache line
 const CAPACITY = 32; // i32 index: capacity in pages
 export const ARENA_HEADER_BYTES = 192;
-const PAGE = 4096;
+import { PAGE_SIZE } from '../address';
 
 export function createArena(pages: number): SharedArrayBuffer {
-  const sab = new SharedArrayBuffer(ARENA_HEADER_BYTES + pages * PAGE);
+  const sab = new SharedArrayBuffer(ARENA_HEADER_BYTES + pages * PAGE_SIZE);
   new Int32Array(sab)[CAPACITY] = pages;
   return sab;
 }
@@ -35,7 +35,7 @@ export class ArenaProducer {
     const skip = pos + pages > this.capacity ? this.capacity - pos : 0;
     if (((write - read) >>> 0) + skip + pages > this.capacity) return -1;
     write = (write + skip) >>> 0;
-    bytes.copy(this.data, (write % this.capacity) * PAGE, 0, pages * PAGE);
+    bytes.copy(this.data, (write % this.capacity) * PAGE_SIZE, 0, pages * PAGE_SIZE);
     Atomics.store(this.i32, WRITE, (write + pages) | 0);
     return write;
   }
@@ -53,7 +53,7 @@ export class ArenaConsumer {
 
   /** Byte offset in `data` of slot `first`. */
   offset(first: number): number {
-    return (first % this.capacity) * PAGE;
+    return (first % this.capacity) * PAGE_SIZE;
   }
 
   /** Frees everything up to and including the reply at `first` (replies are freed in order). */

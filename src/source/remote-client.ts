@@ -7,7 +7,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Logger } from 'pino';
-import { ReplyParser, encodeClose, encodeGet, formatPeer, looksLikeTls, type GetReply } from '../server/protocol';
+import { ReplyParser, encodeClose, encodeGet, formatPeer, looksLikeTls, type GetReply } from '../protocol/page-server-wire';
 
 export interface RemoteOptions {
   address: string;

@@ -1,31 +1,20 @@
 // One restored process as its worker sees it: the lazy ranges still missing (run-time addresses
 // that follow mremap, each with the dump-time address of its data), its uffd, and its fill cursor.
+import { firstAbove, hex } from '../address';
 import { MemoryMap, type LazyRange } from '../memory';
+import { newCounters, type ProcessCounters } from '../protocol/counters';
 import { native } from '../native';
 import type { AddressRange, PageSource } from '../source/page-source';
-import type { Tuning } from './tuning';
-import { PAGE, WorkerError, copy as copyIoctl, poison, unregister, wake, zeropage, type RunsResult } from './uffd-ops';
+import type { Tuning } from '../protocol/tuning';
+import { PAGE_SIZE, WorkerError, copy as copyIoctl, poison, unregister, wake, zeropage, type RunsResult } from './uffd-ops';
 
-export { PAGE, WorkerError };
-const pageDown = (a: number) => a - (a % PAGE);
-const hex = (a: number) => '0x' + a.toString(16);
+export { PAGE_SIZE, WorkerError };
+const pageDown = (a: number) => a - (a % PAGE_SIZE);
 
 /** ENOENT is normal for a moment after munmap (its event is read but not yet handled); not for long. */
 const MAX_ENOENT_RETRIES = 10_000;
 
 export type CopyOutcome = 'ok' | 'again' | 'gone';
-
-export interface ProcessCounters {
-  faults: number;
-  faultPages: number;
-  fillPages: number;
-  zeroPages: number;
-  /** Pages the kernel already had (EEXIST): counted as done. */
-  existingPages: number;
-  copies: number;
-  /** Remote: pages asked of the page server (a page asked twice counts twice). */
-  requestedPages: number;
-}
 
 /** Remote lazy restore: asks the main thread to GET pages from the page server. */
 export interface RemoteLink {
@@ -42,7 +31,7 @@ export interface CopyGate {
 
 export class LazyProcess {
   readonly map: MemoryMap;
-  readonly counters: ProcessCounters = { faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 };
+  readonly counters: ProcessCounters = newCounters();
   private faultAround: number;
   private lastFaultEnd = -1;
   private fillCursor = 0;
@@ -154,18 +143,18 @@ export class LazyProcess {
     if (this.remote) {
       // The faulting page in a request of its own, so its reply is small and comes first.
       const at = page - piece.start;
-      this.ask({ start: page, end: page + PAGE, imgStart: piece.imgStart + at }, true);
-      if (piece.end > page + PAGE) this.ask({ start: page + PAGE, end: piece.end, imgStart: piece.imgStart + at + PAGE }, true);
+      this.ask({ start: page, end: page + PAGE_SIZE, imgStart: piece.imgStart + at }, true);
+      if (piece.end > page + PAGE_SIZE) this.ask({ start: page + PAGE_SIZE, end: piece.end, imgStart: piece.imgStart + at + PAGE_SIZE }, true);
       if (page > piece.start) this.ask({ start: piece.start, end: page, imgStart: piece.imgStart }, true);
       return 'ok';
     }
     // The faulting page alone first: its copy wakes the thread, which then runs while the
     // neighbours follow (a 16-page copy costs the waiting thread ≈ 45 µs here, one page ≈ 5 µs).
     const at = page - piece.start;
-    const first = this.copy({ start: page, end: page + PAGE, imgStart: piece.imgStart + at }, 'fault');
+    const first = this.copy({ start: page, end: page + PAGE_SIZE, imgStart: piece.imgStart + at }, 'fault');
     this.releasedAtNs = native.monotonicNs();
     const before = { start: piece.start, end: page, imgStart: piece.imgStart };
-    const after = { start: page + PAGE, end: piece.end, imgStart: piece.imgStart + at + PAGE };
+    const after = { start: page + PAGE_SIZE, end: piece.end, imgStart: piece.imgStart + at + PAGE_SIZE };
     if (first !== 'ok') {
       // Not copied (the mm is changing, or the process is gone): the neighbours go back too.
       if (before.end > before.start) this.map.insert(before);
@@ -214,7 +203,7 @@ export class LazyProcess {
     }
     if (!r) return undefined;
     const start = Math.max(r.start, this.fillCursor);
-    const end = Math.min(r.end, start + this.fillChunk * PAGE);
+    const end = Math.min(r.end, start + this.fillChunk * PAGE_SIZE);
     this.fillCursor = end;
     this.fillChunk = Math.min(this.fillChunk * 2, this.tuning.fillChunkMax);
     return this.map.take(start, end)[0];
@@ -229,16 +218,16 @@ export class LazyProcess {
     const first = this.nextFillRange();
     if (!first) return [];
     const runs = [first];
-    let pages = (first.end - first.start) / PAGE;
+    let pages = (first.end - first.start) / PAGE_SIZE;
     const budget = this.fillChunk; // nextFillRange already doubled it: the size this lease may reach
     while (runs.length < maxRuns && pages < budget && this.prefetchAt >= this.prefetch.length) {
       const r = this.map.nextAtOrAfter(this.fillCursor);
       if (!r) break;
-      const end = Math.min(r.end, r.start + (budget - pages) * PAGE);
+      const end = Math.min(r.end, r.start + (budget - pages) * PAGE_SIZE);
       const [piece] = this.map.take(r.start, end);
       this.fillCursor = end;
       runs.push(piece);
-      pages += (piece.end - piece.start) / PAGE;
+      pages += (piece.end - piece.start) / PAGE_SIZE;
     }
     for (const r of runs) this.inflight.insert(r);
     this.leases++;
@@ -256,17 +245,17 @@ export class LazyProcess {
     let offset = 0;
     let cutAt = -1;
     for (const run of runs) {
-      const len = run.pages * PAGE;
+      const len = run.pages * PAGE_SIZE;
       const dealt = Math.max(0, Math.min(len, r.dealt - offset));
       if (dealt < len && cutAt < 0) cutAt = run.imgStart + dealt;
       existing -= this.settleRun(run, dealt);
       offset += len;
     }
-    const copied = r.dealt / PAGE - r.existing;
+    const copied = r.dealt / PAGE_SIZE - r.existing;
     this.counters.fillPages += copied;
     this.counters.existingPages += existing;
     this.counters.copies += r.ioctls ?? 0;
-    const cut = cutAt < 0 ? (runs.at(-1)!.imgStart + runs.at(-1)!.pages * PAGE) : cutAt;
+    const cut = cutAt < 0 ? (runs.at(-1)!.imgStart + runs.at(-1)!.pages * PAGE_SIZE) : cutAt;
     switch (r.stop) {
       case 'done':
       case 'yielded':
@@ -292,7 +281,7 @@ export class LazyProcess {
    */
   private settleRun(run: { dst?: number; imgStart: number; pages: number }, dealt: number): number {
     const { imgStart, pages } = run;
-    const end = imgStart + pages * PAGE;
+    const end = imgStart + pages * PAGE_SIZE;
     const cut = imgStart + dealt;
     let faulted = 0;
     for (const a of this.faultedInLease) {
@@ -303,7 +292,7 @@ export class LazyProcess {
     // Where it was leased, unmoved and whole (no event touched it): an image page lies in one place
     // only, so no other in-flight piece can hold part of it.
     const at = run.dst === undefined ? undefined : this.inflight.find(run.dst);
-    if (at && run.dst! + pages * PAGE <= at.end && at.imgStart + (run.dst! - at.start) === imgStart) {
+    if (at && run.dst! + pages * PAGE_SIZE <= at.end && at.imgStart + (run.dst! - at.start) === imgStart) {
       this.settlePiece(run.dst!, imgStart, end, cut);
       return faulted;
     }
@@ -335,7 +324,7 @@ export class LazyProcess {
     const data = this.source.locate(img, 1);
     if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
     if (!this.gate.beginCopy()) return 'again';
-    const r = copyIoctl(this.uffd, this.pid, page, data.buf, data.offset, PAGE);
+    const r = copyIoctl(this.uffd, this.pid, page, data.buf, data.offset, PAGE_SIZE);
     this.gate.endCopy();
     this.releasedAtNs = native.monotonicNs();
     switch (r.outcome) {
@@ -343,12 +332,12 @@ export class LazyProcess {
         this.counters.faultPages++;
         this.counters.copies++;
         // No longer missing: a fork now copies it to the child, and the lease must not put it back.
-        this.inflight.take(page, page + PAGE);
+        this.inflight.take(page, page + PAGE_SIZE);
         this.faultedInLease.add(img);
         return 'ok';
       case 'exists':
         // The lease's copy was first; it woke the range it copied, but wake to be sure.
-        wake(this.uffd, page, PAGE);
+        wake(this.uffd, page, PAGE_SIZE);
         return 'ok';
       case 'gone':
         this.gone = true;
@@ -360,7 +349,7 @@ export class LazyProcess {
 
   private ask(piece: LazyRange, urgent: boolean): CopyOutcome {
     const tag = this.nextTag++;
-    const pages = (piece.end - piece.start) / PAGE;
+    const pages = (piece.end - piece.start) / PAGE_SIZE;
     this.inflight.insert(piece);
     this.counters.requestedPages += pages;
     this.requests.set(tag, { imgStart: piece.imgStart, pages, urgent });
@@ -379,8 +368,8 @@ export class LazyProcess {
     if (!req) throw new WorkerError(`pid ${this.pid}: page-server reply for a request never made (tag ${tag})`);
     this.requests.delete(tag);
     if (!req.urgent) this.fillsInFlight--;
-    const end = imgStart + got * PAGE;
-    const reqEnd = req.imgStart + req.pages * PAGE;
+    const end = imgStart + got * PAGE_SIZE;
+    const reqEnd = req.imgStart + req.pages * PAGE_SIZE;
     let outcome: CopyOutcome = 'ok';
     for (const r of [...this.inflight]) {
       const rImgEnd = r.imgStart + (r.end - r.start);
@@ -413,7 +402,7 @@ export class LazyProcess {
     }
     const r = copyIoctl(this.uffd, this.pid, piece.start, buf, off, len);
     this.gate.endCopy();
-    this.counted(cause, r.done / PAGE);
+    this.counted(cause, r.done / PAGE_SIZE);
     switch (r.outcome) {
       case 'ok':
         this.counters.copies++;
@@ -421,7 +410,7 @@ export class LazyProcess {
         return 'ok';
       case 'exists': {
         this.counters.existingPages++;
-        const skip = r.done + PAGE;
+        const skip = r.done + PAGE_SIZE;
         if (skip < len) return this.copyFrom({ start: piece.start + skip, end: piece.end, imgStart: piece.imgStart + skip }, buf, off + skip, cause);
         return 'ok';
       }
@@ -448,9 +437,9 @@ export class LazyProcess {
       if (!r || r.imgStart + (first - r.start) !== first) continue;
       // Each traced fault stands for the window a fault there copies (the recorded page is the
       // first of it): prefetching single pages would split those windows into more faults.
-      let end = Math.min(r.end, first + this.tuning.faultAroundMin * PAGE);
-      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] >= first && this.prefetch[this.prefetchAt] <= end && end < r.end && (end - first) / PAGE < this.tuning.fillChunkMax) {
-        end = Math.min(r.end, Math.max(end, this.prefetch[this.prefetchAt++] + this.tuning.faultAroundMin * PAGE));
+      let end = Math.min(r.end, first + this.tuning.faultAroundMin * PAGE_SIZE);
+      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] >= first && this.prefetch[this.prefetchAt] <= end && end < r.end && (end - first) / PAGE_SIZE < this.tuning.fillChunkMax) {
+        end = Math.min(r.end, Math.max(end, this.prefetch[this.prefetchAt++] + this.tuning.faultAroundMin * PAGE_SIZE));
       }
       return this.map.take(first, end)[0];
     }
@@ -462,9 +451,9 @@ export class LazyProcess {
     let dst = piece.start;
     let img = piece.imgStart;
     while (dst < piece.end) {
-      const data = this.source.locate(img, (piece.end - dst) / PAGE);
+      const data = this.source.locate(img, (piece.end - dst) / PAGE_SIZE);
       if (!data) throw new WorkerError(`pid ${this.pid}: the images hold no data for lazy page ${hex(img)}`);
-      const len = data.pages * PAGE;
+      const len = data.pages * PAGE_SIZE;
       const outcome = this.copyFrom({ start: dst, end: dst + len, imgStart: img }, data.buf, data.offset, cause);
       if (outcome !== 'ok') {
         // copyFrom kept its own remainder; the runs after it wait too.
@@ -486,9 +475,9 @@ export class LazyProcess {
   private zeroFill(page: number): CopyOutcome {
     const vma = this.vmaAt(page);
     const next = this.map.nextAtOrAfter(page);
-    let end = page + this.tuning.zeroAroundMax * PAGE;
+    let end = page + this.tuning.zeroAroundMax * PAGE_SIZE;
     if (vma) end = Math.min(end, vma.end);
-    else end = page + PAGE;
+    else end = page + PAGE_SIZE;
     if (next) end = Math.min(end, next.start);
     // Pages on their way from the page server are missing too, but not holes.
     const coming = this.inflight.nextAtOrAfter(page);
@@ -496,10 +485,10 @@ export class LazyProcess {
     if (!this.gate.beginCopy()) return 'again';
     const r = zeropage(this.uffd, this.pid, page, end - page);
     this.gate.endCopy();
-    this.counters.zeroPages += r.done / PAGE;
+    this.counters.zeroPages += r.done / PAGE_SIZE;
     switch (r.outcome) {
       case 'exists': // already filled (by a copy that also woke the thread); wake to be sure
-        if (r.done === 0) wake(this.uffd, page, PAGE);
+        if (r.done === 0) wake(this.uffd, page, PAGE_SIZE);
         return 'ok';
       case 'novma': // no registered VMA here any more: a stale fault on memory since unmapped
         return 'ok';
@@ -518,14 +507,7 @@ export class LazyProcess {
   }
 
   private vmaAt(addr: number): AddressRange | undefined {
-    let lo = 0;
-    let hi = this.vmas.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.vmas[mid].end <= addr) lo = mid + 1;
-      else hi = mid;
-    }
-    const v = this.vmas[lo];
+    const v = this.vmas[firstAbove(this.vmas.length, (i) => this.vmas[i]!.end, addr)];
     return v && v.start <= addr ? v : undefined;
   }
 

@@ -5,24 +5,25 @@
 // main thread talks to it only through the ring. One loop serves every restore of its engine
 // (engine/engine.ts): each is a session, whose images, counters and end are its own, and an error
 // in one (a bad image, a protocol violation) stops that one only.
-import { newHistogram, toPairs } from '../engine/histogram';
-import { RingConsumer, RingWaker, type RingRecord } from '../engine/ring';
-import { decode } from '../engine/ring-records';
+import { newHistogram, toPairs } from '../protocol/histogram';
+import { RingConsumer, RingWaker, type RingRecord } from '../protocol/ring';
+import { decode } from '../protocol/ring-records';
 import { openCachedProcess } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
 import { native } from '../native';
-import { LazyProcess, type CopyOutcome, type ProcessCounters, type RemoteLink } from './lazy-process';
+import { LazyProcess, type CopyOutcome, type RemoteLink } from './lazy-process';
+import { addCounters, newCounters, type ProcessCounters } from '../protocol/counters';
 import { BOARD_SLOTS, FillBoards, LEASE_RUNS, LeaseState, leaseResultOf, stopOf, type LeaseRun } from './fill-board';
 import { FillBudget, HelpThrottle } from './fill-budget';
-import { ProgressWriter, PUBLISH_NS } from './progress';
+import { ProgressWriter, PUBLISH_NS } from '../protocol/progress';
 import { RunCopier, type RunsResult } from './uffd-ops';
 import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { receiveMessageOnPort } from 'node:worker_threads';
-import type { FaultTrace, SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from './messages';
+import type { FaultTrace, SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from '../protocol/worker-messages';
 
 const IDLE_WAIT_MS = 1000;
 /**
@@ -72,8 +73,6 @@ interface Session {
   progress: ProgressWriter;
   publishedNs: number;
 }
-
-const newCounters = (): ProcessCounters => ({ faults: 0, faultPages: 0, fillPages: 0, zeroPages: 0, existingPages: 0, copies: 0, requestedPages: 0 });
 
 export default function runShard(task: WorkerTask): WorkerResult {
   const ring = new RingConsumer(task.ring);
@@ -207,7 +206,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     const i = filling.indexOf(p);
     if (i >= 0) filling.splice(i, 1);
     if (s) {
-      for (const k of Object.keys(s.totals) as (keyof ProcessCounters)[]) s.totals[k] += p.counters[k];
+      addCounters(s.totals, p.counters);
       publish(s, true);
     }
     if (how === 'complete') post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
@@ -501,7 +500,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     for (const p of [...processes.values()]) {
       if (p.session !== s.spec.id) continue;
       if (poison) poisonedPages += p.poisonRemaining();
-      for (const k of Object.keys(totals) as (keyof ProcessCounters)[]) totals[k] += p.counters[k];
+      addCounters(totals, p.counters);
       if (p.trace) s.traces.push({ pid: p.pid, pages: p.trace });
       processes.delete(p.uffd);
       releasing.delete(p);

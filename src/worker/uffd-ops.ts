@@ -3,9 +3,11 @@
 import * as os from 'node:os';
 import { native, isErrno } from '../native';
 import type { PageSource } from '../source/page-source';
-import { hex } from '../images/errors';
+import { hex } from '../address';
 
-export const PAGE = 4096;
+import { PAGE_SIZE } from '../address';
+
+export { PAGE_SIZE };
 
 /**
  * - exists: that page is there already (a fault or another worker copied it): step over it;
@@ -60,7 +62,7 @@ export function copy(uffd: number, pid: number, dst: number, buf: Buffer, off: n
     native.uffdCopy(uffd, dst, buf, off, len, 0);
     return { outcome: 'ok', done: len };
   } catch (e) {
-    return failed(e, () => `pid ${pid}: UFFDIO_COPY of ${len / PAGE} pages to ${hex(dst)}`);
+    return failed(e, () => `pid ${pid}: UFFDIO_COPY of ${len / PAGE_SIZE} pages to ${hex(dst)}`);
   }
 }
 
@@ -102,14 +104,14 @@ export function poison(uffd: number, start: number, len: number): number {
   const until = Date.now() + POISON_AGAIN_MS;
   while (at < len) {
     try {
-      pages += native.uffdPoison(uffd, start + at, len - at) / PAGE;
+      pages += native.uffdPoison(uffd, start + at, len - at) / PAGE_SIZE;
       return pages;
     } catch (e) {
       if (!isErrno(e)) throw e;
       const done = e.done ?? 0;
-      pages += done / PAGE;
+      pages += done / PAGE_SIZE;
       at += done;
-      if (e.code === 'EEXIST') at += PAGE;
+      if (e.code === 'EEXIST') at += PAGE_SIZE;
       else if (e.code === 'EAGAIN' && Date.now() < until) {
         if (done === 0) Atomics.wait(pause, 0, 0, 1);
       } else return pages; // the process is gone (ESRCH, ENOENT): nothing left to protect
@@ -162,11 +164,11 @@ export class RunCopier {
       let buf: Buffer | null = null;
       while (k < ranges.length && n < MAX_RUNS) {
         const { dst, imgStart, pages } = ranges[k]!;
-        const total = pages * PAGE;
-        const d = source.locate(imgStart + at, (total - at) / PAGE);
+        const total = pages * PAGE_SIZE;
+        const d = source.locate(imgStart + at, (total - at) / PAGE_SIZE);
         if (!d || (buf && d.buf !== buf)) break;
         buf = d.buf;
-        const len = d.pages * PAGE;
+        const len = d.pages * PAGE_SIZE;
         const last = 3 * (n - 1);
         // Pieces of one range join when contiguous; two ranges never do, even when their pages and
         // image data are: a range ends at its VMA's end, and one UFFDIO_COPY across two VMAs fails

@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { CLI } from '../../src/target/run';
-import { encodeClose, encodeGet } from '../../src/server/protocol';
+import { encodeClose, encodeGet } from '../../src/protocol/page-server-wire';
 import { BASE, MiB, denseTree, makeImages, tempDir } from '../helpers/restore';
 
 const P = 4096;

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { HandoverParser, RESTORE_FINISHED } from '../../src/engine/handover';
 import { ProtocolError as HandoverError } from '../../src/engine/errors';
 import { ImageError, readInventory, readMm, readPagemap, readPstree } from '../../src/images';
-import { ProtocolError as WireError, ReplyParser, RequestParser, encodeClose, encodeGet, encodeGetReply } from '../../src/server/protocol';
+import { ProtocolError as WireError, ReplyParser, RequestParser, encodeClose, encodeGet, encodeGetReply } from '../../src/protocol/page-server-wire';
 import type { FuzzTarget } from './engine';
 
 const ROOT = path.resolve(__dirname, '../../..');

@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { PAGE_SIZE, expectedPage } from '../../src/images';
 import { PageServer, type LogLevel, type PageServerOptions } from '../../src/server/page-server';
-import { encodeClose, encodeGet } from '../../src/server/protocol';
+import { encodeClose, encodeGet } from '../../src/protocol/page-server-wire';
 import { BASE, ROOT, makeImages, tempDir } from '../helpers/restore';
 
 const P = PAGE_SIZE;

@@ -16,7 +16,7 @@ import {
   formatPeer,
   PS_IOV_ADD_F,
   PS_IOV_OPEN2,
-} from '../../src/server/protocol';
+} from '../../src/protocol/page-server-wire';
 
 const PEER = '10.0.0.7:4242';
 

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { PAGE_SIZE, PE_LAZY, PE_PRESENT, ProcessImages, writeImageSet, type EntrySpec } from '../../src/images';
 import { PageServer, type LogLevel } from '../../src/server/page-server';
-import { encodeClose, encodeGet, encodeHeader, PS_IOV_GET } from '../../src/server/protocol';
+import { encodeClose, encodeGet, encodeHeader, PS_IOV_GET } from '../../src/protocol/page-server-wire';
 import { BASE, ROOT, tempDir } from '../helpers/restore';
 
 const P = PAGE_SIZE;

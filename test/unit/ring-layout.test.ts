@@ -1,7 +1,7 @@
-// The ring layout is declared twice (native/src/ring.h and src/engine/ring-layout.ts); they must agree.
+// The ring layout is declared twice (native/src/ring.h and src/protocol/ring-layout.ts); they must agree.
 import t from 'tap';
-import { RING, RecordKind, UFFD_MSG } from '../../src/engine/ring-layout';
-import { RingConsumer, RingProducer, createRingBuffer } from '../../src/engine/ring';
+import { RING, RecordKind, UFFD_MSG } from '../../src/protocol/ring-layout';
+import { RingConsumer, RingProducer, createRingBuffer } from '../../src/protocol/ring';
 import { native } from '../../src/native';
 
 t.test('TypeScript and C agree on every offset and record kind', async (t) => {

@@ -4,8 +4,8 @@
 import t from 'tap';
 import { FillBudget } from '../../src/worker/fill-budget';
 import { BOARD_SLOTS, FillBoards, LeaseResult, LeaseState, createBoards } from '../../src/worker/fill-board';
-import { LazyProcess, PAGE, WorkerError, type CopyGate } from '../../src/worker/lazy-process';
-import { DEFAULT_TUNING } from '../../src/worker/tuning';
+import { LazyProcess, PAGE_SIZE, WorkerError, type CopyGate } from '../../src/worker/lazy-process';
+import { DEFAULT_TUNING } from '../../src/protocol/tuning';
 
 t.test('fill budget: faults earn the fill its share, a copy spends it, a fault never waits past the cap', async (t) => {
   let now = 1_000_000;
@@ -42,9 +42,9 @@ t.test('fill board: offer, take once, finish, collect; an offer can be withdrawn
   t.same(l, { uffd: 17, pid: 4, session: 2, epoch: 3, runs: [{ dst: 0x7f00_0000_0000, imgStart: 0x5000_0000, pages: 256 }, { dst: 0x7f00_0020_0000, imgStart: 0x5030_0000, pages: 3 }] }, 'the lease as offered, its runs in order, addresses above 2^32 intact');
   t.equal(boards.take(1, 0), null, 'a second taker gets nothing');
   t.notOk(boards.cancel(1, 0), 'a taken lease cannot be withdrawn');
-  boards.finish(1, 0, { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
+  boards.finish(1, 0, { result: LeaseResult.EVENT, dealt: 64 * PAGE_SIZE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.DONE);
-  t.same(boards.collect(1, 0), { result: LeaseResult.EVENT, dealt: 64 * PAGE, existing: 2, errno: 0, ioctls: 4 });
+  t.same(boards.collect(1, 0), { result: LeaseResult.EVENT, dealt: 64 * PAGE_SIZE, existing: 2, errno: 0, ioctls: 4 });
   t.equal(boards.state(1, 0), LeaseState.FREE);
   boards.offer(0, 5, { uffd: 3, pid: 1, session: 0, epoch: 0, runs: [{ dst: 0, imgStart: 0, pages: 1 }] });
   t.throws(() => boards.offer(0, 6, { uffd: 3, pid: 1, session: 0, epoch: 0, runs: [] }), RangeError, 'a lease has at least one run');
@@ -58,30 +58,30 @@ const BASE = 0x2000_0000_0000;
 const gate: CopyGate = { beginCopy: () => true, endCopy: () => undefined, available: () => 0 };
 const noData = { locate: () => null };
 function process(pages = 1024): LazyProcess {
-  return LazyProcess.fromImages(-1, 7, noData, [{ start: BASE, end: BASE + pages * PAGE }], [{ start: BASE, end: BASE + pages * PAGE }], DEFAULT_TUNING, gate);
+  return LazyProcess.fromImages(-1, 7, noData, [{ start: BASE, end: BASE + pages * PAGE_SIZE }], [{ start: BASE, end: BASE + pages * PAGE_SIZE }], DEFAULT_TUNING, gate);
 }
 
 t.test('a lease stays missing (in flight) until its owner settles it', async (t) => {
   const p = process();
   const [a] = p.leaseNext();
-  t.same(a, { start: BASE, end: BASE + DEFAULT_TUNING.fillChunkMin * PAGE, imgStart: BASE }, 'the first lease is the smallest chunk, from the start');
+  t.same(a, { start: BASE, end: BASE + DEFAULT_TUNING.fillChunkMin * PAGE_SIZE, imgStart: BASE }, 'the first lease is the smallest chunk, from the start');
   const [b] = p.leaseNext();
-  t.equal((b.end - b.start) / PAGE, DEFAULT_TUNING.fillChunkMin * 2, 'chunks double');
+  t.equal((b.end - b.start) / PAGE_SIZE, DEFAULT_TUNING.fillChunkMin * 2, 'chunks double');
   t.equal(b.start, a.end, 'in address order');
   t.equal(p.leases, 2);
   t.equal(p.map.pages + p.inflight.pages, 1024, 'nothing is lost from sight while leased');
   t.notOk(p.complete);
-  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 16 * PAGE, existing: 0, stop: 'done' }), 'ok');
+  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 16 * PAGE_SIZE, existing: 0, stop: 'done' }), 'ok');
   t.equal(p.counters.fillPages, 16);
   t.equal(p.inflight.pages, 32, 'only the other lease is still out');
-  t.equal(p.leaseSettled([{ imgStart: b.imgStart, pages: 32 }], { dealt: 32 * PAGE, existing: 3, stop: 'done' }), 'ok');
+  t.equal(p.leaseSettled([{ imgStart: b.imgStart, pages: 32 }], { dealt: 32 * PAGE_SIZE, existing: 3, stop: 'done' }), 'ok');
   t.equal(p.counters.fillPages, 16 + 29, 'pages found present are not counted as copied');
   t.equal(p.counters.existingPages, 3);
   t.equal(p.leases, 0);
   let n = 0;
   for (let l = p.leaseNext(4); l.length; l = p.leaseNext(4)) {
-    const runs = l.map((r) => ({ imgStart: r.imgStart, pages: (r.end - r.start) / PAGE }));
-    p.leaseSettled(runs, { dealt: runs.reduce((x, r) => x + r.pages * PAGE, 0), existing: 0, stop: 'done' });
+    const runs = l.map((r) => ({ imgStart: r.imgStart, pages: (r.end - r.start) / PAGE_SIZE }));
+    p.leaseSettled(runs, { dealt: runs.reduce((x, r) => x + r.pages * PAGE_SIZE, 0), existing: 0, stop: 'done' });
     n++;
   }
   t.ok(p.complete, `complete after ${n} more leases`);
@@ -91,9 +91,9 @@ t.test('a lease stays missing (in flight) until its owner settles it', async (t)
 t.test('a lease cut short gives its remainder back, and the fill resumes there', async (t) => {
   const p = process();
   const [a] = p.leaseNext();
-  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 5 * PAGE, existing: 0, stop: 'yielded' }), 'ok');
-  t.same(p.map.find(BASE + 5 * PAGE), { start: BASE + 5 * PAGE, end: BASE + 16 * PAGE, imgStart: BASE + 5 * PAGE }, 'the remainder is missing again');
-  t.equal(p.leaseNext()[0].start, BASE + 5 * PAGE, 'the next lease starts where this one stopped');
+  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 5 * PAGE_SIZE, existing: 0, stop: 'yielded' }), 'ok');
+  t.same(p.map.find(BASE + 5 * PAGE_SIZE), { start: BASE + 5 * PAGE_SIZE, end: BASE + 16 * PAGE_SIZE, imgStart: BASE + 5 * PAGE_SIZE }, 'the remainder is missing again');
+  t.equal(p.leaseNext()[0].start, BASE + 5 * PAGE_SIZE, 'the next lease starts where this one stopped');
   t.equal(p.counters.fillPages, 5);
 });
 
@@ -104,15 +104,15 @@ t.test('a lease that met an mm event: the remainder follows mremap, munmap drops
   t.equal(child.map.pages, 1024, 'a forked child misses everything its parent still misses, leased ranges too');
   t.equal(child.leases, 0, 'but none of its parent\'s leases are its own');
   const to = BASE + 0x1000_0000;
-  p.remapped(BASE, to, 8 * PAGE);
-  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 2 * PAGE, existing: 0, stop: 'event' }), 'again', 'an event stopped it: retry after the events');
-  t.same(p.map.find(to + 2 * PAGE), { start: to + 2 * PAGE, end: to + 8 * PAGE, imgStart: BASE + 2 * PAGE }, 'the moved part of the remainder is missing at its new address, with its image data');
-  t.same(p.map.find(BASE + 8 * PAGE), { start: BASE + 8 * PAGE, end: BASE + 16 * PAGE, imgStart: BASE + 8 * PAGE }, 'the rest where it was');
+  p.remapped(BASE, to, 8 * PAGE_SIZE);
+  t.equal(p.leaseSettled([{ imgStart: a.imgStart, pages: 16 }], { dealt: 2 * PAGE_SIZE, existing: 0, stop: 'event' }), 'again', 'an event stopped it: retry after the events');
+  t.same(p.map.find(to + 2 * PAGE_SIZE), { start: to + 2 * PAGE_SIZE, end: to + 8 * PAGE_SIZE, imgStart: BASE + 2 * PAGE_SIZE }, 'the moved part of the remainder is missing at its new address, with its image data');
+  t.same(p.map.find(BASE + 8 * PAGE_SIZE), { start: BASE + 8 * PAGE_SIZE, end: BASE + 16 * PAGE_SIZE, imgStart: BASE + 8 * PAGE_SIZE }, 'the rest where it was');
   t.equal(p.counters.fillPages, 2);
 
   const q = process();
   const [l] = q.leaseNext();
-  q.unmapped(BASE, BASE + 16 * PAGE);
+  q.unmapped(BASE, BASE + 16 * PAGE_SIZE);
   t.equal(q.leaseSettled([{ imgStart: l.imgStart, pages: 16 }], { dealt: 0, existing: 0, stop: 'event' }), 'again');
   t.equal(q.map.find(BASE), undefined, 'an unmapped lease does not come back');
   t.equal(q.map.pages, 1024 - 16);
@@ -121,7 +121,7 @@ t.test('a lease that met an mm event: the remainder follows mremap, munmap drops
 t.test('a lease whose process is gone, or whose images hold no data', async (t) => {
   const p = process();
   const [l] = p.leaseNext();
-  t.equal(p.leaseSettled([{ imgStart: l.imgStart, pages: 16 }], { dealt: PAGE, existing: 0, stop: 'gone' }), 'gone');
+  t.equal(p.leaseSettled([{ imgStart: l.imgStart, pages: 16 }], { dealt: PAGE_SIZE, existing: 0, stop: 'gone' }), 'gone');
   t.ok(p.gone);
   const q = process();
   const [m] = q.leaseNext();
@@ -134,17 +134,17 @@ t.test('a lease whose process is gone, or whose images hold no data', async (t) 
 });
 
 t.test('a lease of several runs skips the holes between lazy ranges; a cut in its second run returns the rest', async (t) => {
-  const ranges = [0, 1, 2, 3].map((i) => ({ start: BASE + i * 8 * PAGE, end: BASE + (i * 8 + 4) * PAGE })); // 4 pages, 4-page hole, ...
-  const p = LazyProcess.fromImages(-1, 7, noData, ranges, [{ start: BASE, end: BASE + 32 * PAGE }], DEFAULT_TUNING, gate);
+  const ranges = [0, 1, 2, 3].map((i) => ({ start: BASE + i * 8 * PAGE_SIZE, end: BASE + (i * 8 + 4) * PAGE_SIZE })); // 4 pages, 4-page hole, ...
+  const p = LazyProcess.fromImages(-1, 7, noData, ranges, [{ start: BASE, end: BASE + 32 * PAGE_SIZE }], DEFAULT_TUNING, gate);
   const runs = p.leaseNext(16);
-  t.same(runs.map((r) => r.start), [BASE, BASE + 8 * PAGE, BASE + 16 * PAGE, BASE + 24 * PAGE], 'one lease takes the four ranges, not the holes');
+  t.same(runs.map((r) => r.start), [BASE, BASE + 8 * PAGE_SIZE, BASE + 16 * PAGE_SIZE, BASE + 24 * PAGE_SIZE], 'one lease takes the four ranges, not the holes');
   t.equal(p.map.pages, 0);
   t.equal(p.inflight.pages, 16);
   // Stopped 2 pages into the second run: the first run and 2 pages are done, the rest comes back.
-  p.leaseSettled(runs.map((r) => ({ imgStart: r.imgStart, pages: 4 })), { dealt: 6 * PAGE, existing: 0, stop: 'event' });
+  p.leaseSettled(runs.map((r) => ({ imgStart: r.imgStart, pages: 4 })), { dealt: 6 * PAGE_SIZE, existing: 0, stop: 'event' });
   t.equal(p.counters.fillPages, 6);
   t.equal(p.inflight.pages, 0);
-  t.same([...p.map].map((r) => [r.start, r.end]), [[BASE + 10 * PAGE, BASE + 12 * PAGE], [BASE + 16 * PAGE, BASE + 20 * PAGE], [BASE + 24 * PAGE, BASE + 28 * PAGE]], 'the rest of the second run and the later runs are missing again');
+  t.same([...p.map].map((r) => [r.start, r.end]), [[BASE + 10 * PAGE_SIZE, BASE + 12 * PAGE_SIZE], [BASE + 16 * PAGE_SIZE, BASE + 20 * PAGE_SIZE], [BASE + 24 * PAGE_SIZE, BASE + 28 * PAGE_SIZE]], 'the rest of the second run and the later runs are missing again');
   const board = new FillBoards(createBoards(1), 1);
   t.throws(() => board.offer(0, 0, { uffd: 1, pid: 1, session: 0, epoch: 0, runs: Array.from({ length: 17 }, () => ({ dst: 0, imgStart: 0, pages: 1 })) }), RangeError, 'at most LEASE_RUNS runs');
 });

@@ -1,8 +1,10 @@
 // CRIU page-server wire format (criu/page-xfer.c), as spoken between `criu lazy-pages --page-server`
-// and a lazy page source. See docs: /work/shared/criu-lazy-pages.md §4. Everything is little-endian
+// and a lazy page source. See docs/criu-lazy-pages.md §4. Everything is little-endian
 // (CRIU writes host-order C structs), not network order.
 
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE, hex } from '../address';
+
+export { PAGE_SIZE };
 export const HEADER_SIZE = 32;
 
 export const PS_IOV_ADD = 1;
@@ -84,10 +86,6 @@ export function formatPeer(address: string | undefined, port: number | undefined
  */
 export function looksLikeTls(chunk: Buffer): boolean {
   return chunk.length >= 2 && (chunk[0] === 0x16 || chunk[0] === 0x15) && chunk[1] === 0x03;
-}
-
-export function hex(n: number | bigint): string {
-  return '0x' + n.toString(16);
 }
 
 export function encodeHeader(h: Header, out: Buffer = Buffer.allocUnsafe(HEADER_SIZE), offset = 0): Buffer {

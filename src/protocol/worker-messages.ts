@@ -1,7 +1,7 @@
 // Worker → main thread messages (MessagePort; rare, so not on the SAB ring). The main thread acts on
 // them: close a finished uffd, add a forked child's uffd to epoll, or fail-stop the tree.
 import type { MessagePort } from 'node:worker_threads';
-import type { ProcessCounters } from './lazy-process';
+import type { ProcessCounters } from './counters';
 import type { Tuning } from './tuning';
 
 export type WorkerMessage =
@@ -73,7 +73,7 @@ export interface FaultTrace {
 
 export interface WorkerResult {
   shard: number;
-  /** Fault service latency (ring read → copy done), ns, as histogram (value, count) pairs (engine/histogram.ts). */
+  /** Fault service latency (ring read → copy done), ns, as histogram (value, count) pairs (protocol/histogram.ts). */
   latency: number[];
   /** Fault pickup latency (read from the uffd → this worker starts serving it), the same way. */
   pickup: number[];

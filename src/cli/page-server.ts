@@ -2,13 +2,13 @@
 // with `criu page-server --lazy-pages`. Like criu's, it serves one restore and exits 0 when that
 // restore's connections have closed after CLOSE, so scripts that wait for it (zdtm does) end;
 // --keep-serving serves any number of restores until SIGTERM/SIGINT, which criu's cannot.
-import { criuTls } from '../cli/criu-tls';
-import { daemonize, isDaemonChild, readinessFd, signalReady } from '../cli/daemonize';
-import { parseStatusFd, pidfilePath, workDirOf, writePidfile, type CommonFlags } from '../cli/lazy-pages';
-import { makeLogger, parseLogFormat, resolveLogFile } from '../cli/log';
-import { UsageError } from '../cli/usage-error';
-import { formatPeer } from './protocol';
-import { PageServer } from './page-server';
+import { criuTls } from './criu-tls';
+import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
+import { parseStatusFd, pidfilePath, workDirOf, writePidfile, type CommonFlags } from './lazy-pages';
+import { makeLogger, parseLogFormat, resolveLogFile } from './log';
+import { UsageError } from './usage-error';
+import { formatPeer } from '../protocol/page-server-wire';
+import { PageServer } from '../server/page-server';
 
 export interface PageServerFlags extends CommonFlags {
   address?: string;

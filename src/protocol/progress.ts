@@ -1,7 +1,7 @@
 // Live progress of a restore, for the progress bar and the metrics: each worker publishes its own
 // slots of one SharedArrayBuffer (a few stores, at most every PUBLISH_NS), the main thread adds them
 // up. Nothing here is exact at any instant (a worker may be mid-copy); at the end the summary is.
-import type { ProcessCounters } from './lazy-process';
+import type { ProcessCounters } from './counters';
 
 /**
  * Upper bounds (seconds) of the fault-service histogram the metrics export: read from the uffd →
