@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
 import { Command } from 'commander';
-import * as hdr from 'hdr-histogram-js';
+import { newHistogram, type Histogram } from '../src/protocol/histogram';
 import { findCriu } from '../src/criu/find';
 import { ROOT, whilePipeMaxSizeRaised } from '../src/criu/run';
 import { TARGET, runRestore, type RestoreResult, type TargetOptions } from '../src/target/run';
@@ -86,7 +86,7 @@ function failedRun(group: FanoutRun['group'], setup: FanoutRun['setup'], n: numb
 }
 
 /** Reads and removes one restore's latency files (u64 ns per first touch) into the histogram. */
-function readLatencies(workDir: string, into: hdr.Histogram): number {
+function readLatencies(workDir: string, into: Histogram): number {
   let n = 0;
   for (const f of fs.readdirSync(workDir).filter((x) => x.startsWith('lat.') && x.endsWith('.lat'))) {
     const b = fs.readFileSync(path.join(workDir, f));
@@ -97,7 +97,7 @@ function readLatencies(workDir: string, into: hdr.Histogram): number {
 }
 
 /** One restore through the restore target, measured; never throws. */
-async function targetRestore(images: string, work: string, i: number, t0: number, hist: hdr.Histogram, setup: 'engine' | 'standalone', engine?: EngineProcess, sampler?: ProcSampler, wrappers: ChildProcess[] = []): Promise<RestoreRow> {
+async function targetRestore(images: string, work: string, i: number, t0: number, hist: Histogram, setup: 'engine' | 'standalone', engine?: EngineProcess, sampler?: ProcSampler, wrappers: ChildProcess[] = []): Promise<RestoreRow> {
   const timesFile = `${work}.times`;
   const row: RestoreRow = { i, ok: false, endMs: NaN, cpuMs: 0, maxRssKiB: 0, verifiedPages: 0, mismatches: 0 };
   let r: RestoreResult;
@@ -154,10 +154,10 @@ async function runTargetFanout(images: string, setup: 'engine' | 'standalone', n
     let cpu0 = 0;
     let warmup: number | undefined;
     if (setup === 'engine') {
-      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, c.coldEngine, (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHist(), 'engine', e), c.log));
+      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, c.coldEngine, (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHistogram(), 'engine', e), c.log));
     }
     const sampler = new ProcSampler(engine?.pid);
-    const hist = newHist();
+    const hist = newHistogram();
     const t0 = nowMs();
     const rows = await Promise.all(Array.from({ length: n }, (_, i) => targetRestore(images, path.join(root, `r${i}`), i, t0, hist, setup, engine, sampler, wrappers)));
     sampler.stop();
@@ -187,10 +187,6 @@ async function runTargetFanout(images: string, setup: 'engine' | 'standalone', n
     const e = await engine?.stop();
     if (e && e.code !== 0) c.log(`  faultline serve exited ${e.code ?? e.signal}: ${e.stderr.trim().split('\n').pop()}`);
   }
-}
-
-function newHist(): hdr.Histogram {
-  return hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
 }
 
 const SETUP_NAME: Record<FanoutRun['setup'], string> = { engine: 'engine', standalone: 'stand-alone', criu: 'criu lazy-pages' };
@@ -335,7 +331,7 @@ export async function fanout(argv: string[]): Promise<number> {
   // --- the restore target on a generated checkpoint ---
   const images = imagesFor({ name: `fanout-${mib}`, what, tree: checkpoint(mib), target: TOUCH }, path.join(work, 'cache'));
   log(`restore-fanout: ${what}; N = ${ns.join(', ')}`);
-  const warm = await targetRestore(images, path.join(work, 'warm'), 0, nowMs(), newHist(), 'standalone');
+  const warm = await targetRestore(images, path.join(work, 'warm'), 0, nowMs(), newHistogram(), 'standalone');
   if (!warm.ok) throw new Error(`warm-up restore failed: ${warm.error}`);
   for (const f of ['warm', 'warm.times', 'warm.times.rss']) fs.rmSync(path.join(work, f), { recursive: true, force: true });
   for (const [k, n] of ns.entries()) {

@@ -4,7 +4,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as hdr from 'hdr-histogram-js';
+import { newHistogram, type Histogram } from '../src/protocol/histogram';
 import { generateImageSet } from '../src/images';
 import { spawnSync } from 'node:child_process';
 import { TARGET, runRestore, type DaemonKind, type RestoreResult, type RestoreRunOptions, type TimelineSample } from '../src/target/run';
@@ -70,7 +70,7 @@ export function imagesFor(s: Scenario, cacheRoot: string): string {
   return path.join(dir, 'images');
 }
 
-function percentiles(h: hdr.Histogram): Percentiles {
+function percentiles(h: Histogram): Percentiles {
   const us = (v: number) => Math.round(v / 10) / 100;
   return {
     p50: us(h.getValueAtPercentile(50)),
@@ -84,9 +84,9 @@ function percentiles(h: hdr.Histogram): Percentiles {
 const CDF_POINTS = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 99.9, 99.99, 100];
 
 /** Reads and removes the target's latency files; falls back to the per-process summaries. */
-function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faults: hdr.Histogram; stalledNs: number } {
-  const all = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
-  const faults = hdr.build({ bitBucketSize: 64, numberOfSignificantValueDigits: 3, autoResize: true });
+function latencies(prefix: string, r: RestoreResult): { all: Histogram; faults: Histogram; stalledNs: number } {
+  const all = newHistogram();
+  const faults = newHistogram();
   let stalledNs = 0;
   const dir = path.dirname(prefix);
   const latFiles = fs.readdirSync(dir).filter((f) => f.startsWith(path.basename(prefix) + '.') && f.endsWith('.lat'));
@@ -108,7 +108,7 @@ function latencies(prefix: string, r: RestoreResult): { all: hdr.Histogram; faul
   return { all, faults, stalledNs };
 }
 
-export function metricsOf(r: RestoreResult, lat: { all: hdr.Histogram; faults: hdr.Histogram; stalledNs: number }): RunMetrics {
+export function metricsOf(r: RestoreResult, lat: { all: Histogram; faults: Histogram; stalledNs: number }): RunMetrics {
   const s = r.daemon.summary;
   const t = r.target.summary;
   const ok = r.daemon.code === 0 && r.target.code === 0 && !!s && !!t && t.mismatches === 0;

@@ -3,6 +3,7 @@
 import { Command, Option } from 'commander';
 import { ImageError } from '../images/errors';
 import { DEFAULT_VERBOSITY, translateCriuArgv, type CriuCommand } from './criu-options';
+import { CRIU_TLS_CACERT, CRIU_TLS_CACRL, CRIU_TLS_CERT, CRIU_TLS_KEY } from './criu-tls';
 import { lazyPages, type LazyPagesFlags } from './lazy-pages';
 import { closeQuietly } from './log';
 import { UsageError } from './usage-error';
@@ -26,10 +27,10 @@ function criuCommon(cmd: Command): Command {
     .option('--address <addr>', 'page server address')
     .option('--port <port>', 'page server port')
     .option('--tls', 'mutual TLS (criu --tls)')
-    .option('--tls-cacert <file>', 'trust only this CA (default: system CAs and /etc/pki/CA/cacert.pem)')
-    .option('--tls-cacrl <file>', 'certificate revocation list (default: /etc/pki/CA/cacrl.pem when present)')
-    .option('--tls-cert <file>', 'our certificate (default /etc/pki/criu/cert.pem)')
-    .option('--tls-key <file>', 'our private key (default /etc/pki/criu/private/key.pem)')
+    .option('--tls-cacert <file>', `trust only this CA (default: system CAs and ${CRIU_TLS_CACERT})`)
+    .option('--tls-cacrl <file>', `certificate revocation list (default: ${CRIU_TLS_CACRL} when present)`)
+    .option('--tls-cert <file>', `our certificate (default ${CRIU_TLS_CERT})`)
+    .option('--tls-key <file>', `our private key (default ${CRIU_TLS_KEY})`)
     .option('--tls-no-cn-verify', "do not check the peer certificate's name against --address")
     .addOption(new Option('--close <fd>', 'close this inherited fd at start (criu --close)').argParser((v: string, prev: number[] = []) => {
       if (!/^\d+$/.test(v)) throw new UsageError(`--close must be a file descriptor number, got '${v}'`);

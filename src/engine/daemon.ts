@@ -9,7 +9,7 @@ import { readInventory, readPstree, type PstreeEntry } from '../images';
 import { native } from '../native';
 import type { Tuning } from '../protocol/tuning';
 import type { WorkerMessage, WorkerResult } from '../protocol/worker-messages';
-import { FailStop, ProtocolError } from './errors';
+import { FailStop, HandoverProtocolError } from './errors';
 import type { HandoverEvent } from './handover';
 import { Listener, lockWorkDir, uffdInitialized } from './listener';
 import { pushPages, pushRestoreFinished } from '../protocol/ring-records';
@@ -438,4 +438,4 @@ function writeTrace(file: string, results: WorkerResult[]): void {
   fs.writeFileSync(file, lines.join('\n') + '\n');
 }
 
-export { FailStop, ProtocolError };
+export { FailStop, HandoverProtocolError };

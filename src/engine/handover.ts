@@ -2,7 +2,7 @@
 // an int32 pid (negative: zombie, nothing follows) then one byte carrying the uffd in SCM_RIGHTS;
 // after exactly nr_tasks processes the u32 RESTORE_FINISHED; then EOF. The kernel may split or merge
 // these writes arbitrarily, so this is a byte-stream state machine fed whatever recvmsg returned.
-import { ProtocolError } from './errors';
+import { HandoverProtocolError } from './errors';
 
 export const RESTORE_FINISHED = 0x52535446;
 
@@ -24,7 +24,7 @@ export class HandoverParser {
     private readonly peer: string,
   ) {}
 
-  /** Feeds one recvmsg result. Returns the events it completed; throws ProtocolError on garbage. */
+  /** Feeds one recvmsg result. Returns the events it completed; throws HandoverProtocolError on garbage. */
   feed(data: Buffer, fds: number[], senderPid: number): HandoverEvent[] {
     if (this.eof) throw this.error('data after EOF');
     this.fds.push(...fds);
@@ -90,7 +90,7 @@ export class HandoverParser {
     return this.fds.splice(0);
   }
 
-  private error(what: string): ProtocolError {
-    return new ProtocolError(`${this.peer}: ${what}`);
+  private error(what: string): HandoverProtocolError {
+    return new HandoverProtocolError(`${this.peer}: ${what}`);
   }
 }

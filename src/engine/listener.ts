@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native } from '../native';
 import { HandoverParser, type HandoverEvent } from './handover';
-import { ProtocolError } from './errors';
+import { HandoverProtocolError } from './errors';
 
 export const SOCKET_NAME = 'lazy-pages.socket';
 export const LOCK_NAME = 'lazy-pages.lock';
@@ -139,7 +139,7 @@ export class Listener {
     } else if (!conn.stall) {
       conn.stall = setTimeout(() => {
         if (this.conn === conn && !this.draining) {
-          this.events.onError(new ProtocolError(`${conn.peer}: sent ${conn.parser.partialBytes()} bytes of a hand-over record and nothing more for ${PARTIAL_RECORD_MS} ms`));
+          this.events.onError(new HandoverProtocolError(`${conn.peer}: sent ${conn.parser.partialBytes()} bytes of a hand-over record and nothing more for ${PARTIAL_RECORD_MS} ms`));
         }
       }, PARTIAL_RECORD_MS);
       conn.stall.unref();
@@ -155,7 +155,7 @@ export class Listener {
         if (this.draining) return this.drainLate(conn.fd);
         const r = native.unixRecv(conn.fd, RECV_BYTES, true);
         if (!r) return;
-        if (r.truncated) throw new ProtocolError(`${conn.peer}: control message truncated (too many file descriptors in one message)`);
+        if (r.truncated) throw new HandoverProtocolError(`${conn.peer}: control message truncated (too many file descriptors in one message)`);
         for (const fd of r.fds) checkIsUffd(fd, conn.peer);
         const events = conn.parser.feed(r.data, r.fds, r.pid);
         for (const e of events) this.events.onEvent(e, conn.peer);
@@ -254,7 +254,7 @@ function checkIsUffd(fd: number, peer: string): void {
     return;
   }
   if (target !== 'anon_inode:[userfaultfd]') {
-    throw new ProtocolError(`${peer}: the file descriptor handed over is not a userfaultfd (${target})`);
+    throw new HandoverProtocolError(`${peer}: the file descriptor handed over is not a userfaultfd (${target})`);
   }
 }
 

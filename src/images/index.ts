@@ -23,7 +23,7 @@ export {
 } from './reader';
 export type { Inventory, PstreeEntry, Vma, MmImage, Pagemap, PagemapEntry } from './reader';
 export { ProcessImages } from './pages';
-export type { ProcessImagesOptions, OpenPagesFile, Range, Located, PresentRun } from './pages';
+export type { ProcessImagesOptions, OpenPagesFile, AddressRange, PageData, PresentRun } from './pages';
 export { writeImageSet } from './writer';
 export type { ImageSetSpec, ProcessSpec, VmaSpec, EntrySpec, PageFiller } from './writer';
 export { generateImageSet, expectedPage, MAX_ENTRY_PAGES } from './generate';

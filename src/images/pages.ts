@@ -35,12 +35,14 @@ export interface ProcessImagesOptions {
   remoteData?: boolean;
 }
 
-export interface Range {
+/** [start, end) in bytes of address space. */
+export interface AddressRange {
   start: number;
   end: number;
 }
 
-export interface Located {
+/** Where the bytes of a run of pages live: `pages` contiguous pages at `offset` in `buf`. */
+export interface PageData {
   buf: Buffer;
   offset: number;
   pages: number;
@@ -102,7 +104,7 @@ class Layer {
     return buf;
   }
 
-  locate(addr: number, maxPages: number): Located | null {
+  locate(addr: number, maxPages: number): PageData | null {
     const i = this.find(addr);
     if (i < 0) return null;
     const entries = this.pagemap.entries;
@@ -189,10 +191,10 @@ export class ProcessImages {
   readonly pid: number;
   readonly mm: MmImage;
   private readonly top: Layer;
-  private readonly lazyVmaList: Range[];
-  private readonly lazyRangeList: Range[];
+  private readonly lazyVmaList: AddressRange[];
+  private readonly lazyRangeList: AddressRange[];
 
-  private constructor(dir: string, pid: number, mm: MmImage, top: Layer, lazyVmas: Range[], lazyRanges: Range[]) {
+  private constructor(dir: string, pid: number, mm: MmImage, top: Layer, lazyVmas: AddressRange[], lazyRanges: AddressRange[]) {
     this.dir = dir;
     this.pid = pid;
     this.mm = mm;
@@ -217,12 +219,12 @@ export class ProcessImages {
   }
 
   /** Lazy-eligible VMAs (criu vma_entry_can_be_lazy), sorted. */
-  lazyVmas(): Range[] {
+  lazyVmas(): AddressRange[] {
     return this.lazyVmaList.map((r) => ({ ...r }));
   }
 
   /** PE_LAZY entries cut at VMA boundaries (one UFFDIO_COPY may not span two VMAs), sorted. */
-  lazyRanges(): Range[] {
+  lazyRanges(): AddressRange[] {
     return this.lazyRangeList.map((r) => ({ ...r }));
   }
 
@@ -231,7 +233,7 @@ export class ProcessImages {
    * how many following pages are contiguous in the same buffer. null = no data (a hole: the
    * page reads as zeros). O(log n) per layer of the parent chain.
    */
-  locate(imgAddr: number, maxPages: number): Located | null {
+  locate(imgAddr: number, maxPages: number): PageData | null {
     if (imgAddr % PAGE_SIZE !== 0) throw new RangeError(`locate: address ${hex(imgAddr)} is not page aligned`);
     if (!(maxPages >= 1)) throw new RangeError(`locate: maxPages must be >= 1 (got ${maxPages})`);
     return this.top.locate(imgAddr, Math.floor(maxPages));
@@ -336,8 +338,8 @@ function openLayer(
  * entry, so such a page would be neither restored eagerly nor registered with userfaultfd —
  * its data would be lost without a trace.
  */
-function computeLazyRanges(mm: MmImage, pm: Pagemap, lazyVmas: Range[], rootDir: string): Range[] {
-  const out: Range[] = [];
+function computeLazyRanges(mm: MmImage, pm: Pagemap, lazyVmas: AddressRange[], rootDir: string): AddressRange[] {
+  const out: AddressRange[] = [];
   let v = 0;
   for (const e of pm.entries as PagemapEntry[]) {
     if (!(e.flags & PE_LAZY)) continue;

@@ -62,8 +62,8 @@ export interface Header {
 }
 
 /** A malformed message from a peer. `message` is one line naming the peer and the field. */
-export class ProtocolError extends Error {
-  override name = 'ProtocolError';
+export class PageServerProtocolError extends Error {
+  override name = 'PageServerProtocolError';
   constructor(
     readonly peer: string,
     readonly field: string,
@@ -191,7 +191,7 @@ export type Request =
 export class RequestParser {
   private readonly q = new ByteQueue();
   private seq = 0;
-  private failed: ProtocolError | null = null;
+  private failed: PageServerProtocolError | null = null;
 
   constructor(readonly peer: string) {}
 
@@ -204,7 +204,7 @@ export class RequestParser {
     return this.q.length;
   }
 
-  /** The next complete request, or null when more bytes are needed. Throws ProtocolError. */
+  /** The next complete request, or null when more bytes are needed. Throws PageServerProtocolError. */
   next(): Request | null {
     if (this.failed) throw this.failed;
     if (this.q.length < HEADER_SIZE) return null;
@@ -213,7 +213,7 @@ export class RequestParser {
     try {
       return this.validate(raw, seq);
     } catch (e) {
-      if (e instanceof ProtocolError) this.failed = e;
+      if (e instanceof PageServerProtocolError) this.failed = e;
       throw e;
     }
   }
@@ -226,8 +226,8 @@ export class RequestParser {
     }
   }
 
-  private error(seq: number, field: string, detail: string): ProtocolError {
-    return new ProtocolError(this.peer, field, `request ${seq}: ${detail}`);
+  private error(seq: number, field: string, detail: string): PageServerProtocolError {
+    return new PageServerProtocolError(this.peer, field, `request ${seq}: ${detail}`);
   }
 
   private validate(raw: Buffer, seq: number): Request {
@@ -287,7 +287,7 @@ export class ReplyParser {
   private expectedHead = 0;
   private header: Header | null = null;
   private seq = 0;
-  private failed: ProtocolError | null = null;
+  private failed: PageServerProtocolError | null = null;
 
   constructor(readonly peer: string) {}
 
@@ -322,7 +322,7 @@ export class ReplyParser {
     try {
       return this.step();
     } catch (e) {
-      if (e instanceof ProtocolError) this.failed = e;
+      if (e instanceof PageServerProtocolError) this.failed = e;
       throw e;
     }
   }
@@ -339,8 +339,8 @@ export class ReplyParser {
     }
   }
 
-  private error(seq: number, field: string, detail: string): ProtocolError {
-    return new ProtocolError(this.peer, field, `reply ${seq}: ${detail}`);
+  private error(seq: number, field: string, detail: string): PageServerProtocolError {
+    return new PageServerProtocolError(this.peer, field, `reply ${seq}: ${detail}`);
   }
 
   private step(): Reply | null {

@@ -17,7 +17,7 @@ import {
   looksLikeTls,
   MAX_REQUEST_PAGES,
   PAGE_SIZE,
-  ProtocolError,
+  PageServerProtocolError,
   RequestParser,
   type Request,
 } from '../protocol/page-server-wire';
@@ -488,11 +488,11 @@ class Connection {
     this.lastActive = Date.now();
     this.server.touch(this.address, this.lastActive);
     if (this.closed) {
-      this.refuse(new ProtocolError(this.peer, 'cmd', `${chunk.length} bytes after CLOSE (only EOF may follow)`));
+      this.refuse(new PageServerProtocolError(this.peer, 'cmd', `${chunk.length} bytes after CLOSE (only EOF may follow)`));
       return;
     }
     if (!this.heard && looksLikeTls(chunk)) {
-      this.refuse(new ProtocolError(this.peer, 'cmd', 'the client speaks TLS (its first bytes are a TLS handshake): start this page server with --tls too, or the client without it'));
+      this.refuse(new PageServerProtocolError(this.peer, 'cmd', 'the client speaks TLS (its first bytes are a TLS handshake): start this page server with --tls too, or the client without it'));
       return;
     }
     this.heard = true;
@@ -601,7 +601,7 @@ class Connection {
       this.readingPaused = false;
       this.socket.resume();
     }
-    if (this.parser.buffered > 0) this.refuse(new ProtocolError(this.peer, 'cmd', `request ${req.seq + 1}: ${this.parser.buffered} bytes after CLOSE (only EOF may follow)`));
+    if (this.parser.buffered > 0) this.refuse(new PageServerProtocolError(this.peer, 'cmd', `request ${req.seq + 1}: ${this.parser.buffered} bytes after CLOSE (only EOF may follow)`));
     else if (this.peerEnded) this.socket.end();
   }
 
@@ -649,12 +649,12 @@ class Connection {
     const served = this.server.lookup(req.pid);
     const at = () => `request ${req.seq}: GET pid ${req.pid} vaddr ${hex(req.vaddr)} nr_pages ${req.nrPages}`;
     if (!served) {
-      this.refuse(new ProtocolError(this.peer, 'dst_id', `${at()}: unknown pid (dst_id) — not a process of this checkpoint with memory images`));
+      this.refuse(new PageServerProtocolError(this.peer, 'dst_id', `${at()}: unknown pid (dst_id) — not a process of this checkpoint with memory images`));
       return false;
     }
     const i = findRange(served.starts, req.vaddr);
     if (i < 0 || req.vaddr >= served.ends[i]!) {
-      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at()}: vaddr is outside every lazy (PE_LAZY) range of pid ${req.pid}`));
+      this.refuse(new PageServerProtocolError(this.peer, 'vaddr', `${at()}: vaddr is outside every lazy (PE_LAZY) range of pid ${req.pid}`));
       return false;
     }
     // Never past the lazy range: the next page may belong to a non-lazy entry or another VMA.
@@ -663,11 +663,11 @@ class Connection {
     try {
       loc = served.images.locate(req.vaddr, pages);
     } catch (e) {
-      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at()}: ${e instanceof ImageError ? e.message : oneLine((e as Error).message)}`), 'error');
+      this.refuse(new PageServerProtocolError(this.peer, 'vaddr', `${at()}: ${e instanceof ImageError ? e.message : oneLine((e as Error).message)}`), 'error');
       return false;
     }
     if (!loc || loc.offset + loc.pages * PAGE_SIZE > loc.buf.length) {
-      this.refuse(new ProtocolError(this.peer, 'vaddr', `${at()}: the images hold no data for this page`), 'error');
+      this.refuse(new PageServerProtocolError(this.peer, 'vaddr', `${at()}: the images hold no data for this page`), 'error');
       return false;
     }
     pages = Math.min(pages, loc.pages);
@@ -742,7 +742,7 @@ class Connection {
     this.dead = true;
     this.refused = true;
     this.server.stats.refused++;
-    const msg = e instanceof ProtocolError ? e.message : `page-server peer ${this.peer}: ${oneLine((e as Error).message)}`;
+    const msg = e instanceof PageServerProtocolError ? e.message : `page-server peer ${this.peer}: ${oneLine((e as Error).message)}`;
     this.server.problems.push(msg);
     this.log(level, `${msg}; closing connection`);
     this.pending = null;

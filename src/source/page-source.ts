@@ -1,22 +1,15 @@
-/** Where the bytes of a run of pages live: `pages` contiguous pages at `offset` in `buf`. */
-export interface PageData {
-  buf: Buffer;
-  offset: number;
-  pages: number;
-}
+import type { AddressRange, PageData } from '../images';
+
+export type { AddressRange, PageData };
 
 /**
- * A process's page contents, addressed by dump-time (image) address. Local images answer at once
- * from an mmap; a remote source (issue 5) will answer asynchronously.
+ * A process's page contents, addressed by dump-time (image) address, answered at once from the
+ * images' mmap. A remote restore's pages are not a PageSource: they arrive later, through the
+ * worker's arena (source/arena.ts), and LazyProcess.received copies them.
  */
 export interface PageSource {
   /** Data for up to maxPages pages from imgAddr, or null if the images hold none there. */
   locate(imgAddr: number, maxPages: number): PageData | null;
-}
-
-export interface AddressRange {
-  start: number;
-  end: number;
 }
 
 /** What a worker needs to restore one process. */

@@ -5,9 +5,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { HandoverParser, RESTORE_FINISHED } from '../../src/engine/handover';
-import { ProtocolError as HandoverError } from '../../src/engine/errors';
+import { HandoverProtocolError as HandoverError } from '../../src/engine/errors';
 import { ImageError, readInventory, readMm, readPagemap, readPstree } from '../../src/images';
-import { ProtocolError as WireError, ReplyParser, RequestParser, encodeClose, encodeGet, encodeGetReply } from '../../src/protocol/page-server-wire';
+import { PageServerProtocolError as WireError, ReplyParser, RequestParser, encodeClose, encodeGet, encodeGetReply } from '../../src/protocol/page-server-wire';
 import type { FuzzTarget } from './engine';
 
 const ROOT = path.resolve(__dirname, '../../..');
@@ -76,7 +76,7 @@ const requests: FuzzTarget = {
   seeds: () => [framed(Buffer.concat([encodeGet(23581, 0x7f0000000000, 16), encodeGet(23583, 0x400000, 1), encodeClose()]))],
   run: (data) => parseAll(new RequestParser('fuzz'), data),
   expected: (e) => e instanceof WireError,
-  covers: /dist\/src\/server\/protocol\.js$/,
+  covers: /dist\/src\/protocol\/page-server-wire\.js$/,
 };
 
 /** A reply stream: the answer to a GET of 2 pages of pid 7 at 0x10000, its data, then CLOSE's status. */
@@ -94,7 +94,7 @@ const replies: FuzzTarget = {
     parseAll(p, data);
   },
   expected: (e) => e instanceof WireError,
-  covers: /dist\/src\/server\/protocol\.js$/,
+  covers: /dist\/src\/protocol\/page-server-wire\.js$/,
 };
 
 /** Image targets write the input as the one file their reader opens, in a private directory. */

@@ -2,7 +2,7 @@
 // may produce, and malformed in every way we could think of.
 import t from 'tap';
 import { HandoverParser, RESTORE_FINISHED, type HandoverEvent } from '../../src/engine/handover';
-import { ProtocolError } from '../../src/engine/errors';
+import { HandoverProtocolError } from '../../src/engine/errors';
 
 const i32 = (v: number) => {
   const b = Buffer.alloc(4);
@@ -94,7 +94,7 @@ for (const [name, act, msg] of bad) {
     } catch (e) {
       err = e;
     }
-    t.ok(err instanceof ProtocolError, 'a ProtocolError');
+    t.ok(err instanceof HandoverProtocolError, 'a HandoverProtocolError');
     t.match((err as Error)?.message, msg);
     t.notMatch((err as Error)?.message, /\n/, 'one line');
   });

@@ -5,7 +5,7 @@ import {
   GET_REPLY_CMD,
   HEADER_SIZE,
   MAX_REQUEST_PAGES,
-  ProtocolError,
+  PageServerProtocolError,
   ReplyParser,
   RequestParser,
   decodeHeader,
@@ -57,8 +57,8 @@ function reject(t: Test, bytes: Buffer, field: string, msg: RegExp, end = false)
   } catch (e) {
     err = e;
   }
-  t.ok(err instanceof ProtocolError, 'ProtocolError');
-  const e = err as ProtocolError;
+  t.ok(err instanceof PageServerProtocolError, 'PageServerProtocolError');
+  const e = err as PageServerProtocolError;
   t.equal(e.field, field);
   t.match(e.message, msg);
   t.ok(e.message.startsWith(`page-server peer ${PEER}: request 1: `), e.message);
@@ -146,11 +146,11 @@ t.test('reply parser rejects replies that do not answer the request', async (t) 
       try {
         p.next();
       } catch (e) {
-        return e as ProtocolError;
+        return e as PageServerProtocolError;
       }
       return null;
     })();
-    t.ok(e instanceof ProtocolError, name);
+    t.ok(e instanceof PageServerProtocolError, name);
     t.equal(e?.field, field, name);
     t.match(e?.message ?? '', msg, name);
     t.match(e?.message ?? '', /^page-server peer 10\.0\.0\.7:4242: reply 1: /, name);
