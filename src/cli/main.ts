@@ -44,6 +44,8 @@ function criuCommon(cmd: Command): Command {
 async function main(argv: string[]): Promise<number> {
   const program = new Command('faultline')
     .description('post-copy (lazy) restore engine for CRIU-checkpointed Linux process trees')
+    // criu's shape (`criu --version` prints "Version: 4.2"), with whose it is
+    .version(`Version: ${VERSION} (faultline)`, '-V, --version', 'print the version and exit')
     .exitOverride()
     .configureOutput({
       // One line, like every other error of ours; no help dump after it.

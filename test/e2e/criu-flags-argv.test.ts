@@ -90,7 +90,9 @@ t.test('-h and -V exit 0', async (t) => {
   const h = run('page-server', '-h');
   t.equal(h.status, 0);
   t.match(h.stdout, /--keep-serving/);
-  const v = run('lazy-pages', '-V');
-  t.equal(v.status, 0);
-  t.match(v.stdout, /^Version: \d+\.\d+\.\d+ \(faultline\)\n$/);
+  for (const args of [['lazy-pages', '-V'], ['--version'], ['-V']]) {
+    const v = run(...args);
+    t.equal(v.status, 0, `${args.join(' ')}: exit 0`);
+    t.match(v.stdout, /^Version: \d+\.\d+\.\d+ \(faultline\)\n$/, `${args.join(' ')}: criu's shape, with whose version it is`);
+  }
 });
