@@ -93,8 +93,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
   const socketPath = path.resolve(flags.socket ?? process.env.FAULTLINE_ENGINE ?? DEFAULT_ENGINE_SOCKET);
   // More workers than CPUs, unlike a stand-alone daemon: a worker inside a UFFDIO_COPY that waits on
   // a process's mm (its threads faulting, a holder preempted) holds up every restore queued behind
-  // it. bench:fanout, 8 real-CRIU restores at once on 2 vCPUs: 2 workers 4.24× criu lazy-pages'
-  // time, 8 workers 1.11× (docs/DESIGN.md, "The engine").
+  // it (measured with bench:fanout: docs/DESIGN.md, "The engine").
   const workers = positiveInt(flags.workers, '--workers') ?? Math.min(maxWorkers(), Math.max(8, 2 * os.availableParallelism()));
   if (workers > maxWorkers()) throw new UsageError(`--workers must be at most ${maxWorkers()} (4 × this machine's CPUs, at least 8), got '${flags.workers}'`);
   const maxRestores = positiveInt(flags.maxRestores ?? '32', '--max-restores')!;

@@ -16,8 +16,8 @@ export interface Tuning {
   fillSlice: number;
   /**
    * The background fill's share of a worker's time while faults keep arriving (0 < share < 1).
-   * Measured (npm run bench): 0.25 kept isolated faults at ≈ 90 µs but random-1g took 5× the
-   * baseline's time; 0.5 gives ≈ 1.7× there; whole uninterruptible chunks ≈ 1.1× but 0.4 ms faults.
+   * Lower keeps faults short and starves the fill of a process that faults at random; higher the
+   * reverse (the measurements behind the default: docs/DESIGN.md, "Copy policy").
    */
   fillShare: number;
 }

@@ -112,8 +112,8 @@ export class LazyProcess {
 
   /**
    * Serves a page fault: the page, then its lazy neighbours, or zeros for a hole. Unlike CRIU, a
-   * fault does not shrink the process's background chunk: under a stream of random faults that kept
-   * every chunk at 16 pages and starved the fill (random-1g: 6.5× the baseline's time → 1.06×).
+   * fault does not shrink the process's background chunk: under a stream of random faults that
+   * would keep every chunk at its smallest and starve the fill (docs/DESIGN.md, "Copy policy").
    */
   fault(address: number, retry = false): CopyOutcome {
     const page = pageDown(address);

@@ -547,9 +547,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
         }
       }
       // One fill step per loop, even under a steady stream of faults, as CRIU's loop does: "fill
-      // only when the ring is empty" starved the fill (random-1g: every page fetched by its own
-      // fault); whole 1 MiB chunks made every isolated fault wait ≈ 0.4 ms. The step's slices stop
-      // early for a waiting fault once the fill budget is spent.
+      // only when the ring is empty" starves the fill of a process that faults at random (every
+      // page fetched by its own fault), and whole chunks make an isolated fault wait behind one. The
+      // step's slices stop early for a waiting fault once the fill budget is spent.
       offerLeases();
       if (takeLease()) continue;
       if (arena && fillRemote()) continue;
