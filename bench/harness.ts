@@ -29,6 +29,8 @@ export interface RunMetrics {
   drainGBps: number;
   faultsPerSec: number;
   cpuMs: number;
+  /** start-up apart (stand-alone daemon and baseline) */
+  cpuAfterHandoverMs: number;
   maxRssKiB: number;
   touches: number;
   /** first-touch latency of every touched page, µs */
@@ -125,6 +127,7 @@ export function metricsOf(r: RestoreResult, lat: { all: Histogram; faults: Histo
     drainGBps: s && s.fillAfterFinishedMs > 0 ? (s.lazyPages * 4096) / 1e9 / (s.fillAfterFinishedMs / 1000) : 0,
     faultsPerSec: secs > 0 ? (s?.faults ?? 0) / secs : 0,
     cpuMs: s?.cpuMs ?? 0,
+    cpuAfterHandoverMs: s?.cpuAfterHandoverMs ?? 0,
     maxRssKiB: s?.maxRssKiB ?? 0,
     touches: lat.all.totalCount,
     touchUs: percentiles(lat.all),

@@ -23,6 +23,7 @@ export const METRICS: MetricDef[] = [
   { key: 'drainGBps', label: 'drain', unit: 'GB/s', better: 'higher', get: (m) => m.drainGBps },
   { key: 'faultsPerSec', label: 'faults/s', unit: '/s', better: 'higher', get: (m) => m.faultsPerSec },
   { key: 'cpuMs', label: 'daemon CPU', unit: 'ms', better: 'lower', get: (m) => m.cpuMs },
+  { key: 'cpuAfterHandoverMs', label: 'daemon CPU after the first hand-over', unit: 'ms', better: 'lower', get: (m) => m.cpuAfterHandoverMs },
   { key: 'maxRssMiB', label: 'daemon peak RSS', unit: 'MiB', better: 'lower', get: (m) => m.maxRssKiB / 1024 },
 ];
 
