@@ -5,13 +5,16 @@
 // guardian fail-stops as without the flag: nothing ever reads a zero page.
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { runRestore, type RestoreResult } from '../../src/target/run';
+import { runRestore, startPageServer, type RestoreResult } from '../../src/target/run';
 import { MiB, assertRestored, denseTree, killMoments, makeImages, stopOutcome, tempDir } from '../helpers/restore';
 
 const PROCESSES = 3;
 
 interface KillRun {
+  /** the images the restorer's plan is made from, when the daemon's have no pages (remote) */
+  planImagesDir?: string;
   /** ms after the daemon's "restore finished" (-v3 line); undefined: the daemon is not killed by the test */
   killAfterMs?: number;
   daemonArgs?: string[];
@@ -36,6 +39,7 @@ async function killAfterFinished(images: string, dir: string, name: string, k: K
       if (/restore finished/.test(seen) && k.killAfterMs !== undefined) setTimeout(() => daemon?.kill('SIGKILL'), k.killAfterMs);
     },
     resume: k.resume,
+    ...(k.planImagesDir ? { planImagesDir: k.planImagesDir } : {}),
     retries: 0,
   });
 }
@@ -66,6 +70,27 @@ t.test('SIGKILL after the hand-over, then --resume: the restore completes and ev
     t.match(r.daemon.stderr, /resumed the restore: \d+ processes taken from the guardian/, `${label}: the new daemon took the tree`);
   }
   t.ok(resumed > 0, `${resumed} of 4 kills landed before the restore completed, and were resumed`);
+});
+
+t.test('a remote restore resumed: the new daemon dials the same page server, every page verifies', async (t) => {
+  const dir = tempDir(t, 'resume-remote');
+  const full = makeImages(dir, denseTree(2, 48 * MiB));
+  // the daemon's side has no pages files: every page crosses the connection, before and after the kill
+  const local = path.join(dir, 'local');
+  fs.mkdirSync(local);
+  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const server = await startPageServer(full);
+  t.teardown(() => server.stop());
+  const source = ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)];
+  const r = await killAfterFinished(local, dir, 'remote', { killAfterMs: 40, planImagesDir: full, daemonArgs: [...source, '--workers', '1', '--fill-chunk', '16'], resume: { args: source } });
+  if (!r.killed || !/the tree waits/.test(r.killed.stderr)) {
+    const o = stopOutcome(r);
+    t.equal(o.mismatches, 0, 'completed before the kill, no zero page read');
+    t.equal(o.complete, 2, 'every process verified every page');
+    return;
+  }
+  assertRestored(t, r, 2);
+  t.match(r.daemon.stderr, /resumed the restore: \d+ processes taken from the guardian/, 'the new daemon took the tree');
 });
 
 t.test('a tree whose map changed by an event is not resumed: the guardian stops it at once', async (t) => {
