@@ -38,7 +38,6 @@ export interface NativeCore {
   guardReadingWord(): number;
   ringLayout(): Record<string, number>;
   monotonicNs(): number;
-  schedYield(): void;
   FdWatcher: new (fd: number, onReady: (status: number) => void) => { stop(): void };
 
   unixListen(path: string, backlog: number): number;

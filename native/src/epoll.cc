@@ -2,7 +2,6 @@
 // one call, and FdWatcher: a libuv poll handle so the main thread learns of readiness without ever
 // blocking its event loop.
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,12 +266,6 @@ static Napi::Value RingLayout(const Napi::CallbackInfo &info) {
 
 static Napi::Value Now(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), MonotonicNs()); }
 
-// schedYield(): give this CPU to whatever else is runnable on it (a thread just woken by our copy).
-static Napi::Value SchedYield(const Napi::CallbackInfo &info) {
-  sched_yield();
-  return info.Env().Undefined();
-}
-
 // FdWatcher(fd, callback): calls back on the main thread whenever fd is readable (level-triggered).
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
@@ -334,6 +327,5 @@ void InitEpoll(Napi::Env env, Napi::Object exports) {
   exports.Set("guardReadingWord", Napi::Function::New(env, GuardReadingWord));
   exports.Set("ringLayout", Napi::Function::New(env, RingLayout));
   exports.Set("monotonicNs", Napi::Function::New(env, Now));
-  exports.Set("schedYield", Napi::Function::New(env, SchedYield));
   exports.Set("FdWatcher", FdWatcher::Define(env));
 }

@@ -31,7 +31,6 @@ const IDLE_WAIT_MS = 1000;
  * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
  */
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
-const YIELD_AFTER_FAULT = process.env.FAULTLINE_YIELD_AFTER_FAULT === "1";
 /** A fault held back (EAGAIN, or the copy gate) is retried after this long at most. */
 const AGAIN_WAIT_MS = 0.2;
 /** After fail-stop, how long an owner waits for leases other workers are copying before poisoning. */
@@ -241,10 +240,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
     settle(p, outcome);
     budget.earn(native.monotonicNs() - started);
-    faultsServed++;
   };
-  let faultsServed = 0;
-  let faultsAtYield = 0;
 
   /** Settles the leases of this worker's board that their takers have finished. */
   const collectLeases = () => {
@@ -554,10 +550,6 @@ export default function runShard(task: WorkerTask): WorkerResult {
       // only when the ring is empty" starves the fill of a process that faults at random (every
       // page fetched by its own fault), and whole chunks make an isolated fault wait behind one. The
       // step's slices stop early for a waiting fault once the fill budget is spent.
-      if (YIELD_AFTER_FAULT && faultsServed !== faultsAtYield) {
-        faultsAtYield = faultsServed;
-        native.schedYield();
-      }
       offerLeases();
       if (takeLease()) continue;
       if (arena && fillRemote()) continue;
