@@ -13,7 +13,8 @@
 // CRIU's verbosity levels map onto pino's: 0 fatal, 1 error, 2 warn (default, as CRIU), 3 info, 4+ debug.
 //
 // The text format is written directly (TextLogger: the same lines pino's records gave, without
-// loading pino, which costs ~25 ms of CPU at every start, and without a JSON round trip per line);
+// loading pino, a measurable part of every start (docs/DESIGN.md, "Start-up"), and without a JSON
+// round trip per line);
 // pino is loaded for --log-format json only.
 import * as fs from 'node:fs';
 import * as path from 'node:path';

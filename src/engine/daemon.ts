@@ -123,7 +123,7 @@ export class LazyPagesDaemon {
       this.atReady = resourceSnapshot();
     });
     if (opts.remote) {
-      // Loaded only for a remote restore: it brings node:tls (≈ 10 ms of start-up CPU).
+      // Loaded only for a remote restore: it brings node:tls, a cost at every start (docs/startup.md).
       const { PageServerClient: Client } = require('../source/remote-client') as typeof import('../source/remote-client');
       this.remote = new Client(opts.remote, (req, reply) => this.deliverPages(req, reply.vaddr, reply.nrPages, reply.data), (why) => this.failStop(why), this.log);
     }

@@ -83,8 +83,8 @@ message pagemap_entry {
 /** The schema as protobufjs types: built on first use, only to encode (the writer, tests). */
 let root: protobuf.Root | undefined;
 function schema(): protobuf.Root {
-  // protobufjs (its parser and code generator) costs ~50 ms of CPU to load and set up, in every
-  // thread that reads images (the daemon's main thread and each worker): the decoder below does
+  // protobufjs (its parser and code generator) costs tens of ms of CPU to load and set up
+  // (docs/DESIGN.md, "Start-up"), in every thread that reads images (the daemon's main thread and each worker): the decoder below does
   // not need it, so it is loaded only by what encodes.
   root ??= (require('protobufjs') as typeof protobuf).parse(PROTO_TEXT, { keepCase: true }).root;
   return root;
@@ -362,8 +362,8 @@ export function decodeMessage(kind: MessageKind, body: Uint8Array): RawMessage {
 
 /**
  * PagemapEntry, the one message a dump holds thousands of (one per run of pages; a sparse region
- * makes one per page), decoded without protobufjs' objects: through them a 4,000-entry pagemap cost
- * ~25 ms and a GC pause of as much again while the restorer waited on the first faults. Plain
+ * makes one per page), decoded without protobufjs' objects, which cost an object per field and a GC
+ * pause while the restorer waited on the first faults (docs/DESIGN.md, "Start-up"). Plain
  * varints only, every value below 2^53 and both required fields present; anything else (unknown
  * fields, other wire types, big or missing values) returns undefined and goes the general way,
  * which keeps its exact errors.

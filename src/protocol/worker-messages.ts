@@ -51,7 +51,7 @@ export interface SessionSpec {
   /**
    * The pstree pids this shard will serve (their hand-over goes to this shard): their images are
    * parsed before the worker says it is ready, so that a hand-over costs no parsing while the
-   * restorer waits on the first faults (25-40 ms for a 256 MiB process with a sparse region).
+   * restorer waits on the first faults (a sparse region's pagemap is thousands of entries).
    */
   preloadPids: number[];
   /** With no pid of its own, a pid whose images the worker reads once at start, to compile the decoders. */

@@ -149,7 +149,7 @@ export class LazyProcess {
       return 'ok';
     }
     // The faulting page alone first: its copy wakes the thread, which then runs while the
-    // neighbours follow (a 16-page copy costs the waiting thread ≈ 45 µs here, one page ≈ 5 µs).
+    // neighbours follow (a copy of many pages would keep it waiting for all of them).
     const at = page - piece.start;
     const first = this.copy({ start: page, end: page + PAGE_SIZE, imgStart: piece.imgStart + at }, 'fault');
     this.releasedAtNs = native.monotonicNs();

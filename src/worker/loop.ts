@@ -30,6 +30,7 @@ const IDLE_WAIT_MS = 1000;
  * A deliberate slowdown per fault, for checking that the performance gate catches regressions
  * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
  */
+const HELPER_YIELDS = process.env.FAULTLINE_HELPER_YIELDS === '1';
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
 /** A fault held back (EAGAIN, or the copy gate) is retried after this long at most. */
 const AGAIN_WAIT_MS = 0.2;
@@ -325,10 +326,14 @@ export default function runShard(task: WorkerTask): WorkerResult {
           // A restore this worker has not opened (it ended here already) or that is ending: handed back.
           if (!session) throw new LeaseBack();
           const source = sourceOf(session, l.pid);
+          const own = owner === task.shard;
+          // A helper gives way as soon as the owner has faults to serve: on a machine with few CPUs
+          // a helper still copying is one more runnable thread the owner waits behind (docs/DESIGN.md,
+          // "What the isolated p99 still waits for"). The owner may run on while it has fill credit.
           const yieldAt = budget.yieldAt();
           const epfd = processes.size ? task.epfd : -1;
           // The runs in order; the first that stops short ends the lease there.
-          r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
+          r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd, own || !HELPER_YIELDS ? null : wakers[owner].bytes);
           finished = true;
         } catch (e) {
           // Its images failed here: that restore is stopped; the lease goes back as stopped by an event.
@@ -347,7 +352,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
               session.leasesHelped++;
               session.filledForOthers += r.dealt / 4096 - r.existing;
             }
-            throttle.helped(native.threadPreemptions() > preemptions);
+            // having had to give way counts as being preempted: stay off for a while
+            throttle.helped(native.threadPreemptions() > preemptions || (HELPER_YIELDS && r.stop === 'yielded'));
             wakers[owner].wake();
           }
         }
@@ -539,7 +545,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       }
       if (processes.size) {
         // Already running: pick up new faults ourselves instead of waiting for the main thread to
-        // be woken and to wake us (two cross-vCPU wakes on this VM, ≈ 50 µs each).
+        // be woken and to wake us (two cross-vCPU wakes, each tens of µs on a VM).
         if (native.drain(task.epfd, [ring.bytes], task.shard)) {
           ring.consume(onRecord);
           if (stop) break;
@@ -616,8 +622,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
 }
 
 /**
- * The first image load in a fresh thread costs ≈ 16 ms (protobufjs compiles its decoders, V8 is cold)
- * against ≈ 2 ms after; pay it before announcing readiness, not while a restored process waits.
+ * The first image load in a fresh thread costs several times a later one (V8 is cold; docs/DESIGN.md,
+ * "Start-up"): pay it before announcing readiness, not while a restored process waits.
  * Errors are ignored here: the real load at hand-over reports them.
  */
 type Preloaded = ProcessPages & { map: MemoryMap };
