@@ -212,6 +212,8 @@ void print_summary(bool released, uint64_t release_ns, uint64_t last_exit, bool 
 	char *buf = malloc(cap);
 	uint64_t verified = 0, mismatches = 0;
 
+	if (!buf)
+		die(EXIT_NOMEM, "out of memory (summary)");
 	for (int i = 0; i < plan.nprocs; i++) {
 		verified += shm->slot[i].verified;
 		mismatches += shm->slot[i].mismatches;

@@ -19,7 +19,7 @@ static void tbl_reserve(struct table *t, size_t n)
 	t->cap = n + n / 2 + 16;
 	t->e = realloc(t->e, t->cap * sizeof(*t->e));
 	if (!t->e)
-		die(EXIT_UFFD, "out of memory (page table)");
+		die(EXIT_NOMEM, "out of memory (page table)");
 }
 
 /* The planned layout: every page of every VMA, each VMA its own segment. */
@@ -41,7 +41,7 @@ void tbl_copy(struct table *dst, const struct table *src)
 	*dst = *src;
 	dst->e = malloc((src->cap ? src->cap : 1) * sizeof(*src->e));
 	if (!dst->e)
-		die(EXIT_UFFD, "out of memory (page table)");
+		die(EXIT_NOMEM, "out of memory (page table)");
 	memcpy(dst->e, src->e, src->n * sizeof(*src->e));
 }
 
@@ -147,7 +147,7 @@ void tbl_move(struct table *t, uint64_t a, uint64_t b, uint64_t to)
 	n = hi - lo;
 	tmp = malloc((n ? n : 1) * sizeof(*tmp));
 	if (!tmp)
-		die(EXIT_UFFD, "out of memory (page table)");
+		die(EXIT_NOMEM, "out of memory (page table)");
 	memcpy(tmp, t->e + lo, n * sizeof(*tmp));
 	memmove(t->e + lo, t->e + hi, (t->n - hi) * sizeof(*t->e));
 	t->n -= n;
@@ -182,7 +182,7 @@ void tbl_grow(struct table *t, uint64_t b, uint64_t n)
 	uint32_t seg = at ? t->e[at - 1].seg : 0;
 	struct ent *tmp = calloc(n, sizeof(*tmp));
 	if (!tmp)
-		die(EXIT_UFFD, "out of memory (page table)");
+		die(EXIT_NOMEM, "out of memory (page table)");
 	for (uint64_t i = 0; i < n; i++) {
 		tmp[i].addr = b + i * PAGE;
 		tmp[i].seg = seg;

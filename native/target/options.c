@@ -66,7 +66,7 @@ static void usage(FILE *out)
 		"With steps the JSON lines carry \"events\" (executed steps by kind; \"mremap\" counts mremap\n"
 		"calls) and the summary \"forked\"; a failing step exits the process with status 2.\n"
 		"Exit: 0 ok, 1 mismatches, 2 usage/plan error, 3 VMA address taken (retry), 4 connect/hand-over\n"
-		"failed, 5 a process was killed by a signal, 6 userfaultfd setup refused.\n");
+		"failed, 5 a process was killed by a signal, 6 userfaultfd setup refused, 7 out of memory.\n");
 }
 
 static long opt_long(const char *name, const char *s, long lo, long hi)
@@ -124,8 +124,12 @@ static uint64_t parse_seed(const char *s)
 
 static void add_zombie(const char *s)
 {
-	opt.zombies = realloc(opt.zombies, sizeof(int) * (opt.nzombies + 1));
-	opt.zombies[opt.nzombies++] = opt_long("--zombie", s, 1, INT_MAX);
+	int pid = opt_long("--zombie", s, 1, INT_MAX);
+	int *z = realloc(opt.zombies, sizeof(int) * (opt.nzombies + 1));
+	if (!z)
+		die(EXIT_NOMEM, "out of memory");
+	opt.zombies = z;
+	opt.zombies[opt.nzombies++] = pid;
 }
 
 /* A later --script replaces an earlier one. */
@@ -145,7 +149,10 @@ static void add_script_pid(const char *s)
 	pid = strtol(s, &end, 10);
 	if (errno || end == s || *end != ':' || pid < 1 || pid > INT_MAX)
 		die(EXIT_USAGE, "--script-pid: expected PID:STEPS, got '%s'", s);
-	ps = opt.pid_scripts = realloc(opt.pid_scripts, sizeof(*ps) * (opt.npid_scripts + 1));
+	ps = realloc(opt.pid_scripts, sizeof(*ps) * (opt.npid_scripts + 1));
+	if (!ps)
+		die(EXIT_NOMEM, "out of memory");
+	opt.pid_scripts = ps;
 	ps[opt.npid_scripts].pid = (int)pid;
 	memset(&ps[opt.npid_scripts].sc, 0, sizeof(ps[opt.npid_scripts].sc));
 	parse_script("--script-pid", end + 1, &ps[opt.npid_scripts].sc);

@@ -37,7 +37,7 @@ static void read_plan(void)
 	plan.nprocs = pl.nprocs;
 	plan.procs = calloc(plan.nprocs, sizeof(*plan.procs));
 	if (!plan.procs)
-		die(EXIT_USAGE, "out of memory reading the plan");
+		die(EXIT_NOMEM, "out of memory reading the plan");
 	for (int i = 0; i < plan.nprocs; i++) {
 		const struct plan_proc *pp = &pl.procs[i];
 		struct proc *p = &plan.procs[i];
@@ -49,7 +49,7 @@ static void read_plan(void)
 		p->runs = pp->runs;
 		p->vmas = calloc(pp->nvma ? pp->nvma : 1, sizeof(*p->vmas));
 		if (!p->vmas)
-			die(EXIT_USAGE, "out of memory reading the plan");
+			die(EXIT_NOMEM, "out of memory reading the plan");
 		for (int j = 0; j < pp->nvma; j++)
 			p->vmas[j] = (struct vma){ .start = pp->vmas[j].start, .end = pp->vmas[j].end, .line = pp->vmas[j].line };
 	}
@@ -79,7 +79,7 @@ static void index_pages(struct proc *p)
 	}
 	p->expect = calloc(p->npages ? p->npages : 1, sizeof(*p->expect));
 	if (!p->expect)
-		die(EXIT_USAGE, "out of memory indexing pid %d", p->pid);
+		die(EXIT_NOMEM, "out of memory indexing pid %d", p->pid);
 	for (int j = 0; j < p->nrun; j++) {
 		const struct plan_run *r = &p->runs[j];
 		const struct plan_file *pf = &plan.files[r->file];

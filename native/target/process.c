@@ -54,7 +54,7 @@ void child_main(int idx, const sigset_t *oldmask, int sigfd)
 		_exit(0);
 	}
 	if (!c)
-		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+		die(EXIT_NOMEM, "pid %d: out of memory", p->pid);
 	c->p = p;
 	c->idx = idx;
 	set_up(c, &sc);

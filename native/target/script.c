@@ -42,7 +42,7 @@ static void script_push(struct script *sc, const struct step *st)
 		sc->cap = sc->cap ? sc->cap * 2 : 16;
 		sc->s = realloc(sc->s, sc->cap * sizeof(*sc->s));
 		if (!sc->s)
-			die(EXIT_USAGE, "out of memory");
+			die(EXIT_NOMEM, "out of memory");
 	}
 	sc->s[sc->n++] = *st;
 }

@@ -221,14 +221,14 @@ static void do_threads_same(struct pctx *c, size_t i, const struct step *st, uin
 	tbl_span(&c->t, a, b, &lo, &hi);
 	n = hi - lo;
 	if (!w)
-		die(EXIT_UFFD, "pid %d: out of memory", c->p->pid);
+		die(EXIT_NOMEM, "pid %d: out of memory", c->p->pid);
 	pthread_barrier_init(&bar, NULL, nt);
 	for (int k = 0; k < nt; k++) {
 		w[k] = (struct same_worker){ .c = c, .n = n, .lo = lo, .bar = &bar };
 		w[k].lat = calloc(n ? n : 1, sizeof(uint64_t));
 		w[k].bad = calloc(n ? n : 1, 1);
 		if (!w[k].lat || !w[k].bad)
-			die(EXIT_UFFD, "pid %d: out of memory", c->p->pid);
+			die(EXIT_NOMEM, "pid %d: out of memory", c->p->pid);
 		if (pthread_create(&w[k].th, NULL, same_main, &w[k]))
 			step_fail(c, i, st, "pthread_create failed");
 	}

@@ -48,6 +48,7 @@ enum {
 	EXIT_SOCKET = 4, /* connect or hand-over failed */
 	EXIT_KILLED = 5, /* a restored process died of a signal */
 	EXIT_UFFD = 6, /* the kernel refused the userfaultfd setup */
+	EXIT_NOMEM = 7, /* out of memory */
 };
 
 /* ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ static void log_lat(struct pctx *c, uint64_t ns)
 		c->caplog = c->caplog ? c->caplog * 2 : 1024;
 		c->log = realloc(c->log, c->caplog * sizeof(*c->log));
 		if (!c->log)
-			die(EXIT_UFFD, "pid %d: out of memory", c->p->pid);
+			die(EXIT_NOMEM, "pid %d: out of memory", c->p->pid);
 	}
 	c->log[c->nlog++] = ns;
 }
@@ -127,7 +127,7 @@ static size_t *plan_touches(struct proc *p, size_t total, size_t *count)
 		t = (size_t)((double)total * opt.fraction + 0.5);
 	order = malloc((total ? total : 1) * sizeof(*order));
 	if (!order)
-		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+		die(EXIT_NOMEM, "pid %d: out of memory", p->pid);
 	switch (opt.pattern) {
 	case PAT_SEQ:
 		for (size_t i = 0; i < total; i++)
@@ -167,7 +167,7 @@ void run_workload(struct pctx *c)
 	struct worker *w = calloc(opt.threads, sizeof(*w));
 
 	if (!lat || !first || !w)
-		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+		die(EXIT_NOMEM, "pid %d: out of memory", p->pid);
 	for (int t = 0; t < opt.threads; t++) {
 		size_t lo = touched * t / opt.threads, hi = touched * (t + 1) / opt.threads;
 		w[t] = (struct worker){ .c = c, .pages = order + lo, .n = hi - lo, .lat = lat + lo, .first = first + lo, .index = t };
@@ -270,7 +270,7 @@ static void print_line(const struct pctx *c, const struct results *r, const char
 	int n;
 
 	if (!lat)
-		die(EXIT_UFFD, "pid %d: out of memory", p->pid);
+		die(EXIT_NOMEM, "pid %d: out of memory", p->pid);
 	memcpy(lat, c->log, count * sizeof(*lat));
 	qsort(lat, count, sizeof(*lat), cmp_u64);
 	n = snprintf(line, sizeof(line),
