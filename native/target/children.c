@@ -88,13 +88,45 @@ int reap_some(uint64_t *last_exit)
  * Exit code
  */
 
+/* How much an exit code says about the run; see fold_exit. */
+static int severity(int code)
+{
+	switch (code) {
+	case EXIT_OK:
+		return 0;
+	case EXIT_MISMATCH:
+		return 1;
+	case EXIT_KILLED:
+		return 3;
+	case EXIT_OVERLAP:
+		return 4;
+	default:
+		return 2;
+	}
+}
+
 /*
- * Why the restore stopped before every process was handed over.  A VMA collision wins over
- * anything else, because the caller retries the whole restore on it.
+ * Folds one child's outcome (wait status, and whether it counted mismatches) into the exit code so
+ * far.  The weightiest outcome wins, the first of equals: a VMA collision, because the caller
+ * retries the whole restore on it; then a death by signal (typically the daemon's fail-stop), which
+ * explains whatever else went wrong; then a child's own failure; then mismatches.
  */
+static int fold_exit(int code, int wstatus, bool mismatched)
+{
+	int own;
+	if (WIFSIGNALED(wstatus))
+		own = EXIT_KILLED;
+	else if (WEXITSTATUS(wstatus))
+		own = WEXITSTATUS(wstatus);
+	else
+		own = mismatched ? EXIT_MISMATCH : EXIT_OK;
+	return severity(own) > severity(code) ? own : code;
+}
+
+/* Why the restore stopped before every process was handed over. */
 int handover_failure_code(void)
 {
-	int code = 0;
+	int code = EXIT_OK;
 	for (int i = 0; i < plan.nprocs; i++) {
 		struct proc *p = &plan.procs[i];
 		if (!p->reaped)
@@ -103,11 +135,8 @@ int handover_failure_code(void)
 			p->killed_by_other = true;
 			fprintf(stderr, "faultline-target: pid %d (host %d) killed by signal %d before hand-over\n", p->pid,
 				(int)p->host, WTERMSIG(p->wstatus));
-			if (!code)
-				code = EXIT_KILLED;
-		} else if (WEXITSTATUS(p->wstatus) && (!code || WEXITSTATUS(p->wstatus) == EXIT_OVERLAP)) {
-			code = WEXITSTATUS(p->wstatus);
 		}
+		code = fold_exit(code, p->wstatus, false);
 	}
 	/* A process left without a failure of its own: the hand-over is what went wrong. */
 	return code ? code : EXIT_SOCKET;
@@ -119,30 +148,18 @@ int final_exit_code(void)
 	int code = EXIT_OK;
 	for (int i = 0; i < plan.nprocs; i++) {
 		struct proc *p = &plan.procs[i];
-		if (WIFSIGNALED(p->wstatus)) {
+		if (WIFSIGNALED(p->wstatus))
 			fprintf(stderr, "faultline-target: pid %d (host %d) killed by signal %d\n", p->pid, (int)p->host,
 				WTERMSIG(p->wstatus));
-			code = EXIT_KILLED;
-		} else if (WEXITSTATUS(p->wstatus) == EXIT_MISMATCH || shm->slot[i].mismatches) {
-			if (code == EXIT_OK)
-				code = EXIT_MISMATCH;
-		} else if (WEXITSTATUS(p->wstatus) && code != EXIT_KILLED) {
-			code = WEXITSTATUS(p->wstatus);
-		}
+		code = fold_exit(code, p->wstatus, shm->slot[i].mismatches);
 	}
 	for (int i = 0; i < forked_count(); i++) {
 		if (!forked[i].reaped)
 			continue;
-		if (WIFSIGNALED(forked[i].wstatus)) {
+		if (WIFSIGNALED(forked[i].wstatus))
 			fprintf(stderr, "faultline-target: pid %d (forked, host %d) killed by signal %d\n",
 				plan.procs[shm->forked.s[i].plan_idx].pid, (int)shm->forked.s[i].host, WTERMSIG(forked[i].wstatus));
-			code = EXIT_KILLED;
-		} else if (WEXITSTATUS(forked[i].wstatus) == EXIT_MISMATCH || shm->forked.s[i].mismatches) {
-			if (code == EXIT_OK)
-				code = EXIT_MISMATCH;
-		} else if (WEXITSTATUS(forked[i].wstatus) && code != EXIT_KILLED) {
-			code = WEXITSTATUS(forked[i].wstatus);
-		}
+		code = fold_exit(code, forked[i].wstatus, shm->forked.s[i].mismatches);
 	}
 	return code;
 }

@@ -38,7 +38,7 @@
 /*
  * Exit codes.  src/target/run.ts retries the whole restore on EXIT_OVERLAP, so a code must mean
  * one thing only; usage() in options.c lists them for users.  A restored process exits with one of
- * these too, and the main process folds its children's into its own (children.c).
+ * these too, and the main process folds its children's into its own (fold_exit in children.c).
  */
 enum {
 	EXIT_OK = 0,
