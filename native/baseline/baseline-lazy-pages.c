@@ -79,7 +79,7 @@ static uint64_t now_ns(void)
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Plan (same format as native/target/restore-target.c)
+ * Plan (the format of native/plan/plan.h, read by native/plan/plan.c)
  */
 
 static const char *plan_path;
