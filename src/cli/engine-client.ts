@@ -4,7 +4,6 @@
 // would (so scripts written for `criu lazy-pages` keep working).
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { formatSummary } from '../engine/summary';
 import { readinessFd, signalReady } from './daemonize';
 import type { EngineEvent, RestoreRequest } from './serve';
 
@@ -39,7 +38,8 @@ export function runViaEngine(o: EngineRun): Promise<number> {
       end(1, `--engine ${at}: ${why}`, { ok: false, error: why });
     });
     socket.on('close', () => end(1, `--engine ${at}: the engine closed the connection before the restore ended`, { ok: false, error: 'engine connection closed' }));
-    socket.on('connect', () => socket.write(JSON.stringify({ op: 'restore', ...o.request }) + '\n'));
+    // json: the engine's 'done' then carries the JSON summary as the text to print.
+    socket.on('connect', () => socket.write(JSON.stringify({ op: 'restore', ...o.request, ...(o.json ? { json: true } : {}) }) + '\n'));
     for (const sig of o.stopSignals) process.on(sig, () => socket.write(JSON.stringify({ op: 'stop', reason: `faultline lazy-pages --engine received ${sig} before the restore completed` }) + '\n'));
     let buffered = '';
     socket.on('data', (d: string) => {
@@ -65,7 +65,8 @@ export function runViaEngine(o: EngineRun): Promise<number> {
             });
             break;
           case 'done':
-            process.stdout.write(o.json ? JSON.stringify(e.summary) + '\n' : formatSummary(e.summary) + '\n');
+            // The engine formats it (one text for every client); an engine older than this client does not.
+            process.stdout.write(e.stdout ?? (o.json ? JSON.stringify(e.summary) + '\n' : (require('../engine/summary') as typeof import('../engine/summary')).formatSummary(e.summary) + '\n'));
             return end(0);
           case 'failed':
             return end(1, e.error, { ok: false, error: e.error });

@@ -17,7 +17,7 @@ import { LazyPagesDaemon } from '../engine/daemon';
 import { Engine } from '../engine/engine';
 import { FailStop } from '../engine/errors';
 import { Guardian } from '../engine/guardian';
-import type { RestoreSummary } from '../engine/summary';
+import { formatSummary, type RestoreSummary } from '../engine/summary';
 import { native } from '../native';
 import { MAX_COPY_PAGES } from '../protocol/tuning';
 import { makeLogger, parseLogFormat } from './log';
@@ -58,12 +58,18 @@ export interface RestoreRequest {
   prefetch?: string;
   /** `--page-server`: the page server and the client's settings (TLS is not carried: refused by the client). */
   pageServer?: Omit<import('../source/remote-client').RemoteOptions, 'tls'>;
+  /** `--json`: the 'done' event's stdout is the summary as JSON, else formatSummary's text. */
+  json?: boolean;
 }
 
 export type EngineEvent =
   | { event: 'queued'; position: number }
   | { event: 'listening'; socket: string; session: number }
-  | { event: 'done'; summary: RestoreSummary }
+  /**
+   * `stdout`: exactly what the client prints (the summary's text, or its JSON when the request said
+   * `json`), so that a client needs no formatting of its own (native/client/engine-client.c).
+   */
+  | { event: 'done'; summary: RestoreSummary; stdout: string }
   | { event: 'failed'; error: string }
   | { event: 'refused'; error: string }
   | { event: 'status'; restores: RestoreStatus[]; queued: number; workers: number; maxRestores: number };
@@ -170,7 +176,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
       () => undefined,
     );
     daemon.done.then(
-      (summary) => client.send({ event: 'done', summary }),
+      (summary) => client.send({ event: 'done', summary, stdout: request.json ? JSON.stringify(summary) + '\n' : formatSummary(summary) + '\n' }),
       (e: Error) => client.send({ event: 'failed', error: e instanceof FailStop ? `${e.message}; the restored processes were stopped` : e.message }),
     ).finally(() => {
       running.delete(key);
@@ -195,12 +201,28 @@ export async function serve(flags: ServeFlags): Promise<number> {
       client.send({ event: 'status', restores: [...running.values()].map(status), queued: queue.length, workers, maxRestores });
       return client.end();
     }
-    if (m.op === 'stop') return client.onStop?.(m.reason ?? 'stopped by its client');
+    if (m.op === 'stop') {
+      const reason = m.reason ?? 'stopped by its client';
+      if (client.onStop) return client.onStop(reason);
+      // Not started: a queued restore leaves the queue; a stop that came before its request (a
+      // signal to the client while it connected) refuses that request. Either way it never starts.
+      client.stopped = reason;
+      const queued = queue.findIndex((q) => q.client === client);
+      if (queued < 0) return;
+      queue.splice(queued, 1);
+      client.send({ event: 'failed', error: `${reason}; the restore had not started` });
+      client.end();
+      return next();
+    }
     if (m.op !== 'restore' || typeof m.imagesDir !== 'string' || typeof m.workDir !== 'string') {
       client.send({ event: 'refused', error: `not a request of faultline lazy-pages --engine: ${JSON.stringify(m).slice(0, 200)}` });
       return client.end();
     }
     const request = m as RestoreRequest;
+    if (client.stopped !== undefined) {
+      client.send({ event: 'failed', error: `${client.stopped}; the restore had not started` });
+      return client.end();
+    }
     if (shuttingDown) {
       client.send({ event: 'refused', error: 'the engine is shutting down' });
       return client.end();
@@ -297,6 +319,8 @@ export async function serve(flags: ServeFlags): Promise<number> {
 class Client {
   closed = false;
   onStop: ((reason: string) => void) | undefined;
+  /** the reason of a stop that came before its restore started */
+  stopped: string | undefined;
   private readonly socket: net.Socket;
   private buffered = '';
 
