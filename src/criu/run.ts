@@ -11,7 +11,7 @@ import { findCriu } from './find';
 export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
 
-import { collect, wrapped, type Exit } from '../target/run';
+import { ENGINE_CLIENT, collect, wrapped, type Exit } from '../target/run';
 
 export { collect, wrapped, type Exit };
 
@@ -156,6 +156,8 @@ export interface LazyDaemonOptions {
   wrap?: string[];
   env?: NodeJS.ProcessEnv;
   extraArgs?: string[];
+  /** faultline only: run native/bin/faultline-engine-client (give `--engine SOCKET` in extraArgs) instead of `faultline lazy-pages`. */
+  engineClient?: boolean;
 }
 
 export interface DaemonExit extends Exit {
@@ -200,12 +202,13 @@ export function startLazyDaemon(kind: LazyDaemonKind, opts: LazyDaemonOptions): 
   if (kind === 'faultline') {
     // -v3: hand-overs, RESTORE_FINISHED and each process's end in its log, for a run that goes wrong.
     logFile = path.join(workDir, 'faultline-lazy-pages.log');
-    [cmd, args] = [process.execPath, [CLI, 'lazy-pages', ...common, '--json', '-o', 'faultline-lazy-pages.log', '-v3', ...(opts.extraArgs ?? [])]];
+    const own = [...common, '--json', '-o', 'faultline-lazy-pages.log', '-v3', ...(opts.extraArgs ?? [])];
+    [cmd, args] = opts.engineClient ? [ENGINE_CLIENT, own] : [process.execPath, [CLI, 'lazy-pages', ...own]];
   } else {
     logFile = path.join(workDir, 'lazy-pages.log');
     [cmd, args] = [criuBin(), ['lazy-pages', ...common, '-o', 'lazy-pages.log', '-v4', ...(opts.extraArgs ?? [])]];
   }
-  return startWithStatusFd(kind, kind === 'faultline' ? 'faultline lazy-pages' : 'criu lazy-pages', cmd, args, opts, logFile, kind === 'faultline');
+  return startWithStatusFd(kind, kind === 'criu' ? 'criu lazy-pages' : opts.engineClient ? 'faultline-engine-client' : 'faultline lazy-pages', cmd, args, opts, logFile, kind === 'faultline');
 }
 
 /** Spawns a program that writes one NUL byte to fd 3 (--status-fd 3) when it is ready. */

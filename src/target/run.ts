@@ -11,9 +11,13 @@ export const ROOT = path.resolve(__dirname, '../../..');
 export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
 export const TARGET = path.join(ROOT, 'native/bin/faultline-target');
 export const BASELINE = path.join(ROOT, 'native/bin/faultline-baseline');
+/** The C client of `faultline serve` (native/client/engine-client.c): `lazy-pages --engine` without Node. */
+export const ENGINE_CLIENT = path.join(ROOT, 'native/bin/faultline-engine-client');
 
 /** Which lazy-pages daemon serves the restore: faultline, or the C baseline (CRIU's policy) for comparison. */
 export type DaemonKind = 'faultline' | 'baseline';
+/** What runRestore may start: a DaemonKind, or faultline-engine-client (give it `--engine SOCKET` in daemonArgs). */
+export type DaemonProgram = DaemonKind | 'engine-client';
 
 export interface TargetOptions {
   threads?: number;
@@ -75,7 +79,7 @@ export interface RestoreResult {
 
 export interface RestoreRunOptions {
   imagesDir: string;
-  daemon?: DaemonKind;
+  daemon?: DaemonProgram;
   /** Runs the daemon through this command, e.g. ['ip', 'netns', 'exec', 'fl-dst'] (remote tests). */
   daemonWrap?: string[];
   /** Command words put before the restore target (e.g. taskset -c 1). */
@@ -148,14 +152,16 @@ export async function startDaemon(
   imagesDir: string,
   workDir: string,
   extra: string[] = [],
-  kind: DaemonKind = 'faultline',
+  kind: DaemonProgram = 'faultline',
   env?: NodeJS.ProcessEnv,
   wrap: string[] = [],
 ): Promise<{ child: ChildProcess; exit: Promise<Exit> }> {
   const [bare, bareArgs] =
     kind === 'faultline'
       ? [process.execPath, [CLI, 'lazy-pages', '-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra]]
-      : [BASELINE, ['--plan', path.join(workDir, 'target.plan'), '--json', '--status-fd', '3', ...extra]];
+      : kind === 'engine-client'
+        ? [ENGINE_CLIENT, ['-D', imagesDir, '-W', workDir, '--json', '--status-fd', '3', ...extra]]
+        : [BASELINE, ['--plan', path.join(workDir, 'target.plan'), '--json', '--status-fd', '3', ...extra]];
   const [cmd, args] = wrapped(wrap, bare, bareArgs);
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const exit = collect(child);
@@ -167,7 +173,7 @@ export async function startDaemon(
   (child.stdio[3] as unknown as { destroy(): void }).destroy();
   if (!ready) {
     const e = await exit;
-    throw new Error(`${kind === 'faultline' ? 'faultline lazy-pages' : 'faultline-baseline'} did not start (exit ${e.code}): ${e.stderr.trim()}`);
+    throw new Error(`${kind === 'faultline' ? 'faultline lazy-pages' : `faultline-${kind}`} did not start (exit ${e.code}): ${e.stderr.trim()}`);
   }
   return { child, exit };
 }

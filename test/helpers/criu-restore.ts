@@ -200,6 +200,8 @@ export interface LazyRunOptions {
   netns?: boolean;
   tls?: Tls;
   daemonArgs?: string[];
+  /** faultline: native/bin/faultline-engine-client instead of `faultline lazy-pages` (with `--engine SOCKET` in daemonArgs). */
+  engineClient?: boolean;
   /** How long `criu restore` may take (default 30 s). */
   restoreTimeoutMs?: number;
   /** How long the tree may take to report once signalled (default 30 s). */
@@ -281,6 +283,7 @@ export async function lazyRestore(t: Test, d: Dumped, o: LazyRunOptions): Promis
     pageServer: o.server ? { address, port, tls: o.tls ? clientCerts(o.tls.files) : undefined } : undefined,
     wrap: o.netns ? CDST : undefined,
     extraArgs: [...cn, ...(o.daemonArgs ?? [])],
+    engineClient: o.engineClient,
   });
   t.teardown(() => daemon.kill());
   await within(daemon.ready, 20_000, `${o.daemon} lazy-pages ready`);
