@@ -1,7 +1,7 @@
 // Real CRIU in the fan-out bench (bench/fanout.ts): one `criu dump` of native/bin/faultline-workload,
 // restored N times at once with `criu restore --lazy-pages`, each restore served by its own `criu
-// lazy-pages`, its own stand-alone `faultline lazy-pages`, or a `lazy-pages --engine` client of one
-// `faultline serve`. Every restored process verifies every word of its memory right after restore.
+// lazy-pages`, its own stand-alone `faultline lazy-pages`, or a client of one `faultline serve`
+// (faultline-engine-client, or `lazy-pages --engine` with --engine-client node). Every restored process verifies every word of its memory right after restore.
 //
 // N restores of one dump at once do not collide: criu restores the dumped pid namespace, so every
 // tree has its own; every restore has its own work dir (socket, logs, pidfile, -W); and the dumped
@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuDump, criuRestoreLazy, firstCriuError, startLazyDaemon, stderrReason, type DaemonExit, type LazyDaemon } from '../src/criu/run';
 import { expectedPages, killTree, signalTree, startWorkload, waitResults, type WorkloadResult } from '../src/criu/workload';
-import { ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, pct, readTimed, reduceRows, round, timedWrap, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
+import { CLIENT_NAME, ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, pct, readTimed, reduceRows, round, timedWrap, type EngineClient, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
 
 export interface FanoutDump {
   images: string;
@@ -83,17 +83,17 @@ interface CriuRow extends RestoreRow {
 }
 
 /** One restore of the dump, concurrent with the others; never throws (a failure is in the row). */
-async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string, i: number, t0: number, engine?: EngineProcess, sampler?: ProcSampler, wrappers: ChildProcess[] = []): Promise<CriuRow> {
+async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string, i: number, t0: number, engine?: EngineProcess, sampler?: ProcSampler, wrappers: ChildProcess[] = [], client: EngineClient = 'c'): Promise<CriuRow> {
   const row: CriuRow = { i, ok: false, endMs: NaN, cpuMs: 0, maxRssKiB: 0, verifiedPages: 0, mismatches: 0, firstTouchMs: [] };
   fs.rmSync(work, { recursive: true, force: true });
   const out = path.join(work, 'out');
   fs.mkdirSync(out, { recursive: true });
   const timesFile = path.join(work, 'daemon.times');
-  const name = setup === 'criu' ? 'criu lazy-pages' : setup === 'engine' ? 'faultline lazy-pages --engine' : 'faultline lazy-pages';
+  const name = setup === 'criu' ? 'criu lazy-pages' : setup === 'engine' ? CLIENT_NAME[client].replace(/`/g, '') : 'faultline lazy-pages';
   let lazy: LazyDaemon | undefined;
   let restored: { rootHostPid: number; rootStartTime?: string } | undefined;
   try {
-    lazy = startLazyDaemon(setup === 'criu' ? 'criu' : 'faultline', { imagesDir: d.images, workDir: work, wrap: timedWrap(timesFile), extraArgs: engine ? ['--engine', engine.socket] : [] });
+    lazy = startLazyDaemon(setup === 'criu' ? 'criu' : 'faultline', { imagesDir: d.images, workDir: work, wrap: timedWrap(timesFile), extraArgs: engine ? ['--engine', engine.socket] : [], engineClient: !!engine && client === 'c' });
     wrappers.push(lazy.child);
     sampler?.track(i, lazy.pid);
     await lazy.ready;
@@ -132,6 +132,7 @@ async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string
 export interface CriuFanoutOptions {
   work: string;
   coldEngine: boolean;
+  engineClient: EngineClient;
   log: (line: string) => void;
 }
 
@@ -153,11 +154,11 @@ export async function runCriuFanout(d: FanoutDump, setup: FanoutRun['setup'], n:
     let cpu0 = 0;
     let warmup: number | undefined;
     if (setup === 'engine') {
-      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, !!o.coldEngine, (e) => restoreOne(d, 'engine', path.join(root, 'warm'), 0, nowMs(), e), o.log));
+      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, !!o.coldEngine, (e) => restoreOne(d, 'engine', path.join(root, 'warm'), 0, nowMs(), e, undefined, [], o.engineClient), o.log));
     }
     const sampler = new ProcSampler(engine?.pid);
     const t0 = nowMs();
-    const rows = await Promise.all(Array.from({ length: n }, (_, i) => restoreOne(d, setup, path.join(root, `r${i}`), i, t0, engine, sampler, wrappers)));
+    const rows = await Promise.all(Array.from({ length: n }, (_, i) => restoreOne(d, setup, path.join(root, `r${i}`), i, t0, engine, sampler, wrappers, o.engineClient)));
     sampler.stop();
     const touches = rows.flatMap((r) => r.firstTouchMs.map((ms) => ms * 1000));
     const base = reduceRows(rows);

@@ -1,5 +1,6 @@
 // What bench/fanout.ts measures of the processes it starts: each per-restore process (a stand-alone
-// `faultline lazy-pages`, a `lazy-pages --engine` client, a `criu lazy-pages`) runs under a bash
+// `faultline lazy-pages`, an engine client — faultline-engine-client or `lazy-pages --engine` —, a
+// `criu lazy-pages`) runs under a bash
 // wrapper that, when it exits, records the wall clock ($EPOCHREALTIME), the CPU of everything it
 // waited for (`times`: getrusage(RUSAGE_CHILDREN), every thread, nothing lost after a last poll) and,
 // through GNU time's wait4, the process's peak RSS (ru_maxrss = its VmHWM). The engine (`faultline
@@ -14,6 +15,10 @@ import { CLI, collect, type Exit } from '../src/target/run';
 import { descendants } from '../src/criu/workload';
 
 const GNU_TIME = '/usr/bin/time';
+
+/** The engine's per-restore client: native/bin/faultline-engine-client, or `faultline lazy-pages --engine`. */
+export type EngineClient = 'c' | 'node';
+export const CLIENT_NAME: Record<EngineClient, string> = { c: '`faultline-engine-client`', node: '`lazy-pages --engine`' };
 /** GNU time (not a shell keyword or busybox): -f %M is the child's ru_maxrss in KiB. */
 export const HAS_GNU_TIME = (() => {
   const r = spawnSync(GNU_TIME, ['-f', 'maxrss %M', 'true'], { encoding: 'utf8' });
@@ -114,7 +119,7 @@ export class ProcSampler {
     this.timer = setInterval(() => this.sample(), everyMs);
   }
 
-  /** The restore's wrapper (bash); the daemon is the node or criu process below it. */
+  /** The restore's wrapper (bash); the daemon is the node, criu or faultline-engine-client process below it. */
   track(key: number, wrapperPid: number | undefined): void {
     if (wrapperPid) this.tracked.set(key, { wrapper: wrapperPid, hwmKiB: 0 });
   }
@@ -126,7 +131,8 @@ export class ProcSampler {
   private sample(): void {
     let sum = 0;
     for (const t of this.tracked.values()) {
-      t.pid ??= descendants(t.wrapper).find((p) => /^(node|criu)$/.test(comm(p)));
+      // comm is cut at 15 characters: faultline-engine-client is "faultline-engin"
+      t.pid ??= descendants(t.wrapper).find((p) => /^(node|criu|faultline-engin)$/.test(comm(p)));
       if (!t.pid) continue;
       const m = procMemory(t.pid);
       if (!m) continue;
@@ -260,7 +266,7 @@ export interface FanoutRun {
   daemonPeakRssMiB: number;
   /** the largest sum of the daemons' RssAnon seen at one instant (sampled every 100 ms) */
   daemonPeakAnonMiB: number;
-  /** the engine's N `lazy-pages --engine` clients (sums), not part of the daemon figures */
+  /** the engine's N clients (sums), not part of the daemon figures */
   clients?: { cpuMs: number; peakRssMiB: number };
   /** engine set-ups: restores served before the measured ones (0 with --cold-engine) */
   warmup?: number;

@@ -1,8 +1,9 @@
-// npm run bench:fanout [-- --quick] [--n 1,8,32] [--json] [--no-criu] [--criu-max-n 8] [--cold-engine] [--out FILE]
+// npm run bench:fanout [-- --quick] [--n 1,8,32] [--json] [--no-criu] [--criu-max-n 8] [--cold-engine] [--engine-client c|node] [--out FILE]
 // restore-fanout (issue 11, item 4): N concurrent restores of one checkpoint, in the same invocation
 //  - target: a generated checkpoint restored by faultline's restore target (native/bin/faultline-target,
-//    which verifies every page) through one `faultline serve` ('engine': N `lazy-pages --engine`
-//    clients) and through N stand-alone `faultline lazy-pages` daemons, all N started at once;
+//    which verifies every page) through one `faultline serve` ('engine': N clients, by default
+//    native/bin/faultline-engine-client, with --engine-client node `faultline lazy-pages --engine`)
+//    and through N stand-alone `faultline lazy-pages` daemons, all N started at once;
 //  - real CRIU: one `criu dump` of the self-verifying workload restored N times at once by `criu
 //    restore --lazy-pages`, served by N `criu lazy-pages`, N stand-alone faultline daemons, or the engine
 //    (bench/fanout-criu.ts).
@@ -24,7 +25,7 @@ import { checkUffdAvailable } from '../src/cli/preflight';
 import type { GenerateSpec } from '../src/images';
 import { imagesFor } from './harness';
 import { dumpForFanout, runCriuFanout, warmCriu, type FanoutDump } from './fanout-criu';
-import { HAS_GNU_TIME, ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, readTimed, reduceRows, round, timedWrap, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
+import { CLIENT_NAME, HAS_GNU_TIME, ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, readTimed, reduceRows, round, timedWrap, type EngineClient, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
 
 const PAGES_PER_MIB = 256;
 const BASE = 0x2000_0000_0000;
@@ -45,6 +46,8 @@ export interface FanoutReport {
   command: string;
   machine: { cpus: number; kernel: string; node: string; memMiB: number };
   quick: boolean;
+  /** what each engine restore's client was: native/bin/faultline-engine-client ('c') or `faultline lazy-pages --engine` ('node') */
+  engineClient: EngineClient;
   ns: number[];
   checkpoint: { mib: number; what: string };
   criu: { bin: string; version: string; ns: number[]; dump: { procs: number; mib: number; threads: number; dumpMs: number } } | { skipped: string };
@@ -78,6 +81,7 @@ export interface TargetCheck {
 interface Ctx {
   work: string;
   coldEngine: boolean;
+  engineClient: EngineClient;
   log: (line: string) => void;
 }
 
@@ -97,7 +101,7 @@ function readLatencies(workDir: string, into: Histogram): number {
 }
 
 /** One restore through the restore target, measured; never throws. */
-async function targetRestore(images: string, work: string, i: number, t0: number, hist: Histogram, setup: 'engine' | 'standalone', engine?: EngineProcess, sampler?: ProcSampler, wrappers: ChildProcess[] = []): Promise<RestoreRow> {
+async function targetRestore(images: string, work: string, i: number, t0: number, hist: Histogram, setup: 'engine' | 'standalone', engine?: EngineProcess, sampler?: ProcSampler, wrappers: ChildProcess[] = [], client: EngineClient = 'c'): Promise<RestoreRow> {
   const timesFile = `${work}.times`;
   const row: RestoreRow = { i, ok: false, endMs: NaN, cpuMs: 0, maxRssKiB: 0, verifiedPages: 0, mismatches: 0 };
   let r: RestoreResult;
@@ -106,6 +110,7 @@ async function targetRestore(images: string, work: string, i: number, t0: number
     r = await runRestore({
       imagesDir: images,
       workDir: work,
+      daemon: engine && client === 'c' ? 'engine-client' : 'faultline',
       daemonArgs: engine ? ['--engine', engine.socket] : [],
       daemonWrap: timedWrap(timesFile),
       target: { ...TOUCH, ...(TARGET_WRITES_LATENCIES ? { latencyFile: path.join(work, 'lat') } : {}) },
@@ -154,12 +159,12 @@ async function runTargetFanout(images: string, setup: 'engine' | 'standalone', n
     let cpu0 = 0;
     let warmup: number | undefined;
     if (setup === 'engine') {
-      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, c.coldEngine, (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHistogram(), 'engine', e), c.log));
+      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, c.coldEngine, (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHistogram(), 'engine', e, undefined, [], c.engineClient), c.log));
     }
     const sampler = new ProcSampler(engine?.pid);
     const hist = newHistogram();
     const t0 = nowMs();
-    const rows = await Promise.all(Array.from({ length: n }, (_, i) => targetRestore(images, path.join(root, `r${i}`), i, t0, hist, setup, engine, sampler, wrappers)));
+    const rows = await Promise.all(Array.from({ length: n }, (_, i) => targetRestore(images, path.join(root, `r${i}`), i, t0, hist, setup, engine, sampler, wrappers, c.engineClient)));
     sampler.stop();
     const us = (p: number) => round(hist.getValueAtPercentile(p) / 1000, 1);
     const run: FanoutRun = {
@@ -279,7 +284,7 @@ export function formatFanout(r: FanoutReport): string {
   const lines = rows.map((row) => row.map((v, i) => (i >= 2 ? v.padStart(widths[i]) : v.padEnd(widths[i]))).join('  ').trimEnd());
   for (const f of r.runs.filter((run) => !run.ok)) lines.push(`${f.group === 'criu' ? 'criu-fanout' : 'fanout'}-${f.n} ${SETUP_NAME[f.setup]}: FAILED (not in the table): ${f.errors.join('; ')}`);
   if ('skipped' in r.criu) lines.push(`criu-fanout: skipped: ${r.criu.skipped}`);
-  lines.push('lower is better for every metric; ratios from this invocation; the engine column is one `faultline serve` (CPU and RSS of that process; "incl. engine clients" adds its N `lazy-pages --engine` processes)');
+  lines.push(`lower is better for every metric; ratios from this invocation; the engine column is one \`faultline serve\` (CPU and RSS of that process; "incl. engine clients" adds its N ${CLIENT_NAME[r.engineClient ?? 'node']} processes)`);
   for (const t of r.targets) lines.push(`target: ${t.what}: ${t.ratio === undefined ? t.note : `${t.ratio.toFixed(2)}× — ${t.met ? 'met' : 'NOT met'}${t.note ? ` (${t.note})` : ''}`}`);
   return lines.join('\n');
 }
@@ -293,10 +298,11 @@ export async function fanout(argv: string[]): Promise<number> {
     .option('--no-criu', 'leave out the real-CRIU set-ups')
     .option('--criu-max-n <n>', 'largest N for real CRIU (larger N are left out, said so)', '8')
     .option('--cold-engine', "no warm-up restore through each engine before the measured ones")
+    .option('--engine-client <c|node>', "the engine's clients: native/bin/faultline-engine-client (c) or `faultline lazy-pages --engine` (node)", process.env.FAULTLINE_BENCH_ENGINE_CLIENT ?? 'c')
     .option('--work <dir>', 'checkpoints and scratch', path.join(os.tmpdir(), 'faultline-bench', 'fanout'))
     .option('--out <file>', 'also write the JSON report to this file')
     .parse(argv, { from: 'user' })
-    .opts<{ n: string; quick?: boolean; mib?: string; json?: boolean; criu: boolean; criuMaxN: string; coldEngine?: boolean; work: string; out?: string }>();
+    .opts<{ n: string; quick?: boolean; mib?: string; json?: boolean; criu: boolean; criuMaxN: string; coldEngine?: boolean; engineClient: string; work: string; out?: string }>();
   const ns = o.n.split(',').filter(Boolean).map(Number);
   if (!ns.length || ns.some((n) => !Number.isInteger(n) || n < 1 || n > 256)) throw new Error(`--n: a comma-separated list of whole numbers 1-256, got '${o.n}'`);
   const mib = o.mib ? Number(o.mib) : o.quick ? 32 : 256;
@@ -306,13 +312,16 @@ export async function fanout(argv: string[]): Promise<number> {
   checkUffdAvailable();
   const work = path.resolve(o.work);
   if (/\s/.test(work)) throw new Error(`--work ${work}: the restore target's plan cannot carry a path with whitespace`);
-  const c: Ctx = { work, coldEngine: !!o.coldEngine, log };
+  if (o.engineClient !== 'c' && o.engineClient !== 'node') throw new Error(`--engine-client: 'c' or 'node', got '${o.engineClient}'`);
+  const engineClient: EngineClient = o.engineClient;
+  const c: Ctx = { work, coldEngine: !!o.coldEngine, engineClient, log };
   const what = `4 processes sharing ${mib} MiB (generated); each restored process: ${TOUCH.threads} threads touch ${(TOUCH.fraction! * 100).toFixed(0)} % of its pages at random, then every page is verified`;
   const report: FanoutReport = {
     date: new Date().toISOString(),
     command: ['node', path.relative(ROOT, process.argv[1] ?? 'dist/bench/fanout.js'), ...argv].join(' '),
     machine: { cpus: os.cpus().length, kernel: os.release(), node: process.version, memMiB: Math.round(os.totalmem() / 2 ** 20) },
     quick: !!o.quick,
+    engineClient,
     ns,
     checkpoint: { mib, what },
     criu: { skipped: '--no-criu' },
@@ -321,6 +330,7 @@ export async function fanout(argv: string[]): Promise<number> {
       'first-touch p99: restore target: every first touch of a page by a restored thread (--latency-file); real CRIU: per restored process, SIGUSR1 → first verified word',
       'daemon CPU: engine: utime+stime of the serve process (and its guardian) over the measured restores (/proc/PID/stat); otherwise the sum over the N daemons of what each used, read at its exit by a bash wrapper (`times`: every thread and reaped child)',
       `daemon peak RSS: engine: the serve process's VmHWM, reset (clear_refs 5) before the measured restores; otherwise the sum of each daemon's peak RSS (${HAS_GNU_TIME ? "GNU time's ru_maxrss, " : ''}the daemon's own summary, VmHWM sampled every 100 ms: the largest). It counts the mmapped page images (shared page cache) once per daemon; "anon RSS, peak of sum" is the largest sum of RssAnon seen at one instant`,
+      `engine: each restore is asked for by ${CLIENT_NAME[engineClient]} (--engine-client ${engineClient}); its CPU and RSS are the "clients" figures, not the engine's`,
       "engine runs get one unmeasured warm-up restore first (a long-running service has served restores before; --cold-engine leaves it out); one unmeasured stand-alone (and criu lazy-pages) restore first warms the page cache for every set-up",
     ],
     runs: [],
@@ -330,7 +340,7 @@ export async function fanout(argv: string[]): Promise<number> {
 
   // --- the restore target on a generated checkpoint ---
   const images = imagesFor({ name: `fanout-${mib}`, what, tree: checkpoint(mib), target: TOUCH }, path.join(work, 'cache'));
-  log(`restore-fanout: ${what}; N = ${ns.join(', ')}`);
+  log(`restore-fanout: ${what}; N = ${ns.join(', ')}; engine clients: ${CLIENT_NAME[engineClient]}`);
   const warm = await targetRestore(images, path.join(work, 'warm'), 0, nowMs(), newHistogram(), 'standalone');
   if (!warm.ok) throw new Error(`warm-up restore failed: ${warm.error}`);
   for (const f of ['warm', 'warm.times', 'warm.times.rss']) fs.rmSync(path.join(work, f), { recursive: true, force: true });
