@@ -372,6 +372,18 @@ t.test('SIGTERM to a C client fail-stops its restore only; one still queued leav
   const st = await engineStatus(engine.socket);
   t.equal(st.queued, 0, 'the queue is empty');
   t.equal(st.restores.length, 2, 'the two held restores go on');
+  // A stop that reaches the engine before its request (a client signalled while it connected): that
+  // restore never starts.
+  const early = await new Promise<string>((resolve, reject) => {
+    const s = net.createConnection(engine.socket);
+    let text = '';
+    s.setEncoding('utf8');
+    s.on('connect', () => s.write(`{"op":"stop","reason":"stopped early"}\n${JSON.stringify({ op: 'restore', imagesDir: images, workDir: path.join(dir, 'h1') })}\n`));
+    s.on('data', (d: string) => (text += d));
+    s.on('error', reject);
+    s.on('close', () => resolve(text));
+  });
+  t.same(JSON.parse(early.split('\n')[0]!), { event: 'failed', error: 'stopped early; the restore had not started' }, 'a stop before its request: the request is refused');
   h1.child.kill('SIGTERM');
   h2.child.kill('SIGTERM');
   for (const h of [await h1.exit, await h2.exit]) t.match(h.stderr, /received SIGTERM before the restore completed; the restored processes were stopped\n$/);
