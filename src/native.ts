@@ -77,7 +77,6 @@ export interface NativeCore {
     yieldAtNs: number,
     out: Float64Array,
     epfd?: number,
-    ownerRing?: Uint8Array | null,
   ): number;
   fillStatus: { DONE: number; YIELDED: number; EVENT: number; ERRNO: number };
   /** Involuntary context switches of the calling thread so far. */

@@ -69,12 +69,10 @@ static bool UnreadFault(int epfd) {
 }
 
 // fillRuns(uffd, gate: Uint8Array, epoch, src: Buffer, runs: Float64Array [dst, srcOffset, len]...,
-//          nRuns, slicePages, watch: Uint8Array | null, yieldAtNs, out: Float64Array, epfd = -1,
-//          ownerRing: Uint8Array | null = null) -> status
+//          nRuns, slicePages, watch: Uint8Array | null, yieldAtNs, out: Float64Array, epfd = -1) -> status
 // Copies the runs in order. Between slices, once CLOCK_MONOTONIC passes yieldAtNs, it stops if a
 // record waits in `watch` (the calling worker's own ring) or a uffd in `epfd` (its shard's epoll
-// set) is readable, or at once if a record waits in `ownerRing` (a helper copying another worker's
-// lease gives way to the faults its owner has to serve): FILL_YIELDED. EEXIST skips the page
+// set) is readable: FILL_YIELDED. EEXIST skips the page
 // (it is there already) and goes on. out[0] = bytes of the run list dealt with (copied or already
 // present, in list order), out[1] = pages found present, out[2] = errno of FILL_ERRNO, out[3] = ioctls.
 static Napi::Value FillRuns(const Napi::CallbackInfo &info) {
@@ -94,7 +92,6 @@ static Napi::Value FillRuns(const Napi::CallbackInfo &info) {
   double yieldAt = info[8].As<Napi::Number>().DoubleValue();
   Napi::Float64Array out = info[9].As<Napi::Float64Array>();
   int epfd = info.Length() > 10 && info[10].IsNumber() ? ArgInt(info, 10) : -1;
-  uint8_t *ownerRing = info.Length() > 11 && info[11].IsTypedArray() ? info[11].As<Napi::Uint8Array>().Data() : nullptr;
   if (nRuns * 3 > runs.ElementLength() || out.ElementLength() < 4 || slice == 0 || gateArr.ByteLength() < RING_HEADER_BYTES) {
     Napi::RangeError::New(env, "fillRuns: run list, slice or result array out of range").ThrowAsJavaScriptException();
     return env.Undefined();
@@ -112,7 +109,7 @@ static Napi::Value FillRuns(const Napi::CallbackInfo &info) {
     uint64_t dst = (uint64_t)runs[3 * i], off = (uint64_t)runs[3 * i + 1], len = (uint64_t)runs[3 * i + 2];
     uint64_t at = 0;
     while (at < len) {
-      if ((ownerRing && RecordsWaiting(ownerRing)) || (watch && MonotonicNs() >= yieldAt && (RecordsWaiting(watch) || UnreadFault(epfd)))) {
+      if (watch && MonotonicNs() >= yieldAt && (RecordsWaiting(watch) || UnreadFault(epfd))) {
         status = FILL_YIELDED;
         break;
       }

@@ -30,7 +30,6 @@ const IDLE_WAIT_MS = 1000;
  * A deliberate slowdown per fault, for checking that the performance gate catches regressions
  * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
  */
-const HELPER_YIELDS = process.env.FAULTLINE_HELPER_YIELDS === '1';
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
 /** A fault held back (EAGAIN, or the copy gate) is retried after this long at most. */
 const AGAIN_WAIT_MS = 0.2;
@@ -326,14 +325,10 @@ export default function runShard(task: WorkerTask): WorkerResult {
           // A restore this worker has not opened (it ended here already) or that is ending: handed back.
           if (!session) throw new LeaseBack();
           const source = sourceOf(session, l.pid);
-          const own = owner === task.shard;
-          // A helper gives way as soon as the owner has faults to serve: on a machine with few CPUs
-          // a helper still copying is one more runnable thread the owner waits behind (docs/DESIGN.md,
-          // "What the isolated p99 still waits for"). The owner may run on while it has fill credit.
           const yieldAt = budget.yieldAt();
           const epfd = processes.size ? task.epfd : -1;
           // The runs in order; the first that stops short ends the lease there.
-          r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd, own || !HELPER_YIELDS ? null : wakers[owner].bytes);
+          r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
           finished = true;
         } catch (e) {
           // Its images failed here: that restore is stopped; the lease goes back as stopped by an event.
@@ -352,8 +347,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
               session.leasesHelped++;
               session.filledForOthers += r.dealt / 4096 - r.existing;
             }
-            // having had to give way counts as being preempted: stay off for a while
-            throttle.helped(native.threadPreemptions() > preemptions || (HELPER_YIELDS && r.stop === 'yielded'));
+            throttle.helped(native.threadPreemptions() > preemptions);
             wakers[owner].wake();
           }
         }

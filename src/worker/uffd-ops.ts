@@ -153,8 +153,6 @@ export class RunCopier {
     watch: Uint8Array | null,
     yieldAtNs: number,
     epfd = -1,
-    /** a helper's: the owner's ring, whose waiting records end the copy at once */
-    ownerRing: Uint8Array | null = null,
   ): RunsResult {
     const r: RunsResult = { dealt: 0, existing: 0, ioctls: 0, stop: 'done', errno: 0 };
     // Where the next native call starts: range k, `at` bytes into it. A lease's ranges are short
@@ -194,7 +192,7 @@ export class RunCopier {
         r.stop = 'no-data';
         return r;
       }
-      const status = native.fillRuns(uffd, gate, epoch, buf, this.runs, n, slicePages, watch, yieldAtNs, this.out, epfd, ownerRing);
+      const status = native.fillRuns(uffd, gate, epoch, buf, this.runs, n, slicePages, watch, yieldAtNs, this.out, epfd);
       r.dealt += this.out[0];
       r.existing += this.out[1];
       r.ioctls += this.out[3];
