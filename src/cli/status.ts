@@ -7,7 +7,7 @@ export async function statusCommand(flags: { socket?: string; json?: boolean }):
   const at = path.resolve(flags.socket ?? process.env.FAULTLINE_ENGINE ?? DEFAULT_ENGINE_SOCKET);
   let reply: Extract<EngineEvent, { event: 'status' }>;
   try {
-    reply = await ask(at);
+    reply = await askEngineStatus(at);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     process.stderr.write(`faultline: error: --socket ${at}: ${code === 'ENOENT' || code === 'ECONNREFUSED' ? 'no engine listens there (start one with `faultline serve`)' : (code ?? (e as Error).message)}\n`);
@@ -22,7 +22,8 @@ export async function statusCommand(flags: { socket?: string; json?: boolean }):
   return 0;
 }
 
-function ask(at: string): Promise<Extract<EngineEvent, { event: 'status' }>> {
+/** The engine's answer to a status request on its control socket (also the tests' probe). */
+export function askEngineStatus(at: string): Promise<Extract<EngineEvent, { event: 'status' }>> {
   return new Promise((resolve, reject) => {
     const s = net.createConnection(at);
     let text = '';

@@ -12,62 +12,12 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { CLI, ENGINE_CLIENT, TARGET, collect, parseTargetOutput, runRestore, targetArgs, type Exit, type RestoreResult, type TargetOptions } from '../../src/target/run';
 import { writeTargetPlan } from '../../src/target/plan';
-import type { RestoreStatus } from '../../src/cli/serve';
+import { askEngineStatus } from '../../src/cli/status';
+import { startEngine, until, type EngineProcess } from '../helpers/engine';
 import { MiB, assertRestored, assertStopped, denseTree, makeImages, tempDir } from '../helpers/restore';
 
 type Client = 'c' | 'node';
 const command = (c: Client, args: string[]): [string, string[]] => (c === 'c' ? [ENGINE_CLIENT, args] : [process.execPath, [CLI, 'lazy-pages', ...args]]);
-
-interface EngineProcess {
-  child: ChildProcess;
-  socket: string;
-  exit: Promise<Exit>;
-}
-
-async function startEngine(t: Test, dir: string, args: string[] = []): Promise<EngineProcess> {
-  fs.mkdirSync(dir, { recursive: true });
-  const socket = path.join(dir, 'engine.sock');
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const exit = collect(child);
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  await new Promise<void>((resolve, reject) => {
-    let seen = '';
-    child.stderr!.on('data', (d: Buffer) => {
-      seen += String(d);
-      if (/listening on/.test(seen)) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`faultline serve exited ${code}: ${seen}`)));
-  });
-  return { child, socket, exit };
-}
-
-/** The engine's restores, asked on its control socket (as `faultline status --json` does, without a Node start-up per poll). */
-function engineStatus(socket: string): Promise<{ restores: RestoreStatus[]; queued: number }> {
-  return new Promise((resolve, reject) => {
-    const s = net.createConnection(socket);
-    let text = '';
-    s.setEncoding('utf8');
-    s.on('connect', () => s.write('{"op":"status"}\n'));
-    s.on('data', (d: string) => (text += d));
-    s.on('error', reject);
-    s.on('close', () => {
-      try {
-        resolve(JSON.parse(text.split('\n')[0]!));
-      } catch (e) {
-        reject(e);
-      }
-    });
-  });
-}
-
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 15_000, every = 20): Promise<void> {
-  for (const end = Date.now() + ms; !(await ok()); ) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, every));
-  }
-}
 
 /** A client whose restorer never comes: its restore holds an engine slot until it is stopped. */
 function holder(c: Client, images: string, workDir: string, socket: string, extra: string[] = []): { child: ChildProcess; exit: Promise<Exit> } {
@@ -181,7 +131,7 @@ t.test('the Node client\'s one line and exit status: no engine, refused and bad 
   const strict = await startEngine(t, path.join(dir, 'strict'), ['--workers', '1', '--max-restores', '2', '--no-queue']);
   const hc = holder('c', images, path.join(dir, 'hc'), strict.socket, ['--json']);
   const hn = holder('node', images, path.join(dir, 'hn'), strict.socket, ['--json']);
-  await until('both restores to hold their slot', async () => (await engineStatus(strict.socket)).restores.filter((r) => r.state === 'waiting for the restorer').length === 2);
+  await until('both restores to hold their slot', async () => (await askEngineStatus(strict.socket)).restores.filter((r) => r.state === 'waiting for the restorer').length === 2);
   const full = same(['-D', images, '-W', dir, '--engine', strict.socket, '--json'], 'the engine is full');
   t.match(full.stderr, /^faultline: error: the engine at \S+ is full: it serves 2 restores at once \(--max-restores\), and it does not queue \(--no-queue\)\n$/);
   strict.child.kill('SIGKILL');
@@ -336,7 +286,7 @@ t.test('SIGTERM to a C client fail-stops its restore only; one still queued leav
         onStarted: (client) => {
           void until('the victim to be mid-restore', async () => {
             if (over) return true;
-            const x = (await engineStatus(engine.socket)).restores.find((y) => y.workDir === victimDir);
+            const x = (await askEngineStatus(engine.socket)).restores.find((y) => y.workDir === victimDir);
             seen.push(JSON.stringify(x));
             if (!x || !(x.state === 'restoring' || x.state === 'filling') || x.pagesDone >= x.pages) return false;
             sent = `${x.state}, ${x.pagesDone} of ${x.pages} pages`;
@@ -359,7 +309,7 @@ t.test('SIGTERM to a C client fail-stops its restore only; one still queued leav
   // Two restores hold both slots; a third waits in the queue until SIGTERM takes it out.
   const h1 = holder('c', images, path.join(dir, 'h1'), engine.socket);
   const h2 = holder('c', images, path.join(dir, 'h2'), engine.socket);
-  await until('both slots held', async () => (await engineStatus(engine.socket)).restores.filter((r) => r.state === 'waiting for the restorer').length === 2);
+  await until('both slots held', async () => (await askEngineStatus(engine.socket)).restores.filter((r) => r.state === 'waiting for the restorer').length === 2);
   const queued = holder('c', images, path.join(dir, 'q'), engine.socket, ['--json']);
   let qErr = '';
   queued.child.stderr!.on('data', (d: Buffer) => (qErr += String(d)));
@@ -369,7 +319,7 @@ t.test('SIGTERM to a C client fail-stops its restore only; one still queued leav
   t.equal(q.code, 1, 'the queued client exits 1');
   t.match(q.stderr, /faultline: error: faultline lazy-pages --engine received SIGTERM before the restore completed; the restore had not started\n$/, 'in one line');
   t.match(JSON.parse(q.stdout), { ok: false }, '--json');
-  const st = await engineStatus(engine.socket);
+  const st = await askEngineStatus(engine.socket);
   t.equal(st.queued, 0, 'the queue is empty');
   t.equal(st.restores.length, 2, 'the two held restores go on');
   // A stop that reaches the engine before its request (a client signalled while it connected): that

@@ -8,46 +8,16 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLI, collect, runRestore, startPageServer, type Exit } from '../../src/target/run';
-import { MiB, assertRestored, assertStopped, chaosTree, denseTree, makeImages, tempDir } from '../helpers/restore';
+import { MiB, assertRestored, assertStopped, chaosTree, denseTree, makeImages, tempDir, withoutPages } from '../helpers/restore';
 import { freePort } from '../helpers/criu-restore';
+import { startEngine, until } from '../helpers/engine';
 import * as http from 'node:http';
-
-interface EngineProcess {
-  child: ChildProcess;
-  socket: string;
-  exit: Promise<Exit>;
-}
-
-async function startEngine(t: Test, dir: string, args: string[] = []): Promise<EngineProcess> {
-  const socket = path.join(dir, 'engine.sock');
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const exit = collect(child);
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  await new Promise<void>((resolve, reject) => {
-    let seen = '';
-    child.stderr!.on('data', (d: Buffer) => {
-      seen += String(d);
-      if (/listening on/.test(seen)) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`faultline serve exited ${code}: ${seen}`)));
-  });
-  return { child, socket, exit };
-}
 
 /** A `lazy-pages --engine` whose restorer never comes: its restore holds an engine slot until stopped. */
 function waitingClient(images: string, workDir: string, socket: string): { child: ChildProcess; exit: Promise<Exit> } {
   fs.mkdirSync(workDir, { recursive: true });
   const child = spawn(process.execPath, [CLI, 'lazy-pages', '-D', images, '-W', workDir, '--engine', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
   return { child, exit: collect(child) };
-}
-
-async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
-  for (const end = Date.now() + ms; !ok(); ) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 const status = (socket: string) => spawnSync(process.execPath, [CLI, 'status', '--socket', socket], { encoding: 'utf8' }).stdout;
@@ -153,9 +123,7 @@ t.test('remote restores through the engine: two from one page server and a local
   const dir = tempDir(t, 'engine-remote');
   const full = makeImages(dir, denseTree(2, 32 * MiB));
   // the restoring side's images: no pages files, the page server has them
-  const local = path.join(dir, 'local');
-  fs.mkdirSync(local);
-  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const local = withoutPages(full, dir);
   const server = await startPageServer(full);
   t.teardown(() => server.stop());
   const engine = await startEngine(t, dir, ['--workers', '2']);

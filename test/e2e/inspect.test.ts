@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLI, runRestore } from '../../src/target/run';
 import type { InspectReport } from '../../src/cli/inspect';
-import { FIXTURE, MiB, assertRestored, denseTree, makeImages, tempDir } from '../helpers/restore';
+import { FIXTURE, MiB, assertRestored, denseTree, makeImages, tempDir, withoutPages } from '../helpers/restore';
 
 const FIXTURE_IMG = path.join(FIXTURE, 'img');
 
@@ -47,9 +47,7 @@ t.test("generated images: inspect's lazy pages are what the daemon serves when i
   for (const p of rep.processes) t.equal(p.holePages, 768, `pid ${p.pid}: ${p.holePages} hole pages, those of the sparse region`);
 
   // the restoring side of a remote restore: no page images here
-  const local = path.join(dir, 'local');
-  fs.mkdirSync(local);
-  for (const f of fs.readdirSync(images)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(images, f), path.join(local, f));
+  const local = withoutPages(images, dir);
   const remote = inspect(local, false);
   t.equal(remote.status, 0, remote.stderr);
   t.match(remote.stdout, /page images: none here \(the data is with a page server\)/);

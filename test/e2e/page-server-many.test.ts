@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ROOT, runRestore, startPageServer } from '../../src/target/run';
 import { netnsWhy } from '../helpers/criu-restore';
-import { BASE, assertRestored, makeImages, tempDir } from '../helpers/restore';
+import { BASE, assertRestored, makeImages, tempDir, withoutPages } from '../helpers/restore';
 
 const NETNS = path.join(ROOT, 'scripts/netns.sh');
 // A namespace set of our own: other remote tests run at the same time and take theirs down.
@@ -43,9 +43,7 @@ t.test('8 restores at once from two network namespaces against one page server',
       ],
     })),
   });
-  const local = path.join(dir, 'local');
-  fs.mkdirSync(local);
-  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const local = withoutPages(full, dir);
 
   const server = await startPageServer(full, {
     address: SRC_IP,

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runRestore, startPageServer, type PageServerProcess, type RestoreRunOptions } from '../../src/target/run';
 import { freePort } from '../helpers/criu-restore';
-import { BASE, MiB, assertRestored, assertStopped, makeImages, tempDir } from '../helpers/restore';
+import { BASE, MiB, assertRestored, assertStopped, makeImages, tempDir, withoutPages } from '../helpers/restore';
 
 /** Three 32 MiB processes; the restoring side has no pages files, so every page crosses the link. */
 function images(t: Test, name: string): { full: string; local: string; dir: string } {
@@ -18,9 +18,7 @@ function images(t: Test, name: string): { full: string; local: string; dir: stri
       regions: [{ name: 'dense', start: BASE, pages: 32 * MiB, kind: 'dense' as const, seed: 70 + pid }],
     })),
   });
-  const local = path.join(dir, 'local');
-  fs.mkdirSync(local);
-  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const local = withoutPages(full, dir);
   return { full, local, dir };
 }
 

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { ROOT, runRestore, startPageServer, type RestoreRunOptions } from '../../src/target/run';
 import { freePort } from '../helpers/criu-restore';
-import { BASE, MiB, assertRestored, assertStopped, makeImages, tempDir } from '../helpers/restore';
+import { BASE, MiB, assertRestored, assertStopped, makeImages, tempDir, withoutPages } from '../helpers/restore';
 
 const NETNS = path.join(ROOT, 'scripts/netns.sh');
 const SRC = ['ip', 'netns', 'exec', 'fl-src'];
@@ -32,9 +32,7 @@ function images(t: Test, name: string, pagesEach: number): { full: string; local
       ],
     })),
   });
-  const local = path.join(dir, 'local');
-  fs.mkdirSync(local);
-  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const local = withoutPages(full, dir);
   return { full, local, dir };
 }
 

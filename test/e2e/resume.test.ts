@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runRestore, startPageServer, type RestoreResult } from '../../src/target/run';
-import { MiB, assertRestored, denseTree, killMoments, makeImages, stopOutcome, tempDir } from '../helpers/restore';
+import { MiB, assertRestored, denseTree, killMoments, makeImages, stopOutcome, tempDir, withoutPages } from '../helpers/restore';
 
 const PROCESSES = 3;
 
@@ -76,9 +76,7 @@ t.test('a remote restore resumed: the new daemon dials the same page server, eve
   const dir = tempDir(t, 'resume-remote');
   const full = makeImages(dir, denseTree(2, 48 * MiB));
   // the daemon's side has no pages files: every page crosses the connection, before and after the kill
-  const local = path.join(dir, 'local');
-  fs.mkdirSync(local);
-  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  const local = withoutPages(full, dir);
   const server = await startPageServer(full);
   t.teardown(() => server.stop());
   const source = ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)];

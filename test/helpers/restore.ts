@@ -114,6 +114,17 @@ export function stopOutcome(r: RestoreResult): { mismatches: number; killed: num
 }
 
 /**
+ * The restoring side of a remote restore: `full`'s images without its pages files (the page server
+ * has them), in <dir>/local.
+ */
+export function withoutPages(full: string, dir: string): string {
+  const local = path.join(dir, 'local');
+  fs.mkdirSync(local);
+  for (const f of fs.readdirSync(full)) if (!f.startsWith('pages-')) fs.copyFileSync(path.join(full, f), path.join(local, f));
+  return local;
+}
+
+/**
  * How many kills a kill test makes: FAULTLINE_KILL_RUNS, else `byDefault` (kept small for `npm test`;
  * each CI run draws new moments, and a long soak is FAULTLINE_KILL_RUNS=200).
  */
