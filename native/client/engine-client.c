@@ -179,15 +179,20 @@ static const struct opt OPTS[] = {
 };
 #pragma GCC diagnostic pop
 
-static _Noreturn void usage_error(const char *fmt, ...) {
+/* "faultline: error: …" on stderr in one write, as the Node client's lines. */
+static void error_line(const char *fmt, va_list ap) {
   struct buf b = {0};
-  va_list ap;
-  va_start(ap, fmt);
   puts_(&b, "faultline: error: ");
   vputf(&b, fmt, ap);
-  va_end(ap);
   puts_(&b, "\n");
   write_all(2, b.p, b.n);
+}
+
+static _Noreturn void usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  error_line(fmt, ap);
+  va_end(ap);
   exit(2);
 }
 
@@ -371,14 +376,10 @@ static const char *engine_at;   /* the engine socket, resolved */
 
 /* The end of a restore that did not complete: one line on stderr, and {ok:false} on stdout with --json. */
 static _Noreturn void fail(const char *json_error, const char *fmt, ...) {
-  struct buf b = {0};
   va_list ap;
   va_start(ap, fmt);
-  puts_(&b, "faultline: error: ");
-  vputf(&b, fmt, ap);
+  error_line(fmt, ap);
   va_end(ap);
-  puts_(&b, "\n");
-  write_all(2, b.p, b.n);
   if (json_error && o.json) {
     struct buf j = {0};
     puts_(&j, "{\"ok\":false,\"error\":");
