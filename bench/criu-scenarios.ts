@@ -10,7 +10,7 @@ import { criuRestoreLazy, firstCriuError, startLazyDaemon, startPageServer, stde
 import { descendants, expectedPages, killTree, signalTree, waitResults, type WorkloadAction, type WorkloadResult } from '../src/criu/workload';
 import { startDaemon } from '../src/target/run';
 import { writeTargetPlan } from '../src/target/plan';
-import { readTimed } from './fanout-measure';
+import { nowMs, readTimed } from './fanout-measure';
 
 /**
  * The daemons compared. 'baseline' is native/bin/faultline-baseline (CRIU's policy in small C) fed a
@@ -374,11 +374,6 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
 }
 
 type FaultlineSummary = { faults: number; pagesByFault: number; pagesByFill: number; lazyPages: number; cpuMs: number; startToFirstFaultMs?: number };
-
-/** Wall clock in ms (sub-ms), on the clock of Date.now() and the workload's CLOCK_REALTIME stamps. */
-function nowMs(): number {
-  return performance.timeOrigin + performance.now();
-}
 
 /**
  * criu lazy-pages at -v4: each line starts with "(SS.UUUUUU)", the time since criu started, and a

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuDump, criuRestoreLazy, firstCriuError, startLazyDaemon, stderrReason, type DaemonExit, type LazyDaemon } from '../src/criu/run';
 import { expectedPages, killTree, signalTree, startWorkload, waitResults, type WorkloadResult } from '../src/criu/workload';
-import { CLIENT_NAME, ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, pct, readTimed, reduceRows, round, timedWrap, type EngineClient, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
+import { CLIENT_NAME, type EngineClient, type EngineProcess, fanoutRound, type FanoutRun, killLeftovers, nowMs, pct, type ProcSampler, readTimed, reduceRows, type RestoreRow, round, timedWrap } from './fanout-measure';
 
 export interface FanoutDump {
   images: string;
@@ -148,43 +148,35 @@ export async function warmCriu(d: FanoutDump, o: CriuFanoutOptions): Promise<voi
 export async function runCriuFanout(d: FanoutDump, setup: FanoutRun['setup'], n: number, o: CriuFanoutOptions): Promise<FanoutRun> {
   const root = path.join(o.work, `criu-${setup}-${n}`);
   fs.rmSync(root, { recursive: true, force: true });
-  let engine: EngineProcess | undefined;
-  const wrappers: ChildProcess[] = [];
-  try {
-    let cpu0 = 0;
-    let warmup: number | undefined;
-    if (setup === 'engine') {
-      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, !!o.coldEngine, (e) => restoreOne(d, 'engine', path.join(root, 'warm'), 0, nowMs(), e, undefined, [], o.engineClient), o.log));
-    }
-    const sampler = new ProcSampler(engine?.pid);
-    const t0 = nowMs();
-    const rows = await Promise.all(Array.from({ length: n }, (_, i) => restoreOne(d, setup, path.join(root, `r${i}`), i, t0, engine, sampler, wrappers, o.engineClient)));
-    sampler.stop();
-    const touches = rows.flatMap((r) => r.firstTouchMs.map((ms) => ms * 1000));
-    const base = reduceRows(rows);
-    const done = rows.map((r) => r.doneMs).filter((x): x is number => typeof x === 'number');
-    const run: FanoutRun = {
-      group: 'criu',
-      setup,
-      n,
-      ...base,
-      ...(done.length ? { allVerifiedMs: round(Math.max(...done)) } : {}),
-      firstTouchUs: {
-        what: "per restored process: SIGUSR1 → its first verified word (the workload's t_first_verified_ns − t_signal_ns), over every process of every restore",
-        count: touches.length,
-        p50: round(pct(touches, 50)),
-        p99: round(pct(touches, 99)),
-        max: round(Math.max(...touches)),
-      },
-      ...daemonTotals(engine, cpu0, rows, sampler),
-      ...(warmup !== undefined ? { warmup } : {}),
-      restores: rows.map(({ firstTouchMs: _f, doneMs: _d, ...r }) => ({ ...r, endMs: round(r.endMs), cpuMs: round(r.cpuMs) })),
-    };
-    if (run.ok) fs.rmSync(root, { recursive: true, force: true });
-    return run;
-  } finally {
-    killLeftovers(wrappers);
-    const e = await engine?.stop();
-    if (e && e.code !== 0) o.log(`  faultline serve exited ${e.code ?? e.signal}: ${e.stderr.trim().split('\n').pop()}`);
-  }
+  const { rows, totals, warmup } = await fanoutRound({
+    root,
+    n,
+    engine: setup === 'engine',
+    coldEngine: !!o.coldEngine,
+    log: o.log,
+    warm: (e) => restoreOne(d, 'engine', path.join(root, 'warm'), 0, nowMs(), e, undefined, [], o.engineClient),
+    restore: (i, t0, engine, sampler, wrappers) => restoreOne(d, setup, path.join(root, `r${i}`), i, t0, engine, sampler, wrappers, o.engineClient),
+  });
+  const touches = rows.flatMap((r) => r.firstTouchMs.map((ms) => ms * 1000));
+  const base = reduceRows(rows);
+  const done = rows.map((r) => r.doneMs).filter((x): x is number => typeof x === 'number');
+  const run: FanoutRun = {
+    group: 'criu',
+    setup,
+    n,
+    ...base,
+    ...(done.length ? { allVerifiedMs: round(Math.max(...done)) } : {}),
+    firstTouchUs: {
+      what: "per restored process: SIGUSR1 → its first verified word (the workload's t_first_verified_ns − t_signal_ns), over every process of every restore",
+      count: touches.length,
+      p50: round(pct(touches, 50)),
+      p99: round(pct(touches, 99)),
+      max: round(Math.max(...touches)),
+    },
+    ...totals,
+    ...(warmup !== undefined ? { warmup } : {}),
+    restores: rows.map(({ firstTouchMs: _f, doneMs: _d, ...r }) => ({ ...r, endMs: round(r.endMs), cpuMs: round(r.cpuMs) })),
+  };
+  if (run.ok) fs.rmSync(root, { recursive: true, force: true });
+  return run;
 }

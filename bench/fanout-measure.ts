@@ -303,7 +303,7 @@ export function reduceRows(rows: RestoreRow[]): Pick<FanoutRun, 'ok' | 'errors' 
  * The engine set-up of a fan-out run: a fresh `faultline serve`, warmed by one unmeasured restore
  * (`warm`) unless cold, its peak RSS reset, and its CPU so far (what the N restores add is theirs).
  */
-export async function prepareEngine(root: string, n: number, cold: boolean, warm: (e: EngineProcess) => Promise<{ ok: boolean; error?: string }>, log: (l: string) => void): Promise<{ engine: EngineProcess; warmup: number; cpu0: number }> {
+async function prepareEngine(root: string, n: number, cold: boolean, warm: (e: EngineProcess) => Promise<{ ok: boolean; error?: string }>, log: (l: string) => void): Promise<{ engine: EngineProcess; warmup: number; cpu0: number }> {
   const engine = await startEngine(path.join(root, 'engine'), Math.max(32, n));
   let warmup = 0;
   if (!cold) {
@@ -315,8 +315,45 @@ export async function prepareEngine(root: string, n: number, cold: boolean, warm
   return { engine, warmup, cpu0: engine.cpuMs() };
 }
 
+export interface RoundOptions<R extends RestoreRow> {
+  root: string;
+  n: number;
+  /** served by one `faultline serve` (else each restore starts its own daemon) */
+  engine: boolean;
+  coldEngine: boolean;
+  log: (line: string) => void;
+  /** the engine's unmeasured warm-up restore */
+  warm: (engine: EngineProcess) => Promise<{ ok: boolean; error?: string }>;
+  /** restore i of the round, all started at t0; a daemon it starts goes into wrappers */
+  restore: (i: number, t0: number, engine: EngineProcess | undefined, sampler: ProcSampler, wrappers: ChildProcess[]) => Promise<R>;
+}
+
+/**
+ * One round of a fan-out run, the same for the restore target and real CRIU: the engine (if any)
+ * set up, N restores at once, the daemons' totals taken before the engine stops, and whatever a
+ * failed restore left running killed.
+ */
+export async function fanoutRound<R extends RestoreRow>(o: RoundOptions<R>): Promise<{ rows: R[]; totals: ReturnType<typeof daemonTotals>; warmup?: number }> {
+  let engine: EngineProcess | undefined;
+  const wrappers: ChildProcess[] = [];
+  try {
+    let cpu0 = 0;
+    let warmup: number | undefined;
+    if (o.engine) ({ engine, warmup, cpu0 } = await prepareEngine(o.root, o.n, o.coldEngine, o.warm, o.log));
+    const sampler = new ProcSampler(engine?.pid);
+    const t0 = nowMs();
+    const rows = await Promise.all(Array.from({ length: o.n }, (_, i) => o.restore(i, t0, engine, sampler, wrappers)));
+    sampler.stop();
+    return { rows, totals: daemonTotals(engine, cpu0, rows, sampler), ...(warmup !== undefined ? { warmup } : {}) };
+  } finally {
+    killLeftovers(wrappers);
+    const e = await engine?.stop();
+    if (e && e.code !== 0) o.log(`  faultline serve exited ${e.code ?? e.signal}: ${e.stderr.trim().split('\n').pop()}`);
+  }
+}
+
 /** The daemons' side of a fan-out run: the engine's process, or the sum over stand-alone daemons; the engine's clients apart. */
-export function daemonTotals(engine: EngineProcess | undefined, cpu0: number, rows: RestoreRow[], sampler: ProcSampler): { daemonCpuMs: number; daemonPeakRssMiB: number; daemonPeakAnonMiB: number; clients?: { cpuMs: number; peakRssMiB: number } } {
+function daemonTotals(engine: EngineProcess | undefined, cpu0: number, rows: RestoreRow[], sampler: ProcSampler): { daemonCpuMs: number; daemonPeakRssMiB: number; daemonPeakAnonMiB: number; clients?: { cpuMs: number; peakRssMiB: number } } {
   const sum = (f: (r: RestoreRow) => number) => rows.reduce((a, r) => a + f(r), 0);
   return {
     daemonCpuMs: round(engine ? engine.cpuMs() - cpu0 : sum((r) => r.cpuMs)),

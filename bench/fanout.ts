@@ -25,7 +25,7 @@ import { checkUffdAvailable } from '../src/cli/preflight';
 import type { GenerateSpec } from '../src/images';
 import { imagesFor } from './harness';
 import { dumpForFanout, runCriuFanout, warmCriu, type FanoutDump } from './fanout-criu';
-import { CLIENT_NAME, HAS_GNU_TIME, ProcSampler, daemonTotals, killLeftovers, prepareEngine, nowMs, readTimed, reduceRows, round, timedWrap, type EngineClient, type EngineProcess, type FanoutRun, type RestoreRow } from './fanout-measure';
+import { CLIENT_NAME, type EngineClient, type EngineProcess, fanoutRound, type FanoutRun, HAS_GNU_TIME, nowMs, type ProcSampler, readTimed, reduceRows, type RestoreRow, round, timedWrap } from './fanout-measure';
 
 const PAGES_PER_MIB = 256;
 const BASE = 0x2000_0000_0000;
@@ -153,45 +153,37 @@ async function runTargetFanout(images: string, setup: 'engine' | 'standalone', n
   const root = path.join(c.work, `target-${setup}-${n}`);
   fs.rmSync(root, { recursive: true, force: true });
   fs.mkdirSync(root, { recursive: true });
-  let engine: EngineProcess | undefined;
-  const wrappers: ChildProcess[] = [];
-  try {
-    let cpu0 = 0;
-    let warmup: number | undefined;
-    if (setup === 'engine') {
-      ({ engine, warmup, cpu0 } = await prepareEngine(root, n, c.coldEngine, (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHistogram(), 'engine', e, undefined, [], c.engineClient), c.log));
-    }
-    const sampler = new ProcSampler(engine?.pid);
-    const hist = newHistogram();
-    const t0 = nowMs();
-    const rows = await Promise.all(Array.from({ length: n }, (_, i) => targetRestore(images, path.join(root, `r${i}`), i, t0, hist, setup, engine, sampler, wrappers, c.engineClient)));
-    sampler.stop();
-    const us = (p: number) => round(hist.getValueAtPercentile(p) / 1000, 1);
-    const run: FanoutRun = {
-      group: 'target',
-      setup,
-      n,
-      ...reduceRows(rows),
-      firstTouchUs: {
-        what: TARGET_WRITES_LATENCIES
-          ? 'first touch of every page a restored thread touched (restore target --latency-file), over all restores'
-          : 'per-process first-touch p50 weighted by touches (this restore target cannot write latency files)',
-        count: hist.totalCount,
-        p50: us(50),
-        p99: us(99),
-        max: round(hist.maxValue / 1000, 1),
-      },
-      ...daemonTotals(engine, cpu0, rows, sampler),
-      ...(warmup !== undefined ? { warmup } : {}),
-      restores: rows.map((r) => ({ ...r, endMs: round(r.endMs), cpuMs: round(r.cpuMs) })),
-    };
-    if (run.ok) fs.rmSync(root, { recursive: true, force: true });
-    return run;
-  } finally {
-    killLeftovers(wrappers);
-    const e = await engine?.stop();
-    if (e && e.code !== 0) c.log(`  faultline serve exited ${e.code ?? e.signal}: ${e.stderr.trim().split('\n').pop()}`);
-  }
+  const hist = newHistogram();
+  const { rows, totals, warmup } = await fanoutRound({
+    root,
+    n,
+    engine: setup === 'engine',
+    coldEngine: c.coldEngine,
+    log: c.log,
+    warm: (e) => targetRestore(images, path.join(root, 'warm'), 0, nowMs(), newHistogram(), 'engine', e, undefined, [], c.engineClient),
+    restore: (i, t0, engine, sampler, wrappers) => targetRestore(images, path.join(root, `r${i}`), i, t0, hist, setup, engine, sampler, wrappers, c.engineClient),
+  });
+  const us = (p: number) => round(hist.getValueAtPercentile(p) / 1000, 1);
+  const run: FanoutRun = {
+    group: 'target',
+    setup,
+    n,
+    ...reduceRows(rows),
+    firstTouchUs: {
+      what: TARGET_WRITES_LATENCIES
+        ? 'first touch of every page a restored thread touched (restore target --latency-file), over all restores'
+        : 'per-process first-touch p50 weighted by touches (this restore target cannot write latency files)',
+      count: hist.totalCount,
+      p50: us(50),
+      p99: us(99),
+      max: round(hist.maxValue / 1000, 1),
+    },
+    ...totals,
+    ...(warmup !== undefined ? { warmup } : {}),
+    restores: rows.map((r) => ({ ...r, endMs: round(r.endMs), cpuMs: round(r.cpuMs) })),
+  };
+  if (run.ok) fs.rmSync(root, { recursive: true, force: true });
+  return run;
 }
 
 const SETUP_NAME: Record<FanoutRun['setup'], string> = { engine: 'engine', standalone: 'stand-alone', criu: 'criu lazy-pages' };

@@ -65,8 +65,8 @@ export function runViaEngine(o: EngineRun): Promise<number> {
             });
             break;
           case 'done':
-            // The engine formats it (one text for every client); an engine older than this client does not.
-            process.stdout.write(e.stdout ?? (o.json ? JSON.stringify(e.summary) + '\n' : (require('../engine/summary') as typeof import('../engine/summary')).formatSummary(e.summary) + '\n'));
+            // The engine formats it: one text for every client, this one and the C one.
+            process.stdout.write(e.stdout);
             return end(0);
           case 'failed':
             return end(1, e.error, { ok: false, error: e.error });

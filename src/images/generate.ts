@@ -1,5 +1,6 @@
-import { PAGE_SIZE, PE_LAZY, PE_PRESENT } from './reader';
+import { PE_LAZY, PE_PRESENT } from './reader';
 import { EntrySpec, ProcessSpec, writeImageSet } from './writer';
+import { PAGE_SIZE } from '../address';
 
 export interface RegionSpec {
   name: string;

@@ -1,6 +1,5 @@
 export { ImageError } from './errors';
 export {
-  PAGE_SIZE,
   PE_PARENT,
   PE_LAZY,
   PE_PRESENT,

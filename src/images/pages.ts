@@ -1,11 +1,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { firstAbove, hex } from '../address';
+import { firstAbove, hex, PAGE_SIZE } from '../address';
 import { ImageError } from './errors';
 import {
   displayName,
   MmImage,
-  PAGE_SIZE,
   Pagemap,
   PagemapEntry,
   PE_LAZY,

@@ -5,7 +5,6 @@ import { ImageError } from './errors';
 import { decodeEntry, MAGIC, splitEntries, IMG_VERSION_V1, IMG_VERSION_V1_1 } from './framing';
 import { RawMessage } from './proto';
 
-export { PAGE_SIZE };
 
 /** PagemapEntry.flags bits (criu/include/pagemap.h). */
 export const PE_PARENT = 1;

@@ -2,7 +2,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { frameEntries, IMG_VERSION_V1_1, MAGIC } from './framing';
 import { encodeMessage } from './proto';
-import { MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PE_PRESENT, VMA_ANON_PRIVATE, VMA_AREA_REGULAR } from './reader';
+import { MAP_ANONYMOUS, MAP_PRIVATE, PE_PRESENT, VMA_ANON_PRIVATE, VMA_AREA_REGULAR } from './reader';
+import { PAGE_SIZE } from '../address';
 
 /** Fills `dst` (exactly nrPages*4096 bytes) with an entry's page data. */
 export type PageFiller = (dst: Buffer) => void;

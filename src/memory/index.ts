@@ -1,2 +1,2 @@
-export { PAGE_SIZE, MemoryMap, type LazyRange } from './memory-map';
+export { MemoryMap, type LazyRange } from './memory-map';
 export { MemoryMapError, MisalignedAddressError, InvalidRangeError, RangeOverlapError } from './errors';

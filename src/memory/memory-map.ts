@@ -2,8 +2,6 @@ import { InvalidRangeError, MisalignedAddressError, RangeOverlapError } from './
 
 import { PAGE_SIZE, firstAbove } from '../address';
 
-export { PAGE_SIZE };
-
 /**
  * One lazy piece of memory still to be copied. `start`/`end` are run-time addresses (they follow
  * mremap); `imgStart` is the dump-time address of `start`, i.e. where the bytes live in the images.

@@ -3,8 +3,6 @@
 // (CRIU writes host-order C structs), not network order.
 
 import { PAGE_SIZE, hex } from '../address';
-
-export { PAGE_SIZE };
 export const HEADER_SIZE = 32;
 
 export const PS_IOV_ADD = 1;

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { firstAbove, hex } from '../address';
+import { firstAbove, hex, PAGE_SIZE } from '../address';
 import { ImageError, ProcessImages, readInventory, readPstree, type OpenPagesFile } from '../images';
 import {
   CLOSE_REPLY_SIZE,
@@ -16,7 +16,6 @@ import {
   formatPeer,
   looksLikeTls,
   MAX_REQUEST_PAGES,
-  PAGE_SIZE,
   PageServerProtocolError,
   RequestParser,
   type Request,

@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { PAGE_SIZE, ProcessImages, ProcessImagesOptions, readInventory, readPstree } from '../images';
+import { ProcessImages, ProcessImagesOptions, readInventory, readPstree } from '../images';
+import { PAGE_SIZE } from '../address';
 
 export interface TargetPlanOptions {
   /** Passed to ProcessImages.open (page data itself is never read by the plan writer). */

@@ -1,14 +1,14 @@
 // One restored process as its worker sees it: the lazy ranges still missing (run-time addresses
 // that follow mremap, each with the dump-time address of its data), its uffd, and its fill cursor.
-import { firstAbove, hex } from '../address';
+import { firstAbove, hex, PAGE_SIZE } from '../address';
 import { MemoryMap, type LazyRange } from '../memory';
 import { newCounters, type ProcessCounters } from '../protocol/counters';
 import { native } from '../native';
 import type { AddressRange, PageSource } from '../source/page-source';
 import type { Tuning } from '../protocol/tuning';
-import { PAGE_SIZE, WorkerError, copy as copyIoctl, poison, unregister, wake, zeropage, type RunsResult } from './uffd-ops';
+import { WorkerError, copy as copyIoctl, poison, unregister, wake, zeropage, type RunsResult } from './uffd-ops';
 
-export { PAGE_SIZE, WorkerError };
+export { WorkerError };
 const pageDown = (a: number) => a - (a % PAGE_SIZE);
 
 /** ENOENT is normal for a moment after munmap (its event is read but not yet handled); not for long. */

@@ -7,8 +7,6 @@ import { hex } from '../address';
 
 import { PAGE_SIZE } from '../address';
 
-export { PAGE_SIZE };
-
 /**
  * - exists: that page is there already (a fault or another worker copied it): step over it;
  * - again: the mm is changing (an event is pending, EAGAIN) or the gate is closed: retry after the events;

@@ -9,10 +9,11 @@ import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { PAGE_SIZE, expectedPage } from '../../src/images';
+import { expectedPage } from '../../src/images';
 import { PageServer, type LogLevel, type PageServerOptions } from '../../src/server/page-server';
 import { encodeClose, encodeGet } from '../../src/protocol/page-server-wire';
 import { BASE, ROOT, makeImages, tempDir } from '../helpers/restore';
+import { PAGE_SIZE } from '../../src/address';
 
 const P = PAGE_SIZE;
 const PAGES = 2048;

@@ -7,10 +7,11 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { PAGE_SIZE, PE_LAZY, PE_PRESENT, ProcessImages, writeImageSet, type EntrySpec } from '../../src/images';
+import { PE_LAZY, PE_PRESENT, ProcessImages, writeImageSet, type EntrySpec } from '../../src/images';
 import { PageServer, type LogLevel } from '../../src/server/page-server';
 import { encodeClose, encodeGet, encodeHeader, PS_IOV_GET } from '../../src/protocol/page-server-wire';
 import { BASE, ROOT, tempDir } from '../helpers/restore';
+import { PAGE_SIZE } from '../../src/address';
 
 const P = PAGE_SIZE;
 const LAZY = PE_LAZY | PE_PRESENT;

@@ -3,7 +3,8 @@ import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { PAGE_SIZE, PE_LAZY, PE_PRESENT, writeImageSet } from '../../src/images';
+import { PE_LAZY, PE_PRESENT, writeImageSet } from '../../src/images';
+import { PAGE_SIZE } from '../../src/address';
 
 // Debian's crit (package criu) is an independent decoder of the image format.
 function findCrit(): string | null {

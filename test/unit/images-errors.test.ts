@@ -2,9 +2,10 @@ import t from 'tap';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ImageError, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, ProcessImages, readInventory, readMm, readPagemap, readPstree, writeImageSet } from '../../src/images';
+import { ImageError, PE_LAZY, PE_PARENT, PE_PRESENT, ProcessImages, readInventory, readMm, readPagemap, readPstree, writeImageSet } from '../../src/images';
 import { frameEntries, MAGIC } from '../../src/images/framing';
 import { encodeMessage } from '../../src/images/proto';
+import { PAGE_SIZE } from '../../src/address';
 
 const A = 0x7f6600000000;
 

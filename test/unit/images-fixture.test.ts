@@ -1,9 +1,9 @@
 import t from 'tap';
 import * as fs from 'fs';
 import * as path from 'path';
+import { PAGE_SIZE } from '../../src/address';
 import {
   expectedPage,
-  PAGE_SIZE,
   PE_LAZY,
   PE_PRESENT,
   ProcessImages,

@@ -2,7 +2,8 @@ import t from 'tap';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ImageError, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, ProcessImages, writeImageSet } from '../../src/images';
+import { ImageError, PE_LAZY, PE_PARENT, PE_PRESENT, ProcessImages, writeImageSet } from '../../src/images';
+import { PAGE_SIZE } from '../../src/address';
 
 const A = 0x7f5500000000;
 const P = (n: number) => A + n * PAGE_SIZE;

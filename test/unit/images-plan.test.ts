@@ -2,8 +2,9 @@ import t from 'tap';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { expectedPage, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT, readPstree, writeImageSet } from '../../src/images';
+import { expectedPage, PE_LAZY, PE_PARENT, PE_PRESENT, readPstree, writeImageSet } from '../../src/images';
 import { writeTargetPlan } from '../../src/target/plan';
+import { PAGE_SIZE } from '../../src/address';
 
 const IMG = path.resolve(__dirname, '../../../test/fixtures/criu-4.2-two-procs/img');
 

@@ -2,10 +2,10 @@ import t from 'tap';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { PAGE_SIZE } from '../../src/address';
 import {
   expectedPage,
   generateImageSet,
-  PAGE_SIZE,
   PE_LAZY,
   PE_PRESENT,
   ProcessImages,

@@ -1,6 +1,7 @@
 import t from 'tap';
 import fc from 'fast-check';
-import { MemoryMap, MemoryMapError, PAGE_SIZE, type LazyRange } from '../../src/memory';
+import { MemoryMap, MemoryMapError, type LazyRange } from '../../src/memory';
+import { PAGE_SIZE } from '../../src/address';
 
 /**
  * Model-based test: every operation is applied to a MemoryMap and to a page-by-page model

@@ -1,10 +1,10 @@
 import t from 'tap';
+import { PAGE_SIZE } from '../../src/address';
 import {
   InvalidRangeError,
   MemoryMap,
   MemoryMapError,
   MisalignedAddressError,
-  PAGE_SIZE,
   RangeOverlapError,
   type LazyRange,
 } from '../../src/memory';

@@ -4,8 +4,9 @@
 import t from 'tap';
 import { FillBudget } from '../../src/worker/fill-budget';
 import { BOARD_SLOTS, FillBoards, LeaseResult, LeaseState, createBoards } from '../../src/worker/fill-board';
-import { LazyProcess, PAGE_SIZE, WorkerError, type CopyGate } from '../../src/worker/lazy-process';
+import { LazyProcess, WorkerError, type CopyGate } from '../../src/worker/lazy-process';
 import { DEFAULT_TUNING } from '../../src/protocol/tuning';
+import { PAGE_SIZE } from '../../src/address';
 
 t.test('fill budget: faults earn the fill its share, a copy spends it, a fault never waits past the cap', async (t) => {
   let now = 1_000_000;
