@@ -42,9 +42,12 @@ static void GuardTaint(int uffd) {
 
 // The TAINT and CHILD sends above follow the read() of their event by a few microseconds; a daemon
 // killed in between leaves the guardian believing a tree resumable whose map changed, or whose child
-// it never heard of. This word, in a page shared with the guardian, counts drains between their
-// reads and their sends: a guardian that finds it non-zero after the daemon died does not wait for a
-// resume, it stops the tree (and every descendant).
+// it never heard of. This word, in a page shared with the guardian, is raised from just before each
+// read() until the sends its messages need are done, and lowered at once after a read that brought
+// page faults only (an unserved fault is no loss: a resumed daemon wakes every thread). A guardian
+// that finds it non-zero after the daemon died does not wait for a resume, it stops the tree (and
+// every descendant). Held per read, not per drain: a kill during a drain that only moved faults
+// would otherwise make a resumable tree look unresumable.
 static uint32_t *reading_word = nullptr;
 
 // guardReadingWord(): a memfd whose first word counts drains in progress, for the guardian to map.
@@ -162,7 +165,6 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
   double now = MonotonicNs();
   uint32_t touched = 0;
   uint32_t *word = __atomic_load_n(&reading_word, __ATOMIC_SEQ_CST);
-  if (word && n > 0) __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
   for (int i = 0; i < n; i++) {
     int fd = (int)(uint32_t)evs[i].data.u64;
     uint32_t ri = (uint32_t)(evs[i].data.u64 >> 32) - first;
@@ -194,11 +196,18 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
       if (room == 0) break;
       struct uffd_msg msgs[32];
       size_t want = room < 32 ? room : 32;
+      if (word) __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
       ssize_t got = read(fd, msgs, want * sizeof msgs[0]);
-      if (got < 0 && errno == EAGAIN) break;
-      if (got < 0 && errno == EINTR) continue;
+      int read_errno = errno;
+      // a malformed read is an error record below, with nothing for the guardian to hear of
+      size_t nmsg = got > 0 && got % sizeof msgs[0] == 0 ? (size_t)got / sizeof msgs[0] : 0;
+      bool events = false;
+      for (size_t k = 0; k < nmsg; k++) events |= msgs[k].event != UFFD_EVENT_PAGEFAULT;
+      if (word && !events) __atomic_sub_fetch(word, 1, __ATOMIC_SEQ_CST);
+      if (got < 0 && read_errno == EAGAIN) break;
+      if (got < 0 && read_errno == EINTR) continue;
       if (got <= 0 || got % sizeof msgs[0]) {
-        int err = got < 0 ? errno : (got == 0 ? 0 : EIO);
+        int err = got < 0 ? read_errno : (got == 0 ? 0 : EIO);
         epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nullptr);
         uint8_t *s = Slot(r, head++);
         *(uint32_t *)(s + REC_KIND_OFFSET) = REC_UFFD_ERROR;
@@ -220,6 +229,8 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
         *(double *)(s + REC_TIME_OFFSET) = now;
         memcpy(s + REC_PAYLOAD_OFFSET, &msgs[k], sizeof msgs[k]);
       }
+      // the guardian has heard of every FORK and REMAP/REMOVE/UNMAP of this read
+      if (word && events) __atomic_sub_fetch(word, 1, __ATOMIC_SEQ_CST);
       if ((size_t)got < want * sizeof msgs[0]) break;
     }
     if (head != __atomic_load_n(r->head, __ATOMIC_RELAXED)) {
@@ -233,7 +244,6 @@ static Napi::Value Drain(const Napi::CallbackInfo &info) {
     if (rings[i].state == 1 || rings[i].state == 0) __atomic_store_n(rings[i].want_read, 0, __ATOMIC_SEQ_CST);
     if (rings[i].state == 1) __atomic_store_n(rings[i].reading, 0, __ATOMIC_SEQ_CST);
   }
-  if (word && n > 0) __atomic_sub_fetch(word, 1, __ATOMIC_SEQ_CST);
   return Napi::Number::New(env, touched);
 }
 
