@@ -288,18 +288,23 @@ export async function fanout(argv: string[]): Promise<number> {
     .option('--mib <n>', 'checkpoint size in MiB (overrides --quick)')
     .option('--json', 'the report as JSON on stdout (progress on stderr)')
     .option('--no-criu', 'leave out the real-CRIU set-ups')
+    .option('--setups <list>', 'which set-ups to run, comma-separated: engine, standalone, criu (profiling one of them)', 'engine,standalone,criu')
     .option('--criu-max-n <n>', 'largest N for real CRIU (larger N are left out, said so)', '8')
     .option('--cold-engine', "no warm-up restore through each engine before the measured ones")
     .option('--engine-client <c|node>', "the engine's clients: native/bin/faultline-engine-client (c) or `faultline lazy-pages --engine` (node)", process.env.FAULTLINE_BENCH_ENGINE_CLIENT ?? 'c')
     .option('--work <dir>', 'checkpoints and scratch', path.join(os.tmpdir(), 'faultline-bench', 'fanout'))
     .option('--out <file>', 'also write the JSON report to this file')
     .parse(argv, { from: 'user' })
-    .opts<{ n: string; quick?: boolean; mib?: string; json?: boolean; criu: boolean; criuMaxN: string; coldEngine?: boolean; engineClient: string; work: string; out?: string }>();
+    .opts<{ n: string; quick?: boolean; mib?: string; json?: boolean; criu: boolean; criuMaxN: string; setups: string; coldEngine?: boolean; engineClient: string; work: string; out?: string }>();
   const ns = o.n.split(',').filter(Boolean).map(Number);
   if (!ns.length || ns.some((n) => !Number.isInteger(n) || n < 1 || n > 256)) throw new Error(`--n: a comma-separated list of whole numbers 1-256, got '${o.n}'`);
   const mib = o.mib ? Number(o.mib) : o.quick ? 32 : 256;
   if (!Number.isInteger(mib) || mib < 4) throw new Error(`--mib: a whole number ≥ 4, got '${o.mib}'`);
   const criuMaxN = Number(o.criuMaxN);
+  const setups = o.setups.split(',').filter(Boolean);
+  const unknownSetup = setups.find((x) => !['engine', 'standalone', 'criu'].includes(x));
+  if (!setups.length || unknownSetup !== undefined) throw new Error(`--setups: a comma-separated list of engine, standalone, criu, got '${o.setups}'`);
+  const wanted = (x: FanoutRun['setup']) => setups.includes(x);
   const log = (l: string) => (o.json ? process.stderr : process.stdout).write(l + '\n');
   checkUffdAvailable();
   const work = path.resolve(o.work);
@@ -338,7 +343,7 @@ export async function fanout(argv: string[]): Promise<number> {
   for (const f of ['warm', 'warm.times', 'warm.times.rss']) fs.rmSync(path.join(work, f), { recursive: true, force: true });
   for (const [k, n] of ns.entries()) {
     const order: ('engine' | 'standalone')[] = k % 2 === 0 ? ['engine', 'standalone'] : ['standalone', 'engine'];
-    for (const setup of order) {
+    for (const setup of order.filter(wanted)) {
       const r = await runTargetFanout(images, setup, n, c).catch((e: Error) => failedRun('target', setup, n, e.message));
       report.runs.push(r);
       log(`  fanout-${n} ${SETUP_NAME[setup].padEnd(11)}: ${describe(r)}`);
@@ -379,7 +384,7 @@ export async function fanout(argv: string[]): Promise<number> {
         for (const [k, n] of criuNs.entries()) {
           const all: FanoutRun['setup'][] = ['criu', 'standalone', 'engine'];
           const order = [...all.slice(k % 3), ...all.slice(0, k % 3)];
-          for (const setup of order) {
+          for (const setup of order.filter(wanted)) {
             const r = await runCriuFanout(d, setup, n, c).catch((e: Error) => failedRun('criu', setup, n, e.message));
             report.runs.push(r);
             log(`  criu-fanout-${n} ${SETUP_NAME[setup].padEnd(15)}: ${describe(r)}`);
