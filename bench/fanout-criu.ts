@@ -13,7 +13,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { criuDump, criuRestoreLazy, firstCriuError, startLazyDaemon, stderrReason, type DaemonExit, type LazyDaemon } from '../src/criu/run';
 import { expectedPages, killTree, signalTree, startWorkload, waitResults, type WorkloadResult } from '../src/criu/workload';
-import { CLIENT_NAME, type EngineClient, type EngineProcess, fanoutRound, type FanoutRun, killLeftovers, nowMs, pct, type ProcSampler, readTimed, reduceRows, type RestoreRow, round, timedWrap } from './fanout-measure';
+import { CLIENT_NAME, type EngineClient, type EngineProcess, fanoutRound, type FanoutRun, killLeftovers, nowMs, pct, procCpuMs, type ProcSampler, readTimed, reduceRows, type RestoreRow, round, timedWrap } from './fanout-measure';
+import { descendants } from '../src/criu/workload';
 
 export interface FanoutDump {
   images: string;
@@ -89,6 +90,7 @@ async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string
   const out = path.join(work, 'out');
   fs.mkdirSync(out, { recursive: true });
   const timesFile = path.join(work, 'daemon.times');
+  const restoreTimesFile = path.join(work, 'restore.times');
   const name = setup === 'criu' ? 'criu lazy-pages' : setup === 'engine' ? CLIENT_NAME[client].replace(/`/g, '') : 'faultline lazy-pages';
   let lazy: LazyDaemon | undefined;
   let restored: { rootHostPid: number; rootStartTime?: string } | undefined;
@@ -99,7 +101,7 @@ async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string
     await lazy.ready;
     let ended: DaemonExit | undefined;
     void lazy.exit.then((e) => (ended = e));
-    const r = await criuRestoreLazy(d.images, { workDir: work, wrap: bindWrap(out, d.out), timeoutMs: 300_000 });
+    const r = await criuRestoreLazy(d.images, { workDir: work, wrap: [...timedWrap(restoreTimesFile), ...bindWrap(out, d.out)], timeoutMs: 300_000 });
     restored = r;
     signalTree(r.rootHostPid, 'SIGUSR1');
     const results = await waitResults(out, d.procs, 600_000, () => (ended ? daemonFailure(lazy!, name, ended) : undefined));
@@ -108,6 +110,10 @@ async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string
     row.mismatches = results.reduce((a, x) => a + x.mismatches, 0);
     row.firstTouchMs = results.map((x) => (x.t_first_verified_ns - x.t_signal_ns) / 1e6);
     row.doneMs = Math.max(...results.map((x) => x.t_done_ns / 1e6)) - t0;
+    // the tree's own CPU: criu restore's (and the restorer's it waited for), then the detached tree's,
+    // read while it still lives (each process's stat counts its exited threads)
+    const restoreCpu = readTimed(restoreTimesFile)?.cpuMs;
+    if (restoreCpu !== undefined) row.treeCpuMs = restoreCpu + [r.rootHostPid, ...descendants(r.rootHostPid)].reduce((a, p) => a + procCpuMs(p), 0);
     const why = daemonFailure(lazy, name, e) ?? verification(d, results);
     if (why) return { ...row, error: why };
     const t = readTimed(timesFile);

@@ -234,6 +234,8 @@ export interface RestoreRow {
   timeToRestoredMs?: number;
   /** the per-restore process: daemon, or client of the engine */
   cpuMs: number;
+  /** the restored tree's own CPU (restore target: it and every process it forked), when measured */
+  treeCpuMs?: number;
   maxRssKiB: number;
   verifiedPages: number;
   mismatches: number;
@@ -270,6 +272,8 @@ export interface FanoutRun {
   clients?: { cpuMs: number; peakRssMiB: number };
   /** engine set-ups: restores served before the measured ones (0 with --cold-engine) */
   warmup?: number;
+  /** the restored trees' own CPU, summed (restore target runs); what no daemon can take away */
+  treesCpuMs?: number;
   verifiedPages: number;
   mismatches: number;
   restores: RestoreRow[];
@@ -287,13 +291,14 @@ export function pct(xs: number[], p: number): number {
 }
 
 /** The figures of a run from its rows; daemon CPU and RSS are the caller's (they differ for the engine). */
-export function reduceRows(rows: RestoreRow[]): Pick<FanoutRun, 'ok' | 'errors' | 'allRestoredMs' | 'timeToRestoredMs' | 'verifiedPages' | 'mismatches'> {
+export function reduceRows(rows: RestoreRow[]): Pick<FanoutRun, 'ok' | 'errors' | 'allRestoredMs' | 'timeToRestoredMs' | 'treesCpuMs' | 'verifiedPages' | 'mismatches'> {
   const ttr = rows.map((r) => r.timeToRestoredMs).filter((x): x is number => typeof x === 'number');
   return {
     ok: rows.every((r) => r.ok),
     errors: rows.filter((r) => !r.ok).map((r) => `restore ${r.i}: ${r.error}`),
     allRestoredMs: round(Math.max(...rows.map((r) => r.endMs))),
     ...(ttr.length ? { timeToRestoredMs: { p50: round(pct(ttr, 50)), max: round(Math.max(...ttr)) } } : {}),
+    ...(rows.every((r) => r.treeCpuMs !== undefined) ? { treesCpuMs: round(rows.reduce((a, r) => a + r.treeCpuMs!, 0)) } : {}),
     verifiedPages: rows.reduce((a, r) => a + r.verifiedPages, 0),
     mismatches: rows.reduce((a, r) => a + r.mismatches, 0),
   };

@@ -144,6 +144,7 @@ async function targetRestore(images: string, work: string, i: number, t0: number
     endMs: timed!.endMs - t0,
     timeToRestoredMs: s!.timeToRestoredMs,
     cpuMs: timed!.cpuMs,
+    ...(t!.cpuMs !== undefined ? { treeCpuMs: t!.cpuMs } : {}),
     // a stand-alone daemon's own getrusage at its end is its peak; an engine client's summary is the engine's
     maxRssKiB: Math.max(timed!.maxRssKiB ?? 0, setup === 'standalone' ? s!.maxRssKiB : 0, sampler?.hwmKiB(i) ?? 0),
   };
@@ -215,6 +216,14 @@ const METRICS: MetricDef[] = [
   { key: 'daemonCpuMs', label: 'daemon CPU, total', unit: 'ms', get: (r) => r.daemonCpuMs },
   { key: 'daemonPeakRssMiB', label: 'daemon peak RSS, total', unit: 'MiB', get: (r) => r.daemonPeakRssMiB },
   { key: 'daemonPeakAnonMiB', label: 'daemon anon RSS, peak of sum', unit: 'MiB', get: (r) => r.daemonPeakAnonMiB },
+  { key: 'treesCpuMs', label: "restored trees' CPU, total", unit: 'ms', get: (r) => r.treesCpuMs },
+  {
+    key: 'cpuBoundMs',
+    label: '(daemon + trees CPU) / CPUs',
+    unit: 'ms',
+    // the least time until all restored on this machine were every CPU busy throughout
+    get: (r, withClients) => (r.treesCpuMs === undefined ? undefined : (r.daemonCpuMs + r.treesCpuMs + (withClients ? (r.clients?.cpuMs ?? 0) : 0)) / os.availableParallelism()),
+  },
   { key: 'cpuWithClientsMs', label: 'CPU incl. engine clients', unit: 'ms', get: (r) => r.daemonCpuMs + (r.clients?.cpuMs ?? 0) },
   { key: 'rssWithClientsMiB', label: 'peak RSS incl. engine clients', unit: 'MiB', get: (r) => r.daemonPeakRssMiB + (r.clients?.peakRssMiB ?? 0) },
 ];
@@ -288,6 +297,7 @@ export async function fanout(argv: string[]): Promise<number> {
     .option('--mib <n>', 'checkpoint size in MiB (overrides --quick)')
     .option('--json', 'the report as JSON on stdout (progress on stderr)')
     .option('--no-criu', 'leave out the real-CRIU set-ups')
+    .option('--no-target', 'leave out the restore-target set-ups (only real CRIU)')
     .option('--setups <list>', 'which set-ups to run, comma-separated: engine, standalone, criu (profiling one of them)', 'engine,standalone,criu')
     .option('--criu-max-n <n>', 'largest N for real CRIU (larger N are left out, said so)', '8')
     .option('--cold-engine', "no warm-up restore through each engine before the measured ones")
@@ -295,7 +305,7 @@ export async function fanout(argv: string[]): Promise<number> {
     .option('--work <dir>', 'checkpoints and scratch', path.join(os.tmpdir(), 'faultline-bench', 'fanout'))
     .option('--out <file>', 'also write the JSON report to this file')
     .parse(argv, { from: 'user' })
-    .opts<{ n: string; quick?: boolean; mib?: string; json?: boolean; criu: boolean; criuMaxN: string; setups: string; coldEngine?: boolean; engineClient: string; work: string; out?: string }>();
+    .opts<{ n: string; quick?: boolean; mib?: string; json?: boolean; criu: boolean; criuMaxN: string; target: boolean; setups: string; coldEngine?: boolean; engineClient: string; work: string; out?: string }>();
   const ns = o.n.split(',').filter(Boolean).map(Number);
   if (!ns.length || ns.some((n) => !Number.isInteger(n) || n < 1 || n > 256)) throw new Error(`--n: a comma-separated list of whole numbers 1-256, got '${o.n}'`);
   const mib = o.mib ? Number(o.mib) : o.quick ? 32 : 256;
@@ -341,7 +351,7 @@ export async function fanout(argv: string[]): Promise<number> {
   const warm = await targetRestore(images, path.join(work, 'warm'), 0, nowMs(), newHistogram(), 'standalone');
   if (!warm.ok) throw new Error(`warm-up restore failed: ${warm.error}`);
   for (const f of ['warm', 'warm.times', 'warm.times.rss']) fs.rmSync(path.join(work, f), { recursive: true, force: true });
-  for (const [k, n] of ns.entries()) {
+  for (const [k, n] of (o.target ? ns : []).entries()) {
     const order: ('engine' | 'standalone')[] = k % 2 === 0 ? ['engine', 'standalone'] : ['standalone', 'engine'];
     for (const setup of order.filter(wanted)) {
       const r = await runTargetFanout(images, setup, n, c).catch((e: Error) => failedRun('target', setup, n, e.message));

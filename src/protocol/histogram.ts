@@ -7,21 +7,29 @@ import type JsHistogram from 'hdr-histogram-js/dist/JsHistogram';
 
 export type Histogram = JsHistogram;
 
-/** Nanosecond latencies, 3 significant digits, growing as needed. */
+/**
+ * Nanosecond latencies, 3 significant digits, growing as needed past 16 ms. Grown from nothing, every
+ * new power of two copied the whole counts array: ≈ 1 ms of allocation per histogram, paid twice per
+ * restore by every worker of an engine (docs/DESIGN.md, "The engine's histograms").
+ */
 export function newHistogram(): Histogram {
-  const h = new Float64Histogram(1, 2, 3);
+  const h = new Float64Histogram(1, 2 ** 24, 3);
   h.autoResize = true;
   return h;
 }
 
-/** Every recorded value with its count: small (one pair per distinct bucket), structured-cloneable. */
+/**
+ * Every recorded value with its count: small (one pair per distinct bucket), structured-cloneable.
+ * A plain scan of the counts: the package's recordedValuesIterator computes every bucket's value
+ * with pow() on its way, and at a session's end in a busy engine its cost was a tenth of a worker's
+ * time (docs/DESIGN.md, "The engine's histograms").
+ */
 export function toPairs(h: Histogram): number[] {
   const out: number[] = [];
-  const it = h.recordedValuesIterator;
-  it.reset();
-  while (it.hasNext()) {
-    const v = it.next();
-    out.push(v.valueIteratedTo, v.countAtValueIteratedTo);
+  if (h.totalCount === 0) return out;
+  for (let i = 0; i < h.countsArrayLength; i++) {
+    const count = h.getCountAtIndex(i);
+    if (count > 0) out.push(h.highestEquivalentValue(h.valueFromIndex(i)), count);
   }
   return out;
 }

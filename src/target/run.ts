@@ -53,6 +53,8 @@ export interface TargetSummary {
   killed: { pid: number; signal: number }[];
   failed: { pid: number; status: number }[];
   releaseToExitMs: number;
+  /** the tree's own CPU: the target and every process it reaped (ms) */
+  cpuMs?: number;
 }
 
 export interface Exit {
