@@ -171,7 +171,9 @@ export async function serve(flags: ServeFlags): Promise<number> {
         r.state = 'waiting for the restorer';
         r.session = daemon.sessionId;
         client.send({ event: 'listening', socket: daemon.socketPath ?? '', session: r.session });
-        log.info({ images: request.imagesDir, work: request.workDir, session: r.session }, 'a restore joined the engine');
+        // how long the workers took to open it: the restorer could not connect before this
+        const joinMs = Math.round(performance.now() - r.last.atMs);
+        log.info({ images: request.imagesDir, work: request.workDir, session: r.session, joinMs }, 'a restore joined the engine');
       },
       () => undefined,
     );
