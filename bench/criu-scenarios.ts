@@ -12,6 +12,9 @@ import { startDaemon } from '../src/target/run';
 import { writeTargetPlan } from '../src/target/plan';
 import { nowMs, readTimed } from './fanout-measure';
 
+/** Extra flags for faultline's daemon in the local scenarios (A/B runs of a tuning flag). */
+const DAEMON_ARGS = (process.env.FAULTLINE_BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean);
+
 /**
  * The daemons compared. 'baseline' is native/bin/faultline-baseline (CRIU's policy in small C) fed a
  * plan rendered from the real dump: it speaks the same lazy-pages.socket protocol, so it can serve a
@@ -309,7 +312,7 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
       lazy = { child: b.child, ready: Promise.resolve(), exit: b.exit, timesFile, name: 'faultline-baseline' };
     } else {
       spawnAt = nowMs();
-      lazy = fromLazyDaemon(startLazyDaemon(daemon, { imagesDir: images, workDir: work, wrap: timedWrap(timesFile) }), timesFile, `${daemon} lazy-pages`);
+      lazy = fromLazyDaemon(startLazyDaemon(daemon, { imagesDir: images, workDir: work, wrap: timedWrap(timesFile), ...(daemon === 'faultline' ? { extraArgs: DAEMON_ARGS } : {}) }), timesFile, `${daemon} lazy-pages`);
     }
     await lazy.ready;
     const readyAt = nowMs();

@@ -22,6 +22,8 @@ import type { PageSource } from '../source/page-source';
 import { ArenaConsumer } from '../source/arena';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 import { receiveMessageOnPort } from 'node:worker_threads';
 import type { FaultTrace, SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from '../protocol/worker-messages';
 
@@ -511,7 +513,14 @@ export default function runShard(task: WorkerTask): WorkerResult {
     return { shard: task.shard, latency: toPairs(s.latency), pickup: toPairs(s.pickup), totals, poisonedPages, traces: s.traces, filledForOthers: s.filledForOthers, leases: s.leases, leasesHelped: s.leasesHelped, nice: os.getPriority(), firstFaultNs: s.firstFaultNs };
   };
 
-  if (task.session) openSession(task.session);
+  if (task.session) {
+    openSession(task.session);
+    // Parsing the images left garbage, and each mapped pages file is an external buffer that V8
+    // counts as memory pressure: the next allocations after the wait for the restorer started a
+    // 20-30 ms collection, on the first faults of the hand-over (--trace-gc; docs/DESIGN.md,
+    // "A collection before ready"). Collected now, while no restored thread waits.
+    collectGarbage();
+  }
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
@@ -674,3 +683,17 @@ class LeaseBack extends Error {}
 
 module.exports = runShard;
 module.exports.default = runShard;
+
+let gc: (() => void) | undefined;
+/** A full collection (V8's `gc`, reached without --expose-gc on the command line). */
+function collectGarbage(): void {
+  try {
+    if (!gc) {
+      v8.setFlagsFromString('--expose-gc');
+      gc = vm.runInNewContext('gc') as () => void;
+    }
+    gc();
+  } catch {
+    // a V8 without the flag: the collection simply happens later
+  }
+}
