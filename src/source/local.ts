@@ -21,6 +21,12 @@ export function openLocalProcess(imagesDir: string, pid: number, remoteData = fa
  */
 const CACHED = 512;
 const cache = new Map<string, { stamp: string; pages: ProcessPages }>();
+let parsed = 0;
+
+/** How many processes' images this thread has parsed (cache misses) so far. */
+export function processesParsed(): number {
+  return parsed;
+}
 
 export function openCachedProcess(imagesDir: string, pid: number, remoteData = false): ProcessPages {
   const key = `${path.resolve(imagesDir)}\0${pid}\0${remoteData ? 1 : 0}`;
@@ -33,6 +39,7 @@ export function openCachedProcess(imagesDir: string, pid: number, remoteData = f
     return hit.pages;
   }
   const pages = openLocalProcess(imagesDir, pid, remoteData);
+  parsed++;
   cache.delete(key);
   cache.set(key, { stamp, pages });
   if (cache.size > CACHED) cache.delete(cache.keys().next().value!);

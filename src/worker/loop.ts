@@ -8,7 +8,7 @@
 import { newHistogram, toPairs } from '../protocol/histogram';
 import { RingConsumer, RingWaker, type RingRecord } from '../protocol/ring';
 import { decode } from '../protocol/ring-records';
-import { openCachedProcess } from '../source/local';
+import { openCachedProcess, processesParsed } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
 import { native } from '../native';
@@ -455,7 +455,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
         for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
           const spec = (m.message as { session?: SessionSpec }).session;
           if (!spec) continue;
+          const parsedBefore = processesParsed();
           openSession(spec);
+          // Images parsed afresh (not cached from an earlier restore): collect now, before the
+          // restorer can connect, rather than on this restore's first faults (as before ready).
+          if (processesParsed() !== parsedBefore) collectGarbage();
           post({ type: 'session-ready', session: spec.id, shard: task.shard });
           if (spec.id === r.session) break;
         }
