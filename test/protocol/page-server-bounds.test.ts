@@ -263,7 +263,7 @@ t.test('--idle-timeout-ms: a client whose replies do not move is dropped; a slow
   slow.ask(48, 256);
   // The slow reader reads for 30 ms every 150 ms.
   let reading = true;
-  void (async () => {
+  const readingLoop = (async () => {
     while (reading && !slow.closed) {
       slow.sock.resume();
       await sleep(30);
@@ -282,7 +282,10 @@ t.test('--idle-timeout-ms: a client whose replies do not move is dropped; a slow
   stuck.sock.resume();
   await stuck.until(() => stuck.closed, 'the stuck client to see the reset');
   t.ok(stuck.replies < 48, `the stuck client got ${stuck.replies} of 48 replies`);
+  // The loop ends first: stopped mid-read, its next pause() would come after this resume() and
+  // leave the slow reader paused for good (a two-jobs run of the suite timed out so).
   reading = false;
+  await readingLoop;
   slow.sock.resume();
   await slow.answered(t);
   t.notOk(slow.closed, 'the slow reader got every reply and is still connected');
