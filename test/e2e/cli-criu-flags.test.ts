@@ -110,10 +110,12 @@ t.test('SIGTERM mid-restore stops the tree and exits non-zero; the reason is an 
   let sent = false;
   let daemonPid = 0;
   let seen = '';
+  // A fill of one page per copy over 2 × 128 MiB takes far longer than the signal's way to the
+  // daemon: 2 × 12 MiB at full speed once completed first, on a machine busy with other tests.
   const r = await runRestore({
-    imagesDir: makeImages(dir, denseTree(2, 12 * MiB)),
+    imagesDir: makeImages(dir, denseTree(2, 128 * MiB)),
     workDir: dir,
-    daemonArgs: ['-v4'],
+    daemonArgs: ['-v4', '--workers', '1', '--fill-chunk', '1'],
     target: { fraction: 0.2 },
     onDaemonStderr: (chunk) => {
       seen += chunk;
