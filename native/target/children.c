@@ -223,16 +223,21 @@ static size_t append_zombies(char *buf, size_t cap, size_t len)
 	return len;
 }
 
+static double timeval_ms(struct timeval tv)
+{
+	return tv.tv_sec * 1e3 + tv.tv_usec / 1e3;
+}
+
 /* The tree's own CPU: this process and every process it reaped (each of which reaped its own). */
 static double tree_cpu_ms(void)
 {
-	struct rusage self, children;
+	struct rusage r;
 	double ms = 0;
 
-	if (getrusage(RUSAGE_SELF, &self) == 0)
-		ms += self.ru_utime.tv_sec * 1e3 + self.ru_utime.tv_usec / 1e3 + self.ru_stime.tv_sec * 1e3 + self.ru_stime.tv_usec / 1e3;
-	if (getrusage(RUSAGE_CHILDREN, &children) == 0)
-		ms += children.ru_utime.tv_sec * 1e3 + children.ru_utime.tv_usec / 1e3 + children.ru_stime.tv_sec * 1e3 + children.ru_stime.tv_usec / 1e3;
+	if (getrusage(RUSAGE_SELF, &r) == 0)
+		ms += timeval_ms(r.ru_utime) + timeval_ms(r.ru_stime);
+	if (getrusage(RUSAGE_CHILDREN, &r) == 0)
+		ms += timeval_ms(r.ru_utime) + timeval_ms(r.ru_stime);
 	return ms;
 }
 

@@ -162,7 +162,8 @@ export async function serve(flags: ServeFlags): Promise<number> {
       client.end();
       return next();
     }
-    const r: Running = { request, daemon, session: -1, state: 'starting', last: { atMs: performance.now(), faults: 0, rate: 0 } };
+    const requestedAtMs = performance.now();
+    const r: Running = { request, daemon, session: -1, state: 'starting', last: { atMs: requestedAtMs, faults: 0, rate: 0 } };
     const key = nextKey++;
     running.set(key, r);
     client.onStop = (reason) => daemon.failStop(reason);
@@ -172,7 +173,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
         r.session = daemon.sessionId;
         client.send({ event: 'listening', socket: daemon.socketPath ?? '', session: r.session });
         // how long the workers took to open it: the restorer could not connect before this
-        const joinMs = Math.round(performance.now() - r.last.atMs);
+        const joinMs = Math.round(performance.now() - requestedAtMs);
         log.info({ images: request.imagesDir, work: request.workDir, session: r.session, joinMs }, 'a restore joined the engine');
       },
       () => undefined,

@@ -166,7 +166,13 @@ export default function runShard(task: WorkerTask): WorkerResult {
     } catch (e) {
       sessionFailed(s, e);
     }
+    const parsedBefore = processesParsed();
     s.preloaded = preload(spec, !!spec.remote, s.sources);
+    // Images parsed afresh (not cached from an earlier restore) left garbage, and each mapped pages
+    // file is an external buffer V8 counts as memory pressure: the first allocations after the wait
+    // for the restorer started a 20-30 ms collection, on the hand-over's first faults (--trace-gc;
+    // docs/DESIGN.md, "A collection before ready"). Collected now, before anyone can connect.
+    if (processesParsed() !== parsedBefore) collectGarbage();
     return s;
   };
 
@@ -455,11 +461,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
         for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
           const spec = (m.message as { session?: SessionSpec }).session;
           if (!spec) continue;
-          const parsedBefore = processesParsed();
           openSession(spec);
-          // Images parsed afresh (not cached from an earlier restore): collect now, before the
-          // restorer can connect, rather than on this restore's first faults (as before ready).
-          if (processesParsed() !== parsedBefore) collectGarbage();
           post({ type: 'session-ready', session: spec.id, shard: task.shard });
           if (spec.id === r.session) break;
         }
@@ -517,14 +519,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
     return { shard: task.shard, latency: toPairs(s.latency), pickup: toPairs(s.pickup), totals, poisonedPages, traces: s.traces, filledForOthers: s.filledForOthers, leases: s.leases, leasesHelped: s.leasesHelped, nice: os.getPriority(), firstFaultNs: s.firstFaultNs };
   };
 
-  if (task.session) {
-    openSession(task.session);
-    // Parsing the images left garbage, and each mapped pages file is an external buffer that V8
-    // counts as memory pressure: the next allocations after the wait for the restorer started a
-    // 20-30 ms collection, on the first faults of the hand-over (--trace-gc; docs/DESIGN.md,
-    // "A collection before ready"). Collected now, while no restored thread waits.
-    collectGarbage();
-  }
+  if (task.session) openSession(task.session);
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
