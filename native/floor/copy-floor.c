@@ -7,6 +7,8 @@
  *
  * Usage: faultline-copy-floor --pages-file FILE [--pages N] [--threads 1,2] [--slice 256]
  *                             [--reps 3] [--json]
+ *        variants that model a daemon's choices: [--fresh-source] [--map-populate] [--pretouch]
+ *                             [--populate-source N] [--pread] [--interleave N]
  *
  * Per repetition: a fresh private anonymous region of N pages (default: all of the pages file) and a
  * fresh uffd (features 0, registered MISSING), as a restored process's memory would be; T threads
@@ -96,6 +98,8 @@ struct copier {
 	int err;            /* errno of a failed ioctl, 0 if all went well */
 	uint64_t err_at;    /* page index (in this share) of the failure */
 	double t_start, t_end;
+	unsigned idx;
+	char *buf;          /* --pread: this thread's slice buffer, reused */
 };
 
 #ifndef MADV_POPULATE_READ
@@ -103,18 +107,61 @@ struct copier {
 #endif
 /* --populate-source N: map the source's page tables N pages at a time before copying them. */
 static uint64_t populate_src;
+/*
+ * --pread: read each slice from the pages file into one reused buffer per thread and copy from
+ * there; the fd is the file's.  A buffer whose page tables stay warm against a fresh mapping of the
+ * file that faults its source pages in, one fault-around at a time.
+ */
+static int pread_fd = -1;
+/* --interleave N: thread t copies chunks t, t+T, ... of N pages of the whole file, not one 1/T share. */
+static uint64_t interleave;
+static unsigned nthreads_rep;
+static const char *whole_src;
+static char *whole_dst;
+static uint64_t whole_pages;
+static const char *pread_base;
 
+static void copy_range(struct copier *c);
 static void *copy_share(void *arg)
 {
 	struct copier *c = arg;
+	if (pread_fd >= 0) {
+		c->buf = mmap(NULL, c->slice * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		if (c->buf == MAP_FAILED) {
+			c->buf = NULL;
+			c->err = errno;
+		}
+	}
 	pthread_barrier_wait(c->start);
-	/*
-	 * Each copier stamps its own start and end: on 2 vCPUs the thread that released the barrier may
-	 * not run again until the copiers are done, so its clock would miss the copy entirely.
-	 */
-	c->t_start = now_s();
+	if (c->err)
+		return NULL;
+	/* Each copier stamps its own start and end: on 2 vCPUs the thread that released the barrier may
+	 * not run again until the copiers are done, so its clock would miss the copy entirely. */
+	if (interleave) {
+		c->t_start = now_s();
+		unsigned t = c->idx;
+		for (uint64_t at = t * interleave; at < whole_pages && !c->err; at += nthreads_rep * interleave) {
+			c->src = whole_src + at * PAGE;
+			c->dst = whole_dst + at * PAGE;
+			c->pages = at + interleave <= whole_pages ? interleave : whole_pages - at;
+			copy_range(c);
+		}
+		c->t_end = now_s();
+	} else {
+		c->t_start = now_s();
+		copy_range(c);
+		c->t_end = now_s();
+	}
+	if (c->buf)
+		munmap(c->buf, c->slice * PAGE);
+	return NULL;
+}
+
+static void copy_range(struct copier *c)
+{
 	const uint64_t len = c->pages * PAGE;
 	uint64_t done = 0;
+	char *buf = c->buf;
 	while (done < len) {
 		uint64_t n = c->slice * PAGE;
 		if (n > len - done)
@@ -123,9 +170,18 @@ static void *copy_share(void *arg)
 			uint64_t p = populate_src * PAGE < len - done ? populate_src * PAGE : len - done;
 			madvise((void *)(c->src + done), p, MADV_POPULATE_READ);
 		}
+		const char *from = c->src + done;
+		if (buf) {
+			if (pread(pread_fd, buf, n, (off_t)(c->src - pread_base) + (off_t)done) != (ssize_t)n) {
+				c->err = errno ? errno : EIO;
+				c->err_at = done / PAGE;
+				break;
+			}
+			from = buf;
+		}
 		struct uffdio_copy cp = {
 			.dst = (uint64_t)(uintptr_t)(c->dst + done),
-			.src = (uint64_t)(uintptr_t)(c->src + done),
+			.src = (uint64_t)(uintptr_t)from,
 			.len = n,
 			.mode = 0,
 		};
@@ -151,8 +207,7 @@ static void *copy_share(void *arg)
 		c->err_at = done / PAGE;
 		break;
 	}
-	c->t_end = now_s();
-	return NULL;
+	return;
 }
 
 static int open_uffd(void)
@@ -194,6 +249,10 @@ static double one_rep(const char *file, const char *src, uint64_t pages, uint64_
 
 	pthread_barrier_t start;
 	pthread_barrier_init(&start, NULL, threads + 1);
+	nthreads_rep = threads;
+	whole_src = src;
+	whole_dst = region;
+	whole_pages = pages;
 	struct copier cs[MAX_THREADS];
 	for (unsigned t = 0; t < threads; t++) {
 		uint64_t from = pages * t / threads, to = pages * (t + 1) / threads;
@@ -204,6 +263,7 @@ static double one_rep(const char *file, const char *src, uint64_t pages, uint64_
 			.pages = to - from,
 			.slice = slice,
 			.start = &start,
+			.idx = t,
 		};
 		int e = pthread_create(&cs[t].tid, NULL, copy_share, &cs[t]);
 		if (e)
@@ -275,7 +335,8 @@ static void json_string(const char *s)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: %s --pages-file FILE [--pages N] [--threads 1,2] [--slice 256] [--reps 3] [--fresh-source] [--json]\n", prog);
+	fprintf(f, "usage: %s --pages-file FILE [--pages N] [--threads 1,2] [--slice 256] [--reps 3] [--json]\n"
+		   "       [--fresh-source] [--map-populate] [--pretouch] [--populate-source N] [--pread] [--interleave N]\n", prog);
 }
 
 int main(int argc, char **argv)
@@ -283,12 +344,14 @@ int main(int argc, char **argv)
 	const char *file = NULL;
 	uint64_t pages = 0, slice = 256, reps = 3;
 	unsigned threads[MAX_THREADS] = { 1, 2 }, nthreads = 2;
-	bool json = false, fresh_source = false, pretouch = false;
+	bool json = false, fresh_source = false, pretouch = false, use_pread = false;
 	int map_flags = MAP_SHARED;
 	static const struct option opts[] = {
 		{ "fresh-source", no_argument, NULL, 'F' },
 		{ "map-populate", no_argument, NULL, 'M' },
 		{ "pretouch", no_argument, NULL, 'T' },
+		{ "pread", no_argument, NULL, 'R' },
+		{ "interleave", required_argument, NULL, 'I' },
 		{ "populate-source", required_argument, NULL, 'P' },
 		{ "pages-file", required_argument, NULL, 'f' },
 		{ "pages", required_argument, NULL, 'n' },
@@ -309,6 +372,8 @@ int main(int argc, char **argv)
 		case 'F': fresh_source = true; break;
 		case 'M': map_flags |= MAP_POPULATE; break;
 		case 'T': pretouch = true; break;
+		case 'R': use_pread = true; break;
+		case 'I': interleave = parse_u64("--interleave", optarg, 1, UINT64_MAX / PAGE); break;
 		case 'P': populate_src = parse_u64("--populate-source", optarg, 1, UINT64_MAX / PAGE); break;
 		case 't': {
 			char *list = strdup(optarg), *save = NULL;
@@ -355,6 +420,10 @@ int main(int argc, char **argv)
 	const char *src = mmap(NULL, pages * PAGE, PROT_READ, map_flags, fd, 0);
 	if (src == MAP_FAILED)
 		die(1, "mmap of pages file %s: %s", file, strerror(errno));
+	if (use_pread) {
+		pread_fd = fd;
+		pread_base = src;
+	}
 
 	/* The warm-up also brings the pages file into the page cache and the source mapping's page tables. */
 	double warm_s = one_rep(file, src, pages, slice, threads[0]);
@@ -371,6 +440,7 @@ int main(int argc, char **argv)
 				src = mmap(NULL, pages * PAGE, PROT_READ, map_flags, fd, 0);
 				if (src == MAP_FAILED)
 					die(1, "mmap of pages file %s: %s", file, strerror(errno));
+				pread_base = src;
 				if (pretouch) {
 					volatile char sink = 0;
 					for (uint64_t p = 0; p < pages; p++)

@@ -264,7 +264,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     socketGid,
     tuning: {
       ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
-      ...(fillChunk ? { fillChunkMax: fillChunk } : {}),
+      ...(fillChunk ? { fillChunkMax: fillChunk, remoteFillChunkMax: fillChunk } : {}),
     },
   });
   if (metricsAt) {

@@ -154,7 +154,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
         remote: request.pageServer,
         tuning: {
           ...(request.faultAround ? { faultAroundMin: Math.min(16, request.faultAround), faultAroundMax: Math.min(request.faultAround, MAX_COPY_PAGES) } : {}),
-          ...(request.fillChunk ? { fillChunkMax: Math.min(request.fillChunk, MAX_COPY_PAGES) } : {}),
+          ...(request.fillChunk ? { fillChunkMax: Math.min(request.fillChunk, MAX_COPY_PAGES), remoteFillChunkMax: Math.min(request.fillChunk, MAX_COPY_PAGES) } : {}),
         },
       });
     } catch (e) {

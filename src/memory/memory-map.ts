@@ -171,18 +171,109 @@ export class MemoryMap implements Iterable<LazyRange> {
       }
       // A range at or past `end` ended the walk inside this block: the next blocks lie above.
       const done = hi < b.length;
-      if (hi > lo) {
-        b.splice(lo, hi - lo, ...kept);
-        this.rangeCount += kept.length - (hi - lo);
-      }
-      if (b.length === 0) this.blocks.splice(bi, 1);
-      else {
-        this.splitIfLarge(bi);
-        bi++;
-      }
+      bi = this.replaceInBlock(bi, lo, hi, kept);
       if (done) break;
     }
     return taken;
+  }
+
+  /**
+   * The background fill's take: the ranges at or after `from`, in address order, at most `maxRuns`
+   * of them and `maxPages` pages in all (the first cut at `from`, the last cut to fit), removed with
+   * one splice per block. A real dump's lazy memory is thousands of ranges of a page or two, and one
+   * take() per range was most of what a fill lease cost its owner.
+   */
+  takeRuns(from: number, maxRuns: number, maxPages: number): LazyRange[] {
+    checkPage('from', from);
+    const taken: LazyRange[] = [];
+    let budget = maxPages * PAGE_SIZE;
+    let bi = this.blockAbove(from);
+    while (bi < this.blocks.length && taken.length < maxRuns && budget > 0) {
+      const b = this.blocks[bi]!;
+      const lo = lowerBound(b, from);
+      let hi = lo;
+      const kept: LazyRange[] = [];
+      while (hi < b.length && taken.length < maxRuns && budget > 0) {
+        const r = b[hi]!;
+        const start = Math.max(r.start, from);
+        const end = Math.min(r.end, start + budget);
+        if (r.start < start) kept.push(slice(r, r.start, start));
+        const piece = slice(r, start, end);
+        taken.push(piece);
+        budget -= end - start;
+        this.pageCount -= pagesOf(piece);
+        if (end < r.end) kept.push(slice(r, end, r.end));
+        hi++;
+      }
+      bi = this.replaceInBlock(bi, lo, hi, kept);
+    }
+    return taken;
+  }
+
+  /**
+   * Removes exactly these ranges if the map holds them, unchanged and next to each other (nothing
+   * else between them): a fill lease settled whole, with no event having moved any of its runs.
+   * Returns false, leaving the map as it was, otherwise.
+   */
+  takeExact(rs: readonly LazyRange[]): boolean {
+    if (rs.length === 0) return true;
+    let bi = this.blockAbove(rs[0]!.start);
+    if (bi === this.blocks.length) return false;
+    let i = lowerBound(this.blocks[bi]!, rs[0]!.start);
+    // Check first, across blocks; remove only when every range matched.
+    const spans: [number, number, number][] = [];
+    let from = i;
+    for (const r of rs) {
+      let b = this.blocks[bi]!;
+      if (i === b.length) {
+        spans.push([bi, from, i]);
+        bi++;
+        if (bi === this.blocks.length) return false;
+        b = this.blocks[bi]!;
+        i = from = 0;
+      }
+      const m = b[i]!;
+      if (m.start !== r.start || m.end !== r.end || m.imgStart !== r.imgStart) return false;
+      i++;
+    }
+    spans.push([bi, from, i]);
+    for (let k = spans.length - 1; k >= 0; k--) {
+      const [sb, lo, hi] = spans[k]!;
+      const b = this.blocks[sb]!;
+      for (let j = lo; j < hi; j++) this.pageCount -= pagesOf(b[j]!);
+      b.splice(lo, hi - lo);
+      if (b.length === 0) this.blocks.splice(sb, 1);
+    }
+    this.rangeCount -= rs.length;
+    return true;
+  }
+
+  /**
+   * Puts back sorted, disjoint ranges (a fill lease's runs into the in-flight map): with one splice
+   * when nothing of the map lies between them, else one by one. Throws, leaving the map as it was,
+   * if any overlaps what is present.
+   */
+  insertAll(rs: readonly LazyRange[]): void {
+    if (rs.length === 0) return;
+    const own: LazyRange[] = [];
+    for (const r of rs) {
+      checkRange(r);
+      const prev = own[own.length - 1];
+      if (prev !== undefined && r.start < prev.end) throw new RangeOverlapError(r.start, r.end, prev.start, prev.end);
+      own.push(mk(r.start, r.end, r.imgStart));
+    }
+    const last = own[own.length - 1]!;
+    const next = this.nextAtOrAfter(own[0]!.start);
+    if (next === undefined || next.start >= last.end) {
+      this.place(own[0]!.start, own);
+      for (const r of own) this.pageCount += pagesOf(r);
+      return;
+    }
+    for (const r of own) {
+      const n = this.nextAtOrAfter(r.start);
+      if (n !== undefined && n.start < r.end) throw new RangeOverlapError(r.start, r.end, n.start, n.end);
+    }
+    for (const r of own) this.insert(r);
   }
 
   /** Forget [start,end) (UNMAP / REMOVE); returns how many lazy pages were discarded. */
@@ -241,6 +332,25 @@ export class MemoryMap implements Iterable<LazyRange> {
     const b = this.blocks[bi]!;
     b.splice(lowerBound(b, at), 0, ...rs);
     this.splitIfLarge(bi);
+  }
+
+  /**
+   * Replaces ranges [lo,hi) of block bi by `kept` (what is left of them); returns the index of the
+   * block after it, which is bi again when the block emptied and was removed.
+   */
+  private replaceInBlock(bi: number, lo: number, hi: number, kept: LazyRange[]): number {
+    const b = this.blocks[bi]!;
+    if (hi > lo || kept.length) {
+      b.splice(lo, hi - lo, ...kept);
+      this.rangeCount += kept.length - (hi - lo);
+    }
+    if (b.length === 0) {
+      this.blocks.splice(bi, 1);
+      return bi;
+    }
+    this.splitIfLarge(bi);
+    // A split put the block's ranges in several blocks: the next one is past all of them.
+    return this.blockAbove(b[b.length - 1]!.start) + 1;
   }
 
   /** Keeps blocks at most `block` long, so one splice never moves more than that. */

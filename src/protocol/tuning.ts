@@ -11,7 +11,13 @@ export interface Tuning {
   zeroAroundMax: number;
   /** First background chunk of a process; doubles per chunk up to the cap. */
   fillChunkMin: number;
+  /** The cap for a local restore: one fill lease (a copy is still cut in 16-page slices). */
   fillChunkMax: number;
+  /**
+   * The cap for a restore from a page server: one GET request, whose reply must fit the worker's
+   * page arena with room for fault replies beside it (see MAX_COPY_PAGES).
+   */
+  remoteFillChunkMax: number;
   /** Pages per UFFDIO_COPY within a background chunk: between slices a waiting fault may cut in. */
   fillSlice: number;
   /**
@@ -34,7 +40,10 @@ export const DEFAULT_TUNING: Tuning = {
   faultAroundMax: 256,
   zeroAroundMax: 16,
   fillChunkMin: 16,
-  fillChunkMax: 256,
+  // Each lease costs the owner and a helper a hand-over (offer, take, settle, a wake): 256-page
+  // leases made a 1 GiB idle drain spend ≈ 1/4 of its time there (DESIGN.md, "Fill leases of 8 MiB").
+  fillChunkMax: 2048,
+  remoteFillChunkMax: 256,
   fillSlice: 16,
   fillShare: 0.5,
 };

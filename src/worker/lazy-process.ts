@@ -191,6 +191,11 @@ export class LazyProcess {
     return piece ? this.ask(piece, false) : 'empty';
   }
 
+  /** A page server's reply must fit the page arena; a local lease is only bounded by its hand-over cost. */
+  private get fillChunkCap(): number {
+    return this.remote ? this.tuning.remoteFillChunkMax : this.tuning.fillChunkMax;
+  }
+
   /** The next range the background fill should copy, taken out of the missing ranges. */
   private nextFillRange(): LazyRange | undefined {
     const pre = this.nextPrefetch();
@@ -205,7 +210,7 @@ export class LazyProcess {
     const start = Math.max(r.start, this.fillCursor);
     const end = Math.min(r.end, start + this.fillChunk * PAGE_SIZE);
     this.fillCursor = end;
-    this.fillChunk = Math.min(this.fillChunk * 2, this.tuning.fillChunkMax);
+    this.fillChunk = Math.min(this.fillChunk * 2, this.fillChunkCap);
     return this.map.take(start, end)[0];
   }
 
@@ -220,16 +225,14 @@ export class LazyProcess {
     const runs = [first];
     let pages = (first.end - first.start) / PAGE_SIZE;
     const budget = this.fillChunk; // nextFillRange already doubled it: the size this lease may reach
-    while (runs.length < maxRuns && pages < budget && this.prefetchAt >= this.prefetch.length) {
-      const r = this.map.nextAtOrAfter(this.fillCursor);
-      if (!r) break;
-      const end = Math.min(r.end, r.start + (budget - pages) * PAGE_SIZE);
-      const [piece] = this.map.take(r.start, end);
-      this.fillCursor = end;
-      runs.push(piece);
-      pages += (piece.end - piece.start) / PAGE_SIZE;
+    if (runs.length < maxRuns && pages < budget && this.prefetchAt >= this.prefetch.length) {
+      const more = this.map.takeRuns(this.fillCursor, maxRuns - 1, budget - pages);
+      if (more.length) {
+        this.fillCursor = more[more.length - 1]!.end;
+        runs.push(...more);
+      }
     }
-    for (const r of runs) this.inflight.insert(r);
+    this.inflight.insertAll(runs);
     this.leases++;
     return runs;
   }
@@ -244,7 +247,14 @@ export class LazyProcess {
     let existing = r.existing;
     let offset = 0;
     let cutAt = -1;
-    for (const run of runs) {
+    const whole = runs.reduce((n, run) => n + run.pages * PAGE_SIZE, 0);
+    // The common case, one splice: copied whole, where it was leased, no fault on it meanwhile.
+    const settled =
+      r.dealt === whole &&
+      this.faultedInLease.size === 0 &&
+      runs.every((run) => run.dst !== undefined) &&
+      this.inflight.takeExact(runs.map((run) => ({ start: run.dst!, end: run.dst! + run.pages * PAGE_SIZE, imgStart: run.imgStart })));
+    for (const run of settled ? [] : runs) {
       const len = run.pages * PAGE_SIZE;
       const dealt = Math.max(0, Math.min(len, r.dealt - offset));
       if (dealt < len && cutAt < 0) cutAt = run.imgStart + dealt;
@@ -438,7 +448,7 @@ export class LazyProcess {
       // Each traced fault stands for the window a fault there copies (the recorded page is the
       // first of it): prefetching single pages would split those windows into more faults.
       let end = Math.min(r.end, first + this.tuning.faultAroundMin * PAGE_SIZE);
-      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] >= first && this.prefetch[this.prefetchAt] <= end && end < r.end && (end - first) / PAGE_SIZE < this.tuning.fillChunkMax) {
+      while (this.prefetchAt < this.prefetch.length && this.prefetch[this.prefetchAt] >= first && this.prefetch[this.prefetchAt] <= end && end < r.end && (end - first) / PAGE_SIZE < this.fillChunkCap) {
         end = Math.min(r.end, Math.max(end, this.prefetch[this.prefetchAt++] + this.tuning.faultAroundMin * PAGE_SIZE));
       }
       return this.map.take(first, end)[0];

@@ -16,6 +16,9 @@ type Op =
   | { kind: 'drop'; a: number; b: number }
   | { kind: 'remap'; from: number; to: number; len: number }
   | { kind: 'insert'; pick: number }
+  | { kind: 'takeRuns'; from: number; runs: number; pages: number }
+  | { kind: 'insertAll'; picks: number[] }
+  | { kind: 'takeExact'; at: number; n: number; perturb: number }
   | { kind: 'clone' }
   | { kind: 'query'; addr: number; max: number; behind: number };
 
@@ -34,6 +37,13 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     weight: 3,
   },
   { arbitrary: fc.record({ kind: fc.constant('insert' as const), pick: fc.nat() }), weight: 2 },
+  {
+    arbitrary: fc.record({ kind: fc.constant('takeRuns' as const), from: page, runs: fc.integer({ min: 1, max: 4 }), pages: fc.integer({ min: 1, max: 12 }) }),
+    weight: 2,
+  },
+  fc.record({ kind: fc.constant('insertAll' as const), picks: fc.array(fc.nat(), { minLength: 1, maxLength: 4 }) }),
+  // perturb 0: the map's own consecutive ranges; 1: one of them shifted in the image; 2: one left out.
+  fc.record({ kind: fc.constant('takeExact' as const), at: fc.nat(), n: fc.integer({ min: 1, max: 4 }), perturb: fc.integer({ min: 0, max: 2 }) }),
   fc.record({ kind: fc.constant('clone' as const) }),
   fc.record({
     kind: fc.constant('query' as const),
@@ -132,6 +142,20 @@ function applyModelRemap(model: Model, from: number, to: number, len: number): v
   for (const [p, v] of moved) model.set(p, v);
 }
 
+/** An overlapping insert must throw a MemoryMapError and leave the map exactly as it was. */
+function expectRefused(m: MemoryMap, insert: () => void, what: string): void {
+  const before = JSON.stringify([...m]);
+  let threw = false;
+  try {
+    insert();
+  } catch (e) {
+    if (!(e instanceof MemoryMapError)) throw e;
+    threw = true;
+  }
+  if (!threw) throw new Error(`overlapping ${what} accepted`);
+  if (JSON.stringify([...m]) !== before) throw new Error(`refused ${what} modified the map`);
+}
+
 function run(initial: LazyRange[], ops: Op[], block?: number): void {
   let m = new MemoryMap(initial, { block });
   const model = expand(initial);
@@ -176,18 +200,72 @@ function run(initial: LazyRange[], ops: Op[], block?: number): void {
         if (free) {
           m.insert(r);
           expand([r], model);
-        } else {
-          const before = JSON.stringify([...m]);
-          let threw = false;
-          try {
-            m.insert(r);
-          } catch (e) {
-            if (!(e instanceof MemoryMapError)) throw e;
-            threw = true;
+        } else expectRefused(m, () => m.insert(r), `insert ${JSON.stringify(r)}`);
+        break;
+      }
+      case 'takeRuns': {
+        const got = m.takeRuns(op.from * P, op.runs, op.pages);
+        if (got.length > op.runs) throw new Error(`takeRuns gave ${got.length} runs, at most ${op.runs} asked`);
+        let pages = 0;
+        for (let i = 0; i < got.length; i++) {
+          const r = got[i]!;
+          if (r.start < op.from * P) throw new Error(`takeRuns piece ${JSON.stringify(r)} below from`);
+          if (i > 0 && got[i - 1]!.end > r.start) throw new Error('takeRuns result unsorted');
+          for (let a = r.start, img = r.imgStart; a < r.end; a += P, img += P) {
+            if (model.get(a / P) !== img / P) throw new Error(`takeRuns piece ${JSON.stringify(r)} is not the model's at page ${a / P}`);
+            model.delete(a / P);
           }
-          if (!threw) throw new Error(`overlapping insert ${JSON.stringify(r)} accepted`);
-          if (JSON.stringify([...m]) !== before) throw new Error('failed insert modified the map');
+          pages += (r.end - r.start) / P;
         }
+        if (pages > op.pages) throw new Error(`takeRuns gave ${pages} pages, at most ${op.pages} asked`);
+        // Consecutive from `from`: nothing left between from and the last piece's end ...
+        const last = got.length ? got[got.length - 1]!.end / P : op.from;
+        for (const k of model.keys()) if (k >= op.from && k < last) throw new Error(`takeRuns skipped page ${k}`);
+        // ... and it stops only at a limit or when nothing is left above from.
+        if (got.length < op.runs && pages < op.pages && [...model.keys()].some((k) => k >= op.from)) {
+          throw new Error('takeRuns stopped short of its limits with ranges left');
+        }
+        pool.push(...got);
+        break;
+      }
+      case 'insertAll': {
+        if (pool.length === 0) break;
+        const picked = [...new Set(op.picks.map((i) => i % pool.length))].sort((x, y) => x - y);
+        const rs = picked.map((i) => pool[i]!).sort((x, y) => x.start - y.start);
+        for (let i = picked.length - 1; i >= 0; i--) pool.splice(picked[i]!, 1);
+        let ok = true;
+        const seen = new Set<number>();
+        for (const r of rs) {
+          for (let a = r.start; a < r.end; a += P) {
+            if (model.has(a / P) || seen.has(a / P)) ok = false;
+            seen.add(a / P);
+          }
+        }
+        if (ok) {
+          m.insertAll(rs);
+          expand(rs, model);
+        } else expectRefused(m, () => m.insertAll(rs), `insertAll ${JSON.stringify(rs)}`);
+        break;
+      }
+      case 'takeExact': {
+        const all = [...m];
+        if (all.length === 0) break;
+        const k = op.at % all.length;
+        let rs = all.slice(k, k + op.n);
+        let exact = true;
+        if (op.perturb === 1) {
+          rs = rs.map((r, i) => (i === rs.length - 1 ? { ...r, imgStart: r.imgStart + P } : r));
+          exact = false;
+        }
+        if (op.perturb === 2 && rs.length > 2) {
+          rs = [rs[0]!, ...rs.slice(2)];
+          exact = false;
+        }
+        const before = JSON.stringify([...m]);
+        const took = m.takeExact(rs);
+        if (took !== exact) throw new Error(`takeExact(${JSON.stringify(rs)}) returned ${took}, expected ${exact}`);
+        if (!took && JSON.stringify([...m]) !== before) throw new Error('a refused takeExact modified the map');
+        if (took) for (const r of rs) for (let a = r.start; a < r.end; a += P) model.delete(a / P);
         break;
       }
       case 'clone': {
