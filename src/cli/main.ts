@@ -68,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--nice <n>', "the daemon threads' nice value, above the restored tree's (default -10; root)")
     .option('--fill-nice <n>', 'nice value of the background fill (default: --nice); higher leaves more CPU to restored threads that have their pages')
     .option('--fault-around <pages>', 'largest copy per fault')
-    .option('--fill-chunk <pages>', 'largest background copy')
+    .option('--fill-chunk <pages>', 'largest background copy (default 2048 pages, 256 from a page server)')
     .option('--record-faults <file>', 'write the order in which each process first faulted its pages')
     .option('--prefetch <file>', 'fill the pages of a --record-faults trace first, in that order')
     .option('--lanes <n>', '1: one connection (a CRIU page server); 2: a second one for faults (faultline page-server)')

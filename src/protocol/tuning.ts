@@ -1,7 +1,8 @@
 // Copy sizes. DESIGN.md facts: 16-page copies already reach 98 % of the 512-page UFFDIO_COPY rate,
-// and copying 16 pages per fault instead of 1 raised the ring design from 82k to 467k pages/s. The
-// caps keep one copy short (≈ 0.25 ms at 1 GB/s for 256 pages) so a fault never waits long behind
-// background fill of another process in the same shard. Re-tune with `npm run bench`.
+// and copying 16 pages per fault instead of 1 raised the ring design from 82k to 467k pages/s. A
+// fault's copy is capped at 256 pages (≈ 0.25 ms at 1 GB/s); a background lease may be larger, as it
+// is copied in fillSlice-page ioctls and a waiting fault cuts in between them. Re-tune with
+// `npm run bench`.
 export interface Tuning {
   /** Pages copied for an isolated (non-sequential) fault, and the floor when shrinking. */
   faultAroundMin: number;
