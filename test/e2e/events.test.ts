@@ -8,13 +8,13 @@ import { MiB, denseTree, makeImages, tempDir } from '../helpers/restore';
 // Three workers: every process is filled by its owner and by two others on fill leases, so every
 // event here also races copies from workers that learn of it only through the copy gate's epoch.
 const WORKERS = 3;
-async function scripted(t: Test, name: string, script: string[], opts: { threads?: number; processes?: number; pagesEach?: number } = {}): Promise<RestoreResult> {
+async function scripted(t: Test, name: string, script: string[], opts: { threads?: number; processes?: number; pagesEach?: number; daemonArgs?: string[] } = {}): Promise<RestoreResult> {
   const dir = tempDir(t, name);
   const images = makeImages(dir, denseTree(opts.processes ?? 2, opts.pagesEach ?? 12 * MiB));
   return runRestore({
     imagesDir: images,
     workDir: dir,
-    daemonArgs: ['--workers', String(WORKERS)],
+    daemonArgs: ['--workers', String(WORKERS), ...(opts.daemonArgs ?? [])],
     target: { fraction: 0.3, pattern: 'random', threads: opts.threads ?? 1, extraArgs: script },
   });
 }
@@ -59,9 +59,10 @@ t.test('munmap mid-restore', async (t) => {
 });
 
 t.test('a process exiting mid-restore while the others complete', async (t) => {
-  // 64 MiB each: three workers filling every process can otherwise complete pid 2 before it exits
-  // (seen under the suite's load), and then nothing exits early.
-  const r = await scripted(t, 'exit', ['--script-pid', '2:touch:0-10,exit'], { processes: 3, pagesEach: 64 * MiB });
+  // Three workers filling every process can otherwise complete pid 2 before it exits, and then
+  // nothing exits early: seen under the suite's load with 64 MiB each and 256-page leases, and once
+  // more with 2048-page ones. One-page leases make the fill of 3 × 64 MiB take ≈ 0.5 s.
+  const r = await scripted(t, 'exit', ['--script-pid', '2:touch:0-10,exit'], { processes: 3, pagesEach: 64 * MiB, daemonArgs: ['--fill-chunk', '1'] });
   assertClean(t, r, 3);
   t.ok((r.daemon.summary?.exitedEarly ?? 0) >= 1, `exited early: ${r.daemon.summary?.exitedEarly}`);
   const others = r.target.processes.filter((p) => p.pid !== 2);
