@@ -121,7 +121,10 @@ export class PageServerClient {
         return this.attach(name, socket);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        const retryable = code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ETIMEDOUT';
+        // A reset before the TCP connection was up is a listener going away or coming back (a page
+        // server restarted on its port: seen once in remote-recovery.test.ts), not a refusal of ours.
+        const resetEarly = code === 'ECONNRESET' && (e as { beforeConnect?: boolean }).beforeConnect === true;
+        const retryable = code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ETIMEDOUT' || resetEarly;
         if (!retryable || Date.now() > deadline) {
           throw new Error(`page server ${this.peer}: ${(e as Error).message}${retryable ? ` (still not up after ${timeoutMs} ms)` : ''}`);
         }
@@ -146,7 +149,7 @@ export class PageServerClient {
         resolve(s);
       });
       // Over an open TCP connection, a handshake that fails is most often a server without --tls.
-      const fail = (e: Error) => reject(t && connected ? Object.assign(new Error(`TLS handshake failed (${e.message}): is the page server started with --tls?`), { code: (e as NodeJS.ErrnoException).code }) : e);
+      const fail = (e: Error) => reject(t && connected ? Object.assign(new Error(`TLS handshake failed (${e.message}): is the page server started with --tls?`), { code: (e as NodeJS.ErrnoException).code }) : Object.assign(e, { beforeConnect: !connected }));
       s.once('error', fail);
     });
   }
