@@ -10,7 +10,7 @@ import type { Guardian } from '../engine/guardian';
 import { FailStop } from '../engine/errors';
 import { formatSummary } from '../engine/summary';
 import { native } from '../native';
-import { MAX_COPY_PAGES } from '../protocol/tuning';
+import { MAX_COPY_PAGES, tuningFromFlags } from '../protocol/tuning';
 import { clientTlsOptions, criuTls, type CriuTlsFlags } from './criu-tls';
 import { daemonize, isDaemonChild, readinessFd, signalReady } from './daemonize';
 import { makeLogger, parseLogFormat, resolveLogFile } from './log';
@@ -262,10 +262,7 @@ export async function lazyPages(flags: LazyPagesFlags): Promise<number> {
     guardian,
     resume: taken?.held,
     socketGid,
-    tuning: {
-      ...(faultAround ? { faultAroundMin: Math.min(16, faultAround), faultAroundMax: faultAround } : {}),
-      ...(fillChunk ? { fillChunkMax: fillChunk, remoteFillChunkMax: fillChunk } : {}),
-    },
+    tuning: tuningFromFlags(faultAround, fillChunk),
   });
   if (metricsAt) {
     try {

@@ -19,7 +19,7 @@ import { FailStop } from '../engine/errors';
 import { Guardian } from '../engine/guardian';
 import { formatSummary, type RestoreSummary } from '../engine/summary';
 import { native } from '../native';
-import { MAX_COPY_PAGES } from '../protocol/tuning';
+import { tuningFromFlags } from '../protocol/tuning';
 import { makeLogger, parseLogFormat } from './log';
 import { UsageError } from './usage-error';
 import { parseMetricsAddress, serveMetrics } from './metrics';
@@ -152,10 +152,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
         recordFaults: request.recordFaults,
         prefetch: request.prefetch,
         remote: request.pageServer,
-        tuning: {
-          ...(request.faultAround ? { faultAroundMin: Math.min(16, request.faultAround), faultAroundMax: Math.min(request.faultAround, MAX_COPY_PAGES) } : {}),
-          ...(request.fillChunk ? { fillChunkMax: Math.min(request.fillChunk, MAX_COPY_PAGES), remoteFillChunkMax: Math.min(request.fillChunk, MAX_COPY_PAGES) } : {}),
-        },
+        tuning: tuningFromFlags(request.faultAround, request.fillChunk),
       });
     } catch (e) {
       client.send({ event: 'failed', error: (e as Error).message });

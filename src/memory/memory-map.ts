@@ -348,19 +348,19 @@ export class MemoryMap implements Iterable<LazyRange> {
       this.blocks.splice(bi, 1);
       return bi;
     }
-    this.splitIfLarge(bi);
     // A split put the block's ranges in several blocks: the next one is past all of them.
-    return this.blockAbove(b[b.length - 1]!.start) + 1;
+    return bi + this.splitIfLarge(bi);
   }
 
-  /** Keeps blocks at most `block` long, so one splice never moves more than that. */
-  private splitIfLarge(bi: number): void {
+  /** Keeps blocks at most `block` long, so one splice never moves more than that; returns how many blocks it made. */
+  private splitIfLarge(bi: number): number {
     const b = this.blocks[bi]!;
-    if (b.length <= this.block) return;
+    if (b.length <= this.block) return 1;
     const half = this.block >> 1;
     const parts: LazyRange[][] = [];
     for (let i = 0; i < b.length; i += half) parts.push(b.slice(i, i + half));
     this.blocks.splice(bi, 1, ...parts);
+    return parts.length;
   }
 
   /** Independent copy (for FORK); ranges are immutable, so sharing them is safe. */

@@ -48,3 +48,16 @@ export const DEFAULT_TUNING: Tuning = {
   fillSlice: 16,
   fillShare: 0.5,
 };
+
+/**
+ * The copy sizes `--fault-around` and `--fill-chunk` set (a stand-alone daemon's flags, or an engine
+ * client's request), capped at MAX_COPY_PAGES. `--fill-chunk` caps local and page-server leases alike.
+ */
+export function tuningFromFlags(faultAround?: number, fillChunk?: number): Partial<Tuning> {
+  const around = faultAround ? Math.min(faultAround, MAX_COPY_PAGES) : 0;
+  const chunk = fillChunk ? Math.min(fillChunk, MAX_COPY_PAGES) : 0;
+  return {
+    ...(around ? { faultAroundMin: Math.min(16, around), faultAroundMax: around } : {}),
+    ...(chunk ? { fillChunkMax: chunk, remoteFillChunkMax: chunk } : {}),
+  };
+}
