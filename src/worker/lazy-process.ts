@@ -225,7 +225,11 @@ export class LazyProcess {
     const runs = [first];
     let pages = (first.end - first.start) / PAGE_SIZE;
     const budget = this.fillChunk; // nextFillRange already doubled it: the size this lease may reach
-    if (runs.length < maxRuns && pages < budget && this.prefetchAt >= this.prefetch.length) {
+    // Only a run the cursor gave can be extended from the cursor: a prefetched one lies anywhere, and
+    // runs taken from the cursor after it would be out of address order (the last prefetched run of a
+    // --prefetch restore was followed by the ranges at the cursor, and its lease refused).
+    const fromCursor = first.end === this.fillCursor;
+    if (runs.length < maxRuns && pages < budget && fromCursor && this.prefetchAt >= this.prefetch.length) {
       const more = this.map.takeRuns(this.fillCursor, maxRuns - 1, budget - pages);
       if (more.length) {
         this.fillCursor = more[more.length - 1]!.end;

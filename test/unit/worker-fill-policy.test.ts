@@ -149,3 +149,26 @@ t.test('a lease of several runs skips the holes between lazy ranges; a cut in it
   const board = new FillBoards(createBoards(1), 1);
   t.throws(() => board.offer(0, 0, { uffd: 1, pid: 1, session: 0, epoch: 0, runs: Array.from({ length: 17 }, () => ({ dst: 0, imgStart: 0, pages: 1 })) }), RangeError, 'at most LEASE_RUNS runs');
 });
+
+t.test('a --prefetch restore: prefetched runs lease alone, in their order, and the fill after them stays in address order', async (t) => {
+  // The last prefetched run lay above the cursor; the lease extended it with the ranges at the cursor
+  // (below it), and putting that lease in flight was refused as out of order (a fresh-clone CI run).
+  // A short range above the cursor: its prefetched run is smaller than a lease, so the lease grows.
+  const ranges = [[0, 500], [600, 602], [700, 1222]].map(([s, e]) => ({ start: BASE + s! * PAGE_SIZE, end: BASE + e! * PAGE_SIZE }));
+  const p = LazyProcess.fromImages(-1, 7, noData, ranges, [{ start: BASE, end: BASE + 1222 * PAGE_SIZE }], DEFAULT_TUNING, gate);
+  const high = BASE + 800 * PAGE_SIZE;
+  const low = BASE + 600 * PAGE_SIZE;
+  p.setPrefetch([high, low]);
+  const seen: [number, number][] = [];
+  for (let l = p.leaseNext(16); l.length; l = p.leaseNext(16)) {
+    for (let i = 1; i < l.length; i++) t.ok(l[i]!.start >= l[i - 1]!.end, 'a lease\'s runs are in address order');
+    for (const r of l) seen.push([r.start, r.end]);
+    const runs = l.map((r) => ({ dst: r.start, imgStart: r.imgStart, pages: (r.end - r.start) / PAGE_SIZE }));
+    p.leaseSettled(runs, { dealt: runs.reduce((x, r) => x + r.pages * PAGE_SIZE, 0), existing: 0, stop: 'done' });
+  }
+  t.equal(seen[0]![0], high, 'the first prefetched page goes first');
+  t.equal(seen[1]![0], low, 'then the second');
+  t.ok(p.complete, 'everything filled');
+  const pages = seen.reduce((n, [s, e]) => n + (e - s) / PAGE_SIZE, 0);
+  t.equal(pages, 1024, 'each page leased once');
+});
