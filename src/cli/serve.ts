@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { LazyPagesDaemon } from '../engine/daemon';
 import { Engine } from '../engine/engine';
 import { FailStop } from '../engine/errors';
-import { Guardian } from '../engine/guardian';
+import { Guardian, closeOrphanUffd } from '../engine/guardian';
 import { formatSummary, type RestoreSummary } from '../engine/summary';
 import { native } from '../native';
 import { tuningFromFlags } from '../protocol/tuning';
@@ -135,6 +135,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
     onWorkerFailed: (why) => {
       for (const r of running.values()) r.daemon.failStop(why);
     },
+    onOrphan: (uffd, parentUffd) => closeOrphanUffd(uffd, parentUffd, guardian, log),
   });
   await engine.ready;
 

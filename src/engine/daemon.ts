@@ -14,7 +14,7 @@ import type { HandoverEvent } from './handover';
 import { Listener, lockWorkDir, uffdInitialized } from './listener';
 import { pushPages, pushRestoreFinished } from '../protocol/ring-records';
 import { ownCpuMs, summarize, type RestoreSummary } from './summary';
-import type { Guardian, HeldProcess } from './guardian';
+import { closeOrphanUffd, type Guardian, type HeldProcess } from './guardian';
 import { ProcessTree } from './tree';
 import type { PageServerClient, PageRequest, RemoteOptions } from '../source/remote-client';
 import type { Progress } from '../protocol/progress';
@@ -116,6 +116,7 @@ export class LazyPagesDaemon {
         maxSessions: 1,
         first: { handler: this, request },
         onWorkerFailed: (why) => this.failStop(why),
+        onOrphan: (uffd, parentUffd) => closeOrphanUffd(uffd, parentUffd, this.opts.guardian, this.log),
       });
       engineReady = this.engine.ready;
     }

@@ -47,6 +47,11 @@ export interface EngineOptions {
   first?: { handler: SessionHandler; request: SessionRequest };
   /** A worker failed outside any restore (its loop threw): every restore must be stopped. */
   onWorkerFailed: (why: string) => void;
+  /**
+   * A child forked by a process released complete has nothing lazy: its uffd (read from the FORK
+   * event, so the guardian holds a copy too) is to be closed.
+   */
+  onOrphan: (uffd: number, parentUffd: number) => void;
 }
 
 interface SessionEntry {
@@ -248,6 +253,10 @@ export class Engine {
         return;
       case 'forked':
         this.owner.get(m.parentUffd)?.handler.onWorkerMessage(m);
+        return;
+      case 'orphan':
+        // Its parent's restore may have ended already: the engine, not a restore, lets it go.
+        this.opts.onOrphan(m.uffd, m.parentUffd);
         return;
       default:
         this.owner.get(m.uffd)?.handler.onWorkerMessage(m);

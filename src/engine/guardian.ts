@@ -268,3 +268,13 @@ export class Guardian {
     this.acceptors.clear();
   }
 }
+
+/**
+ * Lets go of a forked child's uffd that nobody will serve (Engine's onOrphan): the guardian's copy
+ * first, then ours, so that the child's waiting faults are released and it reads its own memory.
+ */
+export function closeOrphanUffd(uffd: number, parentUffd: number, guardian: Guardian | undefined, log: { debug(o: object, msg: string): void }): void {
+  guardian?.release(uffd);
+  native.closeFd(uffd);
+  log.debug({ uffd, parentUffd }, 'a child forked by a process already restored: nothing lazy, its uffd closed');
+}

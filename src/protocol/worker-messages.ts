@@ -10,6 +10,8 @@ export type WorkerMessage =
   | { type: 'complete'; uffd: number; pid: number; counters: ProcessCounters }
   | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
   | { type: 'forked'; uffd: number; parentUffd: number; pid: number }
+  /** A child forked by a process already released complete: nothing to serve, close its uffd. */
+  | { type: 'orphan'; uffd: number; parentUffd: number }
   /** session: the restore at fault (only it is stopped); none: the worker itself failed (all are). */
   | { type: 'fatal'; message: string; pid?: number; session?: number }
   /** The worker opened a joining restore's images: it may hand over. */

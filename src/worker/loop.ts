@@ -378,7 +378,10 @@ export default function runShard(task: WorkerTask): WorkerResult {
       }
       case 'fork': {
         const p = processes.get(r.uffd);
-        if (!p) return;
+        // Its parent was released complete (it forked between its last copy and the main thread's
+        // close of its uffd): the child inherited every page, so it has nothing lazy either. Its uffd
+        // must still be let go, or its first fault on a never-lazy page waits for ever in an engine.
+        if (!p) return post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd });
         const child = p.forkChild(r.childUffd);
         processes.set(child.uffd, child);
         if (sessionOf(p)?.finished) filling.push(child);
