@@ -120,6 +120,12 @@ export interface CriuRunMetrics {
    * the daemon does not say.
    */
   startToFirstFaultMs?: number;
+  /**
+   * The first hand-over the daemon received → its first fault, from its own log or summary: criu's
+   * -v4 "Received PID" line to its first "#PF" line; faultline's `handoverToFirstFaultMs`. Absent
+   * when the daemon does not say (no fault: a drain).
+   */
+  handoverToFirstFaultMs?: number;
   /** restore start → the last process finished its action (null for drain). */
   actionDoneMs: number | null;
   /** utime + stime of the lazy-pages daemon and every child it waited for (bash `times`). */
@@ -349,7 +355,9 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
     }
     const summary = daemon === 'faultline' && 'summary' in (e as object) ? (e as { summary?: FaultlineSummary }).summary : undefined;
     const firstVerifiedAt = s.mode === 'drain' ? null : Math.min(...results.map((x) => x.t_first_verified_ns)) / 1e6;
-    const startToFirstFaultMs = daemon === 'criu' ? criuFirstFaultMs(readIf(lazy.logFile)) : summary?.startToFirstFaultMs;
+    const criuLog = daemon === 'criu' ? readIf(lazy.logFile) : '';
+    const startToFirstFaultMs = daemon === 'criu' ? criuFirstFaultMs(criuLog) : summary?.startToFirstFaultMs;
+    const handoverToFirstFaultMs = daemon === 'criu' ? criuHandoverToFirstFaultMs(criuLog) : summary?.handoverToFirstFaultMs;
     return {
       ok: true,
       restoreMs: r.restoreMs,
@@ -358,6 +366,7 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
       startToReadyMs: readyAt - spawnAt,
       startToFirstVerifiedMs: firstVerifiedAt === null ? null : firstVerifiedAt - spawnAt,
       ...(startToFirstFaultMs !== undefined ? { startToFirstFaultMs } : {}),
+      ...(handoverToFirstFaultMs !== undefined ? { handoverToFirstFaultMs } : {}),
       actionDoneMs: s.mode === 'drain' ? null : Math.max(...results.map((x) => x.t_done_ns)) / 1e6 - r.startedAt,
       daemonCpuMs: t.cpuMs,
       ...(serverCpuMs !== undefined ? { serverCpuMs } : {}),
@@ -376,7 +385,7 @@ export async function runOnce(d: DumpedScenario, daemon: CriuBenchDaemon, work: 
   }
 }
 
-type FaultlineSummary = { faults: number; pagesByFault: number; pagesByFill: number; lazyPages: number; cpuMs: number; startToFirstFaultMs?: number };
+type FaultlineSummary = { faults: number; pagesByFault: number; pagesByFill: number; lazyPages: number; cpuMs: number; startToFirstFaultMs?: number; handoverToFirstFaultMs?: number };
 
 /**
  * criu lazy-pages at -v4: each line starts with "(SS.UUUUUU)", the time since criu started, and a
@@ -384,7 +393,21 @@ type FaultlineSummary = { faults: number; pagesByFault: number; pagesByFill: num
  * ms, or undefined without one.
  */
 export function criuFirstFaultMs(log: string): number | undefined {
-  const m = /^\((\d+)\.(\d{6})\)[^\n]*#PF/m.exec(log);
+  return criuLineMs(log, /^\((\d+)\.(\d{6})\)[^\n]*#PF/m);
+}
+
+/**
+ * The same log's first hand-over ("Received PID: N, uffd: M", criu/uffd.c's ud_open, -v4) → its
+ * first `#PF`, in ms; undefined without both (a drain has no fault).
+ */
+export function criuHandoverToFirstFaultMs(log: string): number | undefined {
+  const handover = criuLineMs(log, /^\((\d+)\.(\d{6})\)[^\n]*Received PID: \d+/m);
+  const fault = criuFirstFaultMs(log);
+  return handover === undefined || fault === undefined ? undefined : Math.round((fault - handover) * 1000) / 1000;
+}
+
+function criuLineMs(log: string, re: RegExp): number | undefined {
+  const m = re.exec(log);
   return m ? Number(m[1]) * 1000 + Number(m[2]) / 1000 : undefined;
 }
 

@@ -1,7 +1,7 @@
 // The real-CRIU bench's start-up metric from criu's own side: the time of the first "#PF" line of
 // `criu lazy-pages -v4` (its timestamps count from criu's start).
 import t from 'tap';
-import { criuFirstFaultMs } from '../../bench/criu-scenarios';
+import { criuFirstFaultMs, criuHandoverToFirstFaultMs } from '../../bench/criu-scenarios';
 
 t.test('the first #PF line of a criu lazy-pages log, in ms since criu started', async (t) => {
   const log = [
@@ -16,4 +16,18 @@ t.test('the first #PF line of a criu lazy-pages log, in ms since criu started', 
   t.equal(criuFirstFaultMs('(01.500000) uffd: 7-9: #PF at 0x1000\n'), 1500);
   t.equal(criuFirstFaultMs('(00.000000) CRIU run id = x\n(00.100000) Lazy pages daemon started\n'), undefined, 'no fault: no value');
   t.equal(criuFirstFaultMs(''), undefined);
+});
+
+t.test('first hand-over → first #PF of a criu lazy-pages log (issue 9: no later than criu)', async (t) => {
+  const log = [
+    '(01.180000) uffd: Waiting for incoming connections on /w/lazy-pages.socket',
+    '(01.216607) uffd: Received PID: 1, uffd: 12',
+    '(01.230741) uffd: 1-12: #PF at 0x7fa29ee8d000',
+    '(01.238736) uffd: 1-12: #PF at 0x7fffcbe2c000',
+    '(01.240000) uffd: Received PID: 2, uffd: 13',
+  ].join('\n');
+  t.equal(criuHandoverToFirstFaultMs(log), 14.134);
+  t.equal(criuHandoverToFirstFaultMs('(01.216607) uffd: Received PID: 1, uffd: 12\n'), undefined, 'a drain: no fault, no value');
+  t.equal(criuHandoverToFirstFaultMs('(01.230741) uffd: 1-12: #PF at 0x1000\n'), undefined, 'no hand-over line (not -v4): no value');
+  t.equal(criuHandoverToFirstFaultMs(''), undefined);
 });
