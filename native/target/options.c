@@ -51,6 +51,7 @@ static void usage(FILE *out)
 		"max(pages,256) pages right after the last VMA (or where the kernel puts it). Ranges I-J are\n"
 		"half-open [I,J) and must be mapped; mremap/grow/shrink/swap ranges must lie in one VMA.\n"
 		"  touch:I-J                 read and verify pages I..J-1\n"
+		"  sleep:MS                  sleep MS milliseconds (at most 60000), touching nothing\n"
 		"  threads-same:I-J          all --threads threads read I..J-1 together (barrier), verifying\n"
 		"  fork                      fork(); the child runs the remaining steps, the workload and a\n"
 		"                            --verify-all of all its memory, and prints its own line with\n"

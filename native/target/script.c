@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 static const char *const skind_name[S_NKINDS] = { "touch", "fork",   "mremap", "grow", "shrink",      "swap",
-						  "dontneed", "unmap", "exit", "zombie", "threads-same" };
+						  "dontneed", "unmap", "exit", "zombie", "threads-same", "sleep" };
 
 uint64_t paddr(const struct pctx *c, struct pidx x)
 {
@@ -109,6 +109,12 @@ static bool parse_step_args(const char **sp, struct step *st)
 	}
 	if (*s++ != ':')
 		return false;
+	if (st->k == S_SLEEP) {
+		/* milliseconds, at most a minute */
+		ok = parse_count(&s, &st->n) && st->n <= 60000;
+		*sp = s;
+		return ok;
+	}
 	ok = parse_range(&s, &st->a, &st->b);
 	if (ok && st->k == S_MREMAP)
 		ok = *s++ == '>' && parse_pidx(&s, &st->c);
@@ -141,9 +147,11 @@ void parse_script(const char *what, const char *text, struct script *sc)
 			die(EXIT_USAGE, "%s: unknown step '%.*s' (see --help)", what, (int)len, s);
 		st.k = k;
 		s += len;
-		if (!parse_step_args(&s, &st) || (*s && *s != ','))
-			die(EXIT_USAGE, "%s: bad step '%.*s' (see --help)", what, (int)strcspn(start + len + 1, ",") + (int)len + 1,
-			    start);
+		if (!parse_step_args(&s, &st) || (*s && *s != ',')) {
+			/* the step as written, up to its comma; a name alone at the end has nothing after it to scan */
+			int shown = (int)len + (start[len] ? 1 + (int)strcspn(start + len + 1, ",") : 0);
+			die(EXIT_USAGE, "%s: bad step '%.*s' (see --help)", what, shown, start);
+		}
 		script_push(sc, &st);
 		if (!*s)
 			break;
@@ -177,6 +185,8 @@ size_t fmt_step(char *buf, size_t cap, const struct step *st)
 	size_t n = snprintf(buf, cap, "%s", skind_name[st->k]);
 	if (st->k == S_FORK || st->k == S_EXIT || st->k == S_ZOMBIE)
 		return n;
+	if (st->k == S_SLEEP)
+		return n + snprintf(buf + n, cap - n, ":%" PRIu64, st->n);
 	n += snprintf(buf + n, cap - n, ":");
 	n += fmt_pidx(buf + n, cap - n, st->a);
 	n += snprintf(buf + n, cap - n, "-");

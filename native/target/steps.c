@@ -325,6 +325,9 @@ void run_steps(struct pctx *c, const struct script *sc)
 		case S_TSAME:
 			do_threads_same(c, i, st, a, b);
 			break;
+		case S_SLEEP:
+			sleep_ms((long)st->n);
+			break;
 		case S_FORK:
 			do_fork(c, i, st);
 			break;

@@ -116,7 +116,7 @@ extern struct shared *shm;
  * Scripts (script.c)
  */
 
-enum skind { S_TOUCH, S_FORK, S_MREMAP, S_GROW, S_SHRINK, S_SWAP, S_DONTNEED, S_UNMAP, S_EXIT, S_ZOMBIE, S_TSAME, S_NKINDS };
+enum skind { S_TOUCH, S_FORK, S_MREMAP, S_GROW, S_SHRINK, S_SWAP, S_DONTNEED, S_UNMAP, S_EXIT, S_ZOMBIE, S_TSAME, S_SLEEP, S_NKINDS };
 
 /* A page index of a script: page v of the first VMA's start, or (spare) of the spare area. */
 struct pidx {

@@ -54,6 +54,13 @@ export interface DaemonOptions {
 /** CLOCK_MONOTONIC at this process's start (performance.now() counts from it). */
 const PROCESS_START_NS = native.monotonicNs() - performance.now() * 1e6;
 
+/**
+ * Tests only: how long a completed process's uffd stays open (and its events read) before the main
+ * thread closes it, so that a test can fork in that window (events.test.ts, "a child forked after
+ * its parent was restored").
+ */
+const TEST_CLOSE_DELAY_MS = Number(process.env.FAULTLINE_TEST_CLOSE_DELAY_MS ?? 0);
+
 export class LazyPagesDaemon {
   private readonly pstree: PstreeEntry[];
   private readonly tree: ProcessTree;
@@ -81,6 +88,7 @@ export class LazyPagesDaemon {
   /** Resolves once every worker runs its loop (and, remote, the page server answered): ready to serve. */
   readonly ready: Promise<void>;
   private atReady = { fds: 0, rssKiB: 0 };
+  private readonly closeDelayed = new Set<number>();
   private readonly atStart: { fds: number; rssKiB: number };
   private readonly remote: PageServerClient | null = null;
 
@@ -263,6 +271,12 @@ export class LazyPagesDaemon {
       }
       case 'complete':
       case 'gone': {
+        if (m.type === 'complete' && TEST_CLOSE_DELAY_MS > 0 && !this.closeDelayed.has(m.uffd)) {
+          this.closeDelayed.add(m.uffd);
+          setTimeout(() => this.onWorkerMessage(m), TEST_CLOSE_DELAY_MS);
+          return;
+        }
+        this.closeDelayed.delete(m.uffd);
         const p = this.tree.release(m.uffd, m.type);
         if (p) this.engine.poller.unwatch(m.uffd, p.shard);
         this.engine.forget(m.uffd);

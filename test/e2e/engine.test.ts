@@ -152,3 +152,31 @@ t.test('lazy-pages --engine: one line when no engine listens, or for flags that 
   t.equal(own.status, 2);
   t.match(own.stderr, /^faultline: error: --workers cannot go with --engine: it is the engine's \(faultline serve\)\n$/);
 });
+
+t.test('a child forked after its parent was restored is let go: it reads its own memory and does not wait for ever', async (t) => {
+  // The window is a worker's release of a complete process → the main thread's close of its uffd; a
+  // fork there has its FORK read while no worker knows the parent any more. The test hook holds each
+  // completed uffd open for 3 s so that the fork (800 ms into the script; 12 MiB are filled in
+  // milliseconds) lands in it. Before the fix the engine dropped that child's uffd unread and open:
+  // the child's MADV_DONTNEED waited on its REMOVE event for ever.
+  const dir = tempDir(t, 'engine-orphan');
+  const images = makeImages(dir, denseTree(1, 12 * MiB));
+  const log = path.join(dir, 'engine.log');
+  const engine = await startEngine(t, dir, ['--workers', '2', '-v', '4', '-o', log], { FAULTLINE_TEST_CLOSE_DELAY_MS: '3000' });
+  const r = await runRestore({
+    imagesDir: images,
+    workDir: path.join(dir, 'w'),
+    daemonArgs: ['--engine', engine.socket],
+    target: { fraction: 0.3, extraArgs: ['--script', 'sleep:800,fork,dontneed:0-4,touch:0-8'] },
+    retries: 0,
+    timeoutMs: 30_000,
+  });
+  t.equal(r.daemon.code, 0, `lazy-pages --engine exits 0 ${r.daemon.stderr.trim()}`);
+  t.equal(r.target.code, 0, `target exits 0 ${r.target.stderr.trim()}`);
+  t.equal(r.target.summary?.mismatches, 0, 'no byte differs from what the processes must see (zeros after DONTNEED)');
+  t.equal(r.target.processes.length, 2, 'the process and its child both reported');
+  for (const p of r.target.processes) t.equal(p.mismatches, 0, `pid ${p.pid}${(p as { forkOf?: number }).forkOf ? ' (forked)' : ''}: 0 mismatches over ${p.verified} pages`);
+  t.match(fs.readFileSync(log, 'utf8'), /a child forked by a process already restored: nothing lazy, its uffd closed/, 'the fork came after the parent was restored (the path under test)');
+  engine.child.kill('SIGTERM');
+  t.equal((await engine.exit).code, 0, 'the engine exits 0 on SIGTERM');
+});

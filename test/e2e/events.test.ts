@@ -1,7 +1,8 @@
 // Restored programs that do not hold still: each uffd event alone, while pages are still missing,
 // with every touched page verified (image data where it belongs, zeros after DONTNEED).
 import t, { type Test } from 'tap';
-import { runRestore, type RestoreResult } from '../../src/target/run';
+import { spawnSync } from 'node:child_process';
+import { TARGET, runRestore, type RestoreResult } from '../../src/target/run';
 import { MiB, denseTree, makeImages, tempDir } from '../helpers/restore';
 
 // 2 processes of 12 MiB: pages 0-1023 dense, then (in a second VMA) sparse, then zeros.
@@ -75,4 +76,19 @@ t.test('a child that becomes a zombie', async (t) => {
 
 t.test('several threads faulting the same pages at once', async (t) => {
   assertClean(t, await scripted(t, 'same', ['--script', 'threads-same:0-200'], { threads: 4 }), 2);
+});
+
+t.test('the restore target refuses a malformed --script step in one line, before anything runs', async (t) => {
+  for (const [script, shown] of [
+    ['sleep:abc', 'sleep:abc'],
+    ['sleep:70000', 'sleep:70000'],
+    ['sleep', 'sleep'],
+    ['touch', 'touch'],
+    ['touch:1-2,sleep:5x,touch:3-4', 'sleep:5x'],
+    ['nap:5', 'nap'],
+  ]) {
+    const r = spawnSync(TARGET, ['--script', script!], { encoding: 'utf8' });
+    t.equal(r.status, 2, `--script ${script}: usage error`);
+    t.match(r.stderr, new RegExp(`^faultline-target: --script: (bad|unknown) step '${shown!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' \\(see --help\\)\n$`), `--script ${script}: names the step`);
+  }
 });

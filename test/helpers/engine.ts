@@ -12,10 +12,10 @@ export interface EngineProcess {
 }
 
 /** Starts `faultline serve` with its socket in dir; resolves once it listens, killed at the test's end. */
-export async function startEngine(t: Test, dir: string, args: string[] = []): Promise<EngineProcess> {
+export async function startEngine(t: Test, dir: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<EngineProcess> {
   fs.mkdirSync(dir, { recursive: true });
   const socket = path.join(dir, 'engine.sock');
-  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'serve', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const exit = collect(child);
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
