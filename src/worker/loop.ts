@@ -192,6 +192,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
     }
   };
 
+  /**
+   * uffds of processes released complete, until the number names another process here: a FORK read
+   * from one before its close has a child with nothing lazy (the 'fork' record).
+   */
+  const releasedComplete = new Set<number>();
   const release = (p: LazyProcess, how: 'complete' | 'gone', reason = '') => {
     if (!processes.has(p.uffd) || processes.get(p.uffd) !== p) return;
     // Offers nobody took are withdrawn; a lease being copied must come back before the main thread
@@ -217,6 +222,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       addCounters(s.totals, p.counters);
       publish(s, true);
     }
+    if (how === 'complete') releasedComplete.add(p.uffd);
     if (how === 'complete') post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
     else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
   };
@@ -377,11 +383,19 @@ export default function runShard(task: WorkerTask): WorkerResult {
         return;
       }
       case 'fork': {
+        // The child's uffd number is the child's now, served or not.
+        releasedComplete.delete(r.childUffd);
         const p = processes.get(r.uffd);
-        // Its parent was released complete (it forked between its last copy and the main thread's
-        // close of its uffd): the child inherited every page, so it has nothing lazy either. Its uffd
-        // must still be let go, or its first fault on a never-lazy page waits for ever in an engine.
-        if (!p) return post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd });
+        if (!p) {
+          // Its parent was released complete (it forked between its last copy and the main thread's
+          // close of its uffd): the child inherited every page, so it has nothing lazy either. Its
+          // uffd must still be let go, or its first fault on a never-lazy page waits for ever in an
+          // engine. A parent forgotten for any other reason (its restore is being stopped) may have
+          // left pages missing: its child's uffd stays open, and the child is killed with the tree,
+          // never run on zeros (signals.test.ts caught a first version that closed it).
+          if (releasedComplete.has(r.uffd)) post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd });
+          return;
+        }
         const child = p.forkChild(r.childUffd);
         processes.set(child.uffd, child);
         if (sessionOf(p)?.finished) filling.push(child);
@@ -412,6 +426,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
         return;
       }
       case 'process': {
+        // The number is a new process's now, whether or not it is served.
+        releasedComplete.delete(r.uffd);
         const s = sessions.get(r.session);
         // Its restore is ending (fail-stop) or unknown: the main thread kills the process.
         if (!s || s.stopping) return;
