@@ -56,7 +56,7 @@ const PROCESS_START_NS = native.monotonicNs() - performance.now() * 1e6;
 
 /**
  * Tests only: how long a completed process's uffd stays open (and its events read) before the main
- * thread closes it, so that a test can fork in that window (events.test.ts, "a child forked after
+ * thread closes it, so that a test can fork in that window (engine.test.ts, "a child forked after
  * its parent was restored").
  */
 const TEST_CLOSE_DELAY_MS = Number(process.env.FAULTLINE_TEST_CLOSE_DELAY_MS ?? 0);

@@ -222,9 +222,10 @@ export default function runShard(task: WorkerTask): WorkerResult {
       addCounters(s.totals, p.counters);
       publish(s, true);
     }
-    if (how === 'complete') releasedComplete.add(p.uffd);
-    if (how === 'complete') post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
-    else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
+    if (how === 'complete') {
+      releasedComplete.add(p.uffd);
+      post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
+    } else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
   };
 
   const settle = (p: LazyProcess, outcome: CopyOutcome): void => {
