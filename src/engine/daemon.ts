@@ -60,6 +60,12 @@ const PROCESS_START_NS = native.monotonicNs() - performance.now() * 1e6;
  * its parent was restored").
  */
 const TEST_CLOSE_DELAY_MS = Number(process.env.FAULTLINE_TEST_CLOSE_DELAY_MS ?? 0);
+/**
+ * Test hook: the background fill starts this long after the restore finished (faults are served
+ * meanwhile), so that a kill test lands while pages are missing however fast the machine fills
+ * (criu-guardian.test.ts; a loaded 2-vCPU machine filled 288 MiB before the test's kill ran).
+ */
+const TEST_FILL_DELAY_MS = Number(process.env.FAULTLINE_TEST_FILL_DELAY_MS ?? 0);
 
 export class LazyPagesDaemon {
   private readonly pstree: PstreeEntry[];
@@ -251,7 +257,11 @@ export class LazyPagesDaemon {
         this.finishedNs = native.monotonicNs();
         this.opts.guardian?.finished();
         this.log.info('restore finished: filling in the background');
-        this.engine.poller.broadcast((ring) => pushRestoreFinished(ring, this.session));
+        if (TEST_FILL_DELAY_MS > 0) {
+          setTimeout(() => {
+            if (!this.stopping) this.engine.poller.broadcast((ring) => pushRestoreFinished(ring, this.session));
+          }, TEST_FILL_DELAY_MS);
+        } else this.engine.poller.broadcast((ring) => pushRestoreFinished(ring, this.session));
         this.checkDone();
         return;
     }

@@ -14,6 +14,12 @@ import { CLI, collect, criuRestoreLazy, startLazyDaemon } from '../../src/criu/r
 import { readResults, signalTree } from '../../src/criu/workload';
 
 const skip = criuSkip();
+/**
+ * The daemon's fill starts this long after the hand-over (FAULTLINE_TEST_FILL_DELAY_MS; faults are
+ * served meanwhile): on a loaded 2-vCPU machine the daemon, at nice -10, filled all 288 MiB before
+ * this test's own timer ran, and no kill landed while pages were missing.
+ */
+const FILL_DELAY_MS = 400;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -27,11 +33,12 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
    * restored, verifies every word. Returns once nothing of the tree runs any more, or once its
    * processes all reported (a restore the daemon completed before the kill: the tree is ours to end).
    */
-  const killedRestore = async (name: string, atMs: number, extraArgs: string[] = [], fromFinished = false) => {
+  const killedRestore = async (name: string, atMs: number, extraArgs: string[] = [], fromFinished = false, fillDelayMs = FILL_DELAY_MS) => {
     clearResults(d);
     const workDir = path.join(d.dir, name);
     fs.mkdirSync(workDir);
-    const daemon = startLazyDaemon('faultline', { imagesDir: d.images, workDir, extraArgs });
+    const env = { FAULTLINE_TEST_FILL_DELAY_MS: String(fillDelayMs) };
+    const daemon = startLazyDaemon('faultline', { imagesDir: d.images, workDir, extraArgs, env });
     await within(daemon.ready, 20_000, 'faultline lazy-pages ready');
     const log = () => fs.readFileSync(daemon.logFile!, 'utf8');
     let timer: NodeJS.Timeout | undefined;
@@ -58,8 +65,9 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
   const runs = killRuns(t, 12);
   let stopped = 0;
   for (let i = 0; i < runs; i++) {
-    // 0-400 ms after criu restore started: the hand-over of 3 processes, the fill of 288 MiB, or after
-    const at = Math.round(next() * 400);
+    // 0-500 ms after criu restore started: the hand-over of 3 processes, the fill of 288 MiB (held
+    // back FILL_DELAY_MS after the hand-over), or after
+    const at = Math.round(next() * 500);
     const { exit, log, results: rs, leftRunning, restoreFailed } = await killedRestore(`work${i}`, at);
     const bad = rs.filter((r) => r.mismatches !== 0);
     const how = restoreFailed ? 'criu restore failed' : exit.signal === 'SIGKILL' ? 'daemon killed' : `daemon exited ${exit.code} first`;
@@ -78,9 +86,9 @@ t.test('criu restore --lazy-pages, faultline SIGKILLed at random moments: no pro
   t.ok(stopped > 0, `${stopped} of ${runs} kills were caught by the guardian`);
 
   // The same kill without the guardian: the hole it closes (criu lazy-pages has it too).
-  // Killed once criu restore is done, with one worker and one-page fill copies, so that much of the
-  // tree is still missing whatever the machine's speed.
-  const { results, leftRunning } = await killedRestore('unguarded', 0, ['--no-guardian', '--workers', '1', '--fill-chunk', '1'], true);
+  // Killed once criu restore is done, with the fill held back 5 s (and then one worker and one-page
+  // copies), so that much of the tree is still missing whatever the machine's speed.
+  const { results, leftRunning } = await killedRestore('unguarded', 0, ['--no-guardian', '--workers', '1', '--fill-chunk', '1'], true, 5000);
   const wrong = results.reduce((n, r) => n + r.mismatches, 0);
   // Each process either reports the zeros it read as wrong words, or dies of them first (a zero
   // where its code expects a pointer: SIGSEGV) or hangs: nobody killed it, so a missing report is
