@@ -18,6 +18,8 @@ export interface GateCheck {
   expected: number;
   /** allowed relative regression: lower-is-better fails above expected × (1 + tolerance), higher-is-better below expected × (1 − tolerance) */
   tolerance: number;
+  /** where the expected ratio and the tolerance come from (machine kinds, the injected delay's ratio) */
+  why?: string;
 }
 
 export interface GateFile {
