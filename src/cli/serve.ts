@@ -135,7 +135,7 @@ export async function serve(flags: ServeFlags): Promise<number> {
     onWorkerFailed: (why) => {
       for (const r of running.values()) r.daemon.failStop(why);
     },
-    onOrphan: (uffd, parentUffd) => closeOrphanUffd(uffd, parentUffd, guardian, log),
+    onOrphan: (uffd, parentUffd, poisonedPages) => closeOrphanUffd(uffd, parentUffd, poisonedPages, guardian, log),
   });
   await engine.ready;
 

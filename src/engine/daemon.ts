@@ -130,7 +130,7 @@ export class LazyPagesDaemon {
         maxSessions: 1,
         first: { handler: this, request },
         onWorkerFailed: (why) => this.failStop(why),
-        onOrphan: (uffd, parentUffd) => closeOrphanUffd(uffd, parentUffd, this.opts.guardian, this.log),
+        onOrphan: (uffd, parentUffd, poisonedPages) => closeOrphanUffd(uffd, parentUffd, poisonedPages, this.opts.guardian, this.log),
       });
       engineReady = this.engine.ready;
     }
@@ -260,7 +260,7 @@ export class LazyPagesDaemon {
         if (TEST_FILL_DELAY_MS > 0) {
           setTimeout(() => {
             if (!this.stopping) this.engine.poller.broadcast((ring) => pushRestoreFinished(ring, this.session));
-          }, TEST_FILL_DELAY_MS);
+          }, TEST_FILL_DELAY_MS).unref();
         } else this.engine.poller.broadcast((ring) => pushRestoreFinished(ring, this.session));
         this.checkDone();
         return;

@@ -51,7 +51,7 @@ export interface EngineOptions {
    * A child forked by a process released complete has nothing lazy: its uffd (read from the FORK
    * event, so the guardian holds a copy too) is to be closed.
    */
-  onOrphan: (uffd: number, parentUffd: number) => void;
+  onOrphan: (uffd: number, parentUffd: number, poisonedPages: number | null) => void;
 }
 
 interface SessionEntry {
@@ -256,7 +256,7 @@ export class Engine {
         return;
       case 'orphan':
         // Its parent's restore may have ended already: the engine, not a restore, lets it go.
-        this.opts.onOrphan(m.uffd, m.parentUffd);
+        this.opts.onOrphan(m.uffd, m.parentUffd, m.poisonedPages);
         return;
       default:
         this.owner.get(m.uffd)?.handler.onWorkerMessage(m);

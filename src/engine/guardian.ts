@@ -271,10 +271,19 @@ export class Guardian {
 
 /**
  * Lets go of a forked child's uffd that nobody will serve (Engine's onOrphan): the guardian's copy
- * first, then ours, so that the child's waiting faults are released and it reads its own memory.
+ * first, then ours, so that the child's waiting faults are released. A child of a complete parent
+ * reads its own memory; one of a fail-stopped restore had its missing pages poisoned (SIGBUS, not
+ * zeros) and is being killed with its tree.
  */
-export function closeOrphanUffd(uffd: number, parentUffd: number, guardian: Guardian | undefined, log: { debug(o: object, msg: string): void }): void {
+export function closeOrphanUffd(
+  uffd: number,
+  parentUffd: number,
+  poisonedPages: number | null,
+  guardian: Guardian | undefined,
+  log: { debug(o: object, msg: string): void },
+): void {
   guardian?.release(uffd);
   native.closeFd(uffd);
-  log.debug({ uffd, parentUffd }, 'a child forked by a process already restored: nothing lazy, its uffd closed');
+  if (poisonedPages === null) log.debug({ uffd, parentUffd }, 'a child forked by a process already restored: nothing lazy, its uffd closed');
+  else log.debug({ uffd, parentUffd, poisonedPages }, 'a child forked by a process whose restore was fail-stopped: its missing pages poisoned, its uffd closed');
 }

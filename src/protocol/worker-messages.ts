@@ -11,7 +11,11 @@ export type WorkerMessage =
   | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
   | { type: 'forked'; uffd: number; parentUffd: number; pid: number }
   /** A child forked by a process already released complete: nothing to serve, close its uffd. */
-  | { type: 'orphan'; uffd: number; parentUffd: number }
+  /**
+   * A forked child nobody serves: its parent was released complete (poisonedPages null), or its
+   * restore was fail-stopped, and then the child's missing pages were poisoned.
+   */
+  | { type: 'orphan'; uffd: number; parentUffd: number; poisonedPages: number | null }
   /** session: the restore at fault (only it is stopped); none: the worker itself failed (all are). */
   | { type: 'fatal'; message: string; pid?: number; session?: number }
   /** The worker opened a joining restore's images: it may hand over. */

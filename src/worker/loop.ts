@@ -7,7 +7,9 @@
 // in one (a bad image, a protocol violation) stops that one only.
 import { newHistogram, toPairs } from '../protocol/histogram';
 import { RingConsumer, RingWaker, type RingRecord } from '../protocol/ring';
-import { decode } from '../protocol/ring-records';
+import { decode, type DecodedRecord } from '../protocol/ring-records';
+
+type ForkRecord = Extract<DecodedRecord, { kind: 'fork' }>;
 import { openCachedProcess, processesParsed } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
@@ -33,6 +35,12 @@ const IDLE_WAIT_MS = 1000;
  * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
  */
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
+/**
+ * Test hook: a FORK record is handled this long after it is read, so that a test can end the
+ * parent's restore in between (engine.test.ts, "a child forked by a process whose restore was
+ * fail-stopped"). Records of the parent read meanwhile are handled first. Never set in normal use.
+ */
+const TEST_DEFER_FORK_NS = Number(process.env.FAULTLINE_TEST_DEFER_FORK_MS ?? 0) * 1e6;
 /** A fault held back (EAGAIN, or the copy gate) is retried after this long at most. */
 const AGAIN_WAIT_MS = 0.2;
 /** After fail-stop, how long an owner waits for leases other workers are copying before poisoning. */
@@ -193,10 +201,12 @@ export default function runShard(task: WorkerTask): WorkerResult {
   };
 
   /**
-   * uffds of processes released complete, until the number names another process here: a FORK read
-   * from one before its close has a child with nothing lazy (the 'fork' record).
+   * Processes forgotten while the main thread may still read a FORK of theirs, by uffd, until the
+   * number names another process here: 'complete' for one released complete (its child has nothing
+   * lazy), the process itself for one whose restore was fail-stopped (its map as it was when its
+   * missing pages were poisoned: a child is poisoned the same way). The 'fork' record.
    */
-  const releasedComplete = new Set<number>();
+  const forgotten = new Map<number, 'complete' | LazyProcess>();
   const release = (p: LazyProcess, how: 'complete' | 'gone', reason = '') => {
     if (!processes.has(p.uffd) || processes.get(p.uffd) !== p) return;
     // Offers nobody took are withdrawn; a lease being copied must come back before the main thread
@@ -223,7 +233,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       publish(s, true);
     }
     if (how === 'complete') {
-      releasedComplete.add(p.uffd);
+      forgotten.set(p.uffd, 'complete');
       post({ type: 'complete', uffd: p.uffd, pid: p.pid, counters: p.counters });
     } else post({ type: 'gone', uffd: p.uffd, pid: p.pid, counters: p.counters, reason });
   };
@@ -374,6 +384,43 @@ export default function runShard(task: WorkerTask): WorkerResult {
   const ownLeasesDone = () => boards.has(task.shard, LeaseState.DONE);
   const hasFillWork = () => ownLeasesDone() || (throttle.mayHelp() ? boards.anyOffered() : boards.has(task.shard, LeaseState.OFFERED));
 
+  const onFork = (r: ForkRecord) => {
+    // The child's uffd number is the child's now, served or not.
+    forgotten.delete(r.childUffd);
+    const p = processes.get(r.uffd);
+    if (!p) {
+      const f = forgotten.get(r.uffd);
+      if (f === 'complete') {
+        // Its parent was released complete (it forked between its last copy and the main thread's
+        // close of its uffd): the child inherited every page, so it has nothing lazy either. Its
+        // uffd must still be let go, or its first fault on a never-lazy page waits for ever in an
+        // engine.
+        post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd, poisonedPages: null });
+      } else if (f) {
+        // Its parent's restore was fail-stopped: the child is killed with the tree, but it may have
+        // pages missing, and closing its uffd as it is would let them read as zeros should it run
+        // first (signals.test.ts caught a first version that closed it). Poisoned like its parent
+        // (SIGBUS, never zeros), it can be let go: an engine would otherwise hold its uffd for ever.
+        const child = f.forkChild(r.childUffd);
+        forgotten.set(child.uffd, child);
+        post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd, poisonedPages: child.poisonRemaining() });
+      }
+      // A parent never known here (its restore stopped before its PROCESS record was read): the main
+      // thread killed it before any fork of its could be read; nothing to let go.
+      return;
+    }
+    const child = p.forkChild(r.childUffd);
+    processes.set(child.uffd, child);
+    if (sessionOf(p)?.finished) filling.push(child);
+    post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
+    settle(child, 'ok');
+  };
+  /** FORK records held back by the test hook TEST_DEFER_FORK_NS, in the order read. */
+  const deferredForks: { r: ForkRecord; atNs: number }[] = [];
+  const handleDeferredForks = () => {
+    while (deferredForks.length && deferredForks[0].atNs <= native.monotonicNs()) onFork(deferredForks.shift()!.r);
+  };
+
   const onRecord = (record: RingRecord) => {
     const r = decode(ring, record);
     switch (r.kind) {
@@ -384,24 +431,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
         return;
       }
       case 'fork': {
-        // The child's uffd number is the child's now, served or not.
-        releasedComplete.delete(r.childUffd);
-        const p = processes.get(r.uffd);
-        if (!p) {
-          // Its parent was released complete (it forked between its last copy and the main thread's
-          // close of its uffd): the child inherited every page, so it has nothing lazy either. Its
-          // uffd must still be let go, or its first fault on a never-lazy page waits for ever in an
-          // engine. A parent forgotten for any other reason (its restore is being stopped) may have
-          // left pages missing: its child's uffd stays open, and the child is killed with the tree,
-          // never run on zeros (signals.test.ts caught a first version that closed it).
-          if (releasedComplete.has(r.uffd)) post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd });
+        if (TEST_DEFER_FORK_NS > 0 && !deferredForks.some((d) => d.r === r)) {
+          deferredForks.push({ r, atNs: native.monotonicNs() + TEST_DEFER_FORK_NS });
           return;
         }
-        const child = p.forkChild(r.childUffd);
-        processes.set(child.uffd, child);
-        if (sessionOf(p)?.finished) filling.push(child);
-        post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
-        settle(child, 'ok');
+        onFork(r);
         return;
       }
       case 'remap': {
@@ -428,7 +462,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
       }
       case 'process': {
         // The number is a new process's now, whether or not it is served.
-        releasedComplete.delete(r.uffd);
+        forgotten.delete(r.uffd);
         const s = sessions.get(r.session);
         // Its restore is ending (fail-stop) or unknown: the main thread kills the process.
         if (!s || s.stopping) return;
@@ -527,7 +561,10 @@ export default function runShard(task: WorkerTask): WorkerResult {
     const totals = { ...s.totals };
     for (const p of [...processes.values()]) {
       if (p.session !== s.spec.id) continue;
-      if (poison) poisonedPages += p.poisonRemaining();
+      if (poison) {
+        poisonedPages += p.poisonRemaining();
+        forgotten.set(p.uffd, p);
+      }
       addCounters(totals, p.counters);
       if (p.trace) s.traces.push({ pid: p.pid, pages: p.trace });
       processes.delete(p.uffd);
@@ -543,6 +580,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   post({ type: 'ready', shard: task.shard });
   try {
     while (!stop) {
+      if (deferredForks.length) handleDeferredForks();
       for (const s of sessions.values()) publish(s);
       const n = ring.consume(onRecord);
       if (stop) break;

@@ -180,3 +180,49 @@ t.test('a child forked after its parent was restored is let go: it reads its own
   engine.child.kill('SIGTERM');
   t.equal((await engine.exit).code, 0, 'the engine exits 0 on SIGTERM');
 });
+
+/** The uffds a process holds (its fds that are userfaultfds). */
+function uffdsOf(pid: number): number {
+  let n = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[userfaultfd]') n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
+}
+
+t.test('a child forked by a process whose restore was fail-stopped is poisoned and let go: the engine holds no uffd of that tree', async (t) => {
+  // The window is a FORK read by the main thread but handled by the worker only after the parent's
+  // restore was stopped (the worker forgot the parent). Test hooks widen it: the worker handles a
+  // FORK 2.5 s after it was read, and the fill waits 20 s, so the parent still misses pages when its
+  // client is SIGTERMed right after the fork. Before the fix the engine kept the child's uffd open
+  // for as long as it ran.
+  const dir = tempDir(t, 'engine-stray');
+  const images = makeImages(dir, denseTree(1, 12 * MiB));
+  const log = path.join(dir, 'engine.log');
+  const engine = await startEngine(t, dir, ['--workers', '2', '-v', '4', '-o', log], { FAULTLINE_TEST_DEFER_FORK_MS: '2500', FAULTLINE_TEST_FILL_DELAY_MS: '20000' });
+  const pid = engine.child.pid!;
+  let client: ChildProcess | undefined;
+  const r = runRestore({
+    imagesDir: images,
+    workDir: path.join(dir, 'w'),
+    daemonArgs: ['--engine', engine.socket],
+    target: { fraction: 0.02, extraArgs: ['--script', 'fork,sleep:30000'] },
+    retries: 0,
+    timeoutMs: 40_000,
+    onStarted: (daemon) => (client = daemon),
+  });
+  // The parent's uffd and, once the FORK is read, the child's.
+  await until('the FORK read by the engine', () => uffdsOf(pid) === 2, 20_000);
+  client!.kill('SIGTERM');
+  const done = await r;
+  assertStopped(t, done, /SIGTERM/);
+  await until('the engine to let go of both uffds', () => uffdsOf(pid) === 0, 15_000).catch(() => undefined);
+  t.equal(uffdsOf(pid), 0, 'the engine holds no uffd once the stopped tree is gone (the child\'s was closed too)');
+  t.match(fs.readFileSync(log, 'utf8'), /a child forked by a process whose restore was fail-stopped: its missing pages poisoned, its uffd closed/, 'the child was let go on the path under test');
+  engine.child.kill('SIGTERM');
+  t.equal((await engine.exit).code, 0, 'the engine exits 0 on SIGTERM');
+});
