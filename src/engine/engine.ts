@@ -111,6 +111,7 @@ export class Engine {
         progress: this.progressSab,
         maxSessions: opts.maxSessions,
         epfd: this.poller.epfds[shard],
+        watchedEpfd: this.poller.watchedEpfds[shard],
         arena,
         port: port2,
         tuning,

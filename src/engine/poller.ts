@@ -1,4 +1,5 @@
-// Poller: an epoll set per shard over its uffds, each watched from libuv. On readiness a single
+// Poller: an epoll set per shard over its uffds, each watched from libuv (through a second set that
+// holds it while its worker may sleep: Poller.watchedEpfds). On readiness a single
 // native call moves every pending uffd_msg into the shard's ring; JS then wakes that worker. A busy
 // worker also drains its own set between background chunks (no cross-thread wake when it is already
 // running); READING in the ring header keeps the two from producing at once.
@@ -7,7 +8,15 @@ import { RingProducer, createRingBuffer } from '../protocol/ring';
 import { pushProcess } from '../protocol/ring-records';
 
 export class Poller {
+  /** Per shard, the epoll set of its uffds: drained by the main thread and by the worker itself. */
   readonly epfds: number[];
+  /**
+   * Per shard, the set the main thread watches: it holds the shard's set while its worker may be
+   * asleep. A worker busy filling takes its set out (it reads its uffds itself between slices), so
+   * that a fault does not also wake the main thread, which would take a CPU from the fill or from
+   * the faulting thread for nothing.
+   */
+  readonly watchedEpfds: number[];
   private readonly watchers: { stop(): void }[];
   readonly rings: RingProducer[];
   private readonly views: Uint8Array[];
@@ -17,7 +26,12 @@ export class Poller {
     this.rings = Array.from({ length: shards }, () => new RingProducer(createRingBuffer(ringCapacity)));
     this.views = this.rings.map((r) => r.bytes);
     this.epfds = this.rings.map(() => native.epollCreate());
-    this.watchers = this.epfds.map((epfd, shard) => new native.FdWatcher(epfd, () => this.drain(shard)));
+    this.watchedEpfds = this.epfds.map((epfd, shard) => {
+      const watched = native.epollCreate();
+      native.epollAdd(watched, epfd, shard);
+      return watched;
+    });
+    this.watchers = this.watchedEpfds.map((watched, shard) => new native.FdWatcher(watched, () => this.drain(shard)));
   }
 
   private drain(shard: number): void {
@@ -54,6 +68,6 @@ export class Poller {
     if (this.closed) return;
     this.closed = true;
     for (const w of this.watchers) w.stop();
-    for (const fd of this.epfds) native.closeFd(fd);
+    for (const fd of [...this.watchedEpfds, ...this.epfds]) native.closeFd(fd);
   }
 }

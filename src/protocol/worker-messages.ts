@@ -39,6 +39,8 @@ export interface WorkerTask {
   session?: SessionSpec;
   /** This shard's epoll set, drained by the worker itself between background chunks. */
   epfd: number;
+  /** The set the main thread watches, which holds `epfd` except while this worker fills (Poller.watchedEpfds). */
+  watchedEpfd: number;
   port: MessagePort;
   tuning: Tuning;
   /** The nice value for background fill copies (--fill-nice); faults are served at the thread's own. */

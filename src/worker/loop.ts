@@ -13,7 +13,7 @@ type ForkRecord = Extract<DecodedRecord, { kind: 'fork' }>;
 import { openCachedProcess, processesParsed } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
-import { native } from '../native';
+import { isErrno, native } from '../native';
 import { LazyProcess, type CopyOutcome, type RemoteLink } from './lazy-process';
 import { addCounters, newCounters, type ProcessCounters } from '../protocol/counters';
 import { BOARD_SLOTS, FillBoards, LEASE_RUNS, LeaseState, leaseResultOf, stopOf, type LeaseRun } from './fill-board';
@@ -35,6 +35,12 @@ const IDLE_WAIT_MS = 1000;
  * (`FAULTLINE_FAULT_DELAY_US=300 npm run bench:gate` must fail). Never set in normal use.
  */
 const FAULT_DELAY_NS = Number(process.env.FAULTLINE_FAULT_DELAY_US ?? 0) * 1000;
+/**
+ * Measurement switch: the main thread stays woken by this worker's uffds while the worker fills, as
+ * before the worker took its set out of the watched one (the "before" of DESIGN.md, "One wake per
+ * fault"). Never set in normal use.
+ */
+const MAIN_WATCHES_WHILE_FILLING = process.env.FAULTLINE_EXPERIMENT_MAIN_WATCHES_WHILE_FILLING === '1';
 /**
  * Test hook: a FORK record is handled this long after it is read, so that a test can end the
  * parent's restore in between (engine.test.ts, "a child forked by a process whose restore was
@@ -352,6 +358,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
           const source = sourceOf(session, l.pid);
           const yieldAt = budget.yieldAt();
           const epfd = processes.size ? task.epfd : -1;
+          if (epfd >= 0) fillingAlone();
           // The runs in order; the first that stops short ends the lease there.
           r = copier.copyRuns(source, l.uffd, wakers[owner].bytes, l.epoch, l.runs, task.tuning.fillSlice, ring.bytes, yieldAt, epfd);
           finished = true;
@@ -415,6 +422,32 @@ export default function runShard(task: WorkerTask): WorkerResult {
     post({ type: 'forked', uffd: child.uffd, parentUffd: p.uffd, pid: p.pid });
     settle(child, 'ok');
   };
+  /**
+   * Whether this shard's set is out of the main thread's watched set (Poller.watchedEpfds): while
+   * this worker fills, it reads its uffds itself between slices, and a fault need not also wake the
+   * main thread. Back in before every wait, so that nothing read while this worker sleeps waits.
+   */
+  let unwatched = false;
+  const fillingAlone = () => {
+    if (unwatched || MAIN_WATCHES_WHILE_FILLING) return;
+    native.epollDel(task.watchedEpfd, task.epfd);
+    unwatched = true;
+  };
+  const watchedAgain = () => {
+    if (!unwatched) return;
+    unwatched = false;
+    try {
+      native.epollAdd(task.watchedEpfd, task.epfd, task.shard);
+    } catch (e) {
+      // The engine is closing (its sets are closed): nothing more to read.
+      if (!isErrno(e) || e.code !== 'EBADF') throw e;
+    }
+  };
+  const sleep = (ms: number, until?: () => boolean) => {
+    watchedAgain();
+    ring.wait(ms, until);
+  };
+
   /** FORK records held back by the test hook TEST_DEFER_FORK_NS, in the order read. */
   const deferredForks: { r: ForkRecord; atNs: number }[] = [];
   const handleDeferredForks = () => {
@@ -596,11 +629,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
         const again = retry;
         retry = [];
         for (const f of again) if (processes.has(f.p.uffd)) serveFault(f.p, f.address, f.timeNs, true);
-        if (retry.length && ring.available() === 0) ring.wait(AGAIN_WAIT_MS);
+        if (retry.length && ring.available() === 0) sleep(AGAIN_WAIT_MS);
         continue;
       }
       if (!restoreFinished) {
-        if (n === 0) ring.wait(IDLE_WAIT_MS);
+        if (n === 0) sleep(IDLE_WAIT_MS);
         continue;
       }
       if (processes.size) {
@@ -620,10 +653,11 @@ export default function runShard(task: WorkerTask): WorkerResult {
       if (takeLease()) continue;
       if (arena && fillRemote()) continue;
       const throttled = throttle.waitNs > 0 && boards.anyOffered() ? Math.max(1, Math.ceil(throttle.waitNs / 1e6)) : IDLE_WAIT_MS;
-      ring.wait(againUntil.size ? AGAIN_WAIT_MS : Math.min(IDLE_WAIT_MS, throttled), hasFillWork);
+      sleep(againUntil.size ? AGAIN_WAIT_MS : Math.min(IDLE_WAIT_MS, throttled), hasFillWork);
     }
   } catch (e) {
     post({ type: 'fatal', message: (e as Error).message });
+    watchedAgain();
     // Wait for the main thread's STOP (or each restore's STOP_SESSION) so that fail-stop can still
     // poison what this shard misses.
     while (!stop) {
@@ -639,7 +673,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
           post({ type: 'session-result', session: r.session, result: endSession(s, r.failStop) });
         }
       });
-      if (!stop) ring.wait(IDLE_WAIT_MS);
+      if (!stop) sleep(IDLE_WAIT_MS);
     }
   }
   // Withdraw what nobody took, and wait (bounded) for what others are copying, so that the map is
@@ -652,7 +686,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
   }
   for (const until = native.monotonicNs() + LEASE_DRAIN_MS * 1e6; offered.some((o) => o) && native.monotonicNs() < until; ) {
     collectLeases();
-    if (offered.some((o) => o)) ring.wait(1, ownLeasesDone);
+    if (offered.some((o) => o)) sleep(1, ownLeasesDone);
   }
   // The engine's end: every restore still here ends with it (poisoned if it is a fail-stop).
   for (const s of [...sessions.values()]) {
