@@ -439,8 +439,8 @@ export default function runShard(task: WorkerTask): WorkerResult {
     try {
       native.epollAdd(task.watchedEpfd, task.epfd, task.shard);
     } catch (e) {
-      // The engine is closing (its sets are closed): nothing more to read.
-      if (!isErrno(e) || e.code !== 'EBADF') throw e;
+      // The engine is closing (its sets are closed, their numbers maybe reused): nothing more to read.
+      if (!stop && (!isErrno(e) || e.code !== 'EBADF')) throw e;
     }
   };
   const sleep = (ms: number, until?: () => boolean) => {
