@@ -58,6 +58,9 @@ export interface NativeCore {
   pidfdSendSignal(pidfd: number, signal: number): void;
 
   mmapFile(path: string): Buffer;
+  /** A private anonymous mapping of `len` bytes, by address only (the fault path's warm-up). */
+  mapAnonymous(len: number): number;
+  unmap(address: number, len: number): void;
 
   /**
    * UFFDIO_COPY of `nRuns` runs ([dst, srcOffset, len] triples in `runs`) from `src`, in slices of

@@ -18,6 +18,7 @@
 #include <thread>
 #include <tuple>
 #include <napi.h>
+#include "args.h"
 #include "errors.h"
 
 #ifndef MADV_POPULATE_READ
@@ -104,6 +105,27 @@ static Napi::Value MmapFile(const Napi::CallbackInfo &info) {
   }, new FileKey(key));
 }
 
+// mapAnonymous(len) -> address of a private anonymous read-write mapping, by number: a region of
+// the worker's own for userfaultfd (the fault path's warm-up, src/worker/warm-up.ts), which no
+// JavaScript object may reach (a thread that read it while registered would wait on the uffd).
+static Napi::Value MapAnonymous(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 1, "mapAnonymous")) return env.Undefined();
+  void *p = mmap(nullptr, (size_t)ArgU64(info, 0), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
+  return Napi::Number::New(env, (double)(uintptr_t)p);
+}
+
+// unmap(address, len): the other end of mapAnonymous.
+static Napi::Value Unmap(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgs(info, 2, "unmap")) return env.Undefined();
+  if (munmap((void *)(uintptr_t)ArgU64(info, 0), (size_t)ArgU64(info, 1)) < 0) return ThrowErrno(env, "munmap", errno);
+  return env.Undefined();
+}
+
 void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapFile", Napi::Function::New(env, MmapFile));
+  exports.Set("mapAnonymous", Napi::Function::New(env, MapAnonymous));
+  exports.Set("unmap", Napi::Function::New(env, Unmap));
 }
