@@ -7,7 +7,7 @@ import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI, collect, runRestore, startPageServer, type Exit } from '../../src/target/run';
+import { CLI, collect, runRestore, startPageServer, type Exit, type TargetOptions } from '../../src/target/run';
 import { MiB, assertRestored, assertStopped, chaosTree, denseTree, makeImages, tempDir, withoutPages } from '../helpers/restore';
 import { freePort } from '../helpers/criu-restore';
 import { startEngine, until } from '../helpers/engine';
@@ -18,6 +18,19 @@ function waitingClient(images: string, workDir: string, socket: string): { child
   fs.mkdirSync(workDir, { recursive: true });
   const child = spawn(process.execPath, [CLI, 'lazy-pages', '-D', images, '-W', workDir, '--engine', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
   return { child, exit: collect(child) };
+}
+
+/**
+ * One 12 MiB process restored through an engine started with test hooks in its environment (its -v4
+ * log kept), the target running `target`; resolves once the engine listens, with the restore under way.
+ */
+async function hookedEngineRestore(t: Test, name: string, hooks: NodeJS.ProcessEnv, target: TargetOptions, onStarted?: (daemon: ChildProcess) => void) {
+  const dir = tempDir(t, name);
+  const images = makeImages(dir, denseTree(1, 12 * MiB));
+  const log = path.join(dir, 'engine.log');
+  const engine = await startEngine(t, dir, ['--workers', '2', '-v', '4', '-o', log], hooks);
+  const restore = runRestore({ imagesDir: images, workDir: path.join(dir, 'w'), daemonArgs: ['--engine', engine.socket], target, retries: 0, timeoutMs: 40_000, onStarted });
+  return { engine, log, restore };
 }
 
 const status = (socket: string) => spawnSync(process.execPath, [CLI, 'status', '--socket', socket], { encoding: 'utf8' }).stdout;
@@ -159,18 +172,8 @@ t.test('a child forked after its parent was restored is let go: it reads its own
   // completed uffd open for 3 s so that the fork (800 ms into the script; 12 MiB are filled in
   // milliseconds) lands in it. Before the fix the engine dropped that child's uffd unread and open:
   // the child's MADV_DONTNEED waited on its REMOVE event for ever.
-  const dir = tempDir(t, 'engine-orphan');
-  const images = makeImages(dir, denseTree(1, 12 * MiB));
-  const log = path.join(dir, 'engine.log');
-  const engine = await startEngine(t, dir, ['--workers', '2', '-v', '4', '-o', log], { FAULTLINE_TEST_CLOSE_DELAY_MS: '3000' });
-  const r = await runRestore({
-    imagesDir: images,
-    workDir: path.join(dir, 'w'),
-    daemonArgs: ['--engine', engine.socket],
-    target: { fraction: 0.3, extraArgs: ['--script', 'sleep:800,fork,dontneed:0-4,touch:0-8'] },
-    retries: 0,
-    timeoutMs: 30_000,
-  });
+  const { engine, log, restore } = await hookedEngineRestore(t, 'engine-orphan', { FAULTLINE_TEST_CLOSE_DELAY_MS: '3000' }, { fraction: 0.3, extraArgs: ['--script', 'sleep:800,fork,dontneed:0-4,touch:0-8'] });
+  const r = await restore;
   t.equal(r.daemon.code, 0, `lazy-pages --engine exits 0 ${r.daemon.stderr.trim()}`);
   t.equal(r.target.code, 0, `target exits 0 ${r.target.stderr.trim()}`);
   t.equal(r.target.summary?.mismatches, 0, 'no byte differs from what the processes must see (zeros after DONTNEED)');
@@ -200,21 +203,15 @@ t.test('a child forked by a process whose restore was fail-stopped is poisoned a
   // FORK 2.5 s after it was read, and the fill waits 20 s, so the parent still misses pages when its
   // client is SIGTERMed right after the fork. Before the fix the engine kept the child's uffd open
   // for as long as it ran.
-  const dir = tempDir(t, 'engine-stray');
-  const images = makeImages(dir, denseTree(1, 12 * MiB));
-  const log = path.join(dir, 'engine.log');
-  const engine = await startEngine(t, dir, ['--workers', '2', '-v', '4', '-o', log], { FAULTLINE_TEST_DEFER_FORK_MS: '2500', FAULTLINE_TEST_FILL_DELAY_MS: '20000' });
-  const pid = engine.child.pid!;
   let client: ChildProcess | undefined;
-  const r = runRestore({
-    imagesDir: images,
-    workDir: path.join(dir, 'w'),
-    daemonArgs: ['--engine', engine.socket],
-    target: { fraction: 0.02, extraArgs: ['--script', 'fork,sleep:30000'] },
-    retries: 0,
-    timeoutMs: 40_000,
-    onStarted: (daemon) => (client = daemon),
-  });
+  const { engine, log, restore: r } = await hookedEngineRestore(
+    t,
+    'engine-stray',
+    { FAULTLINE_TEST_DEFER_FORK_MS: '2500', FAULTLINE_TEST_FILL_DELAY_MS: '20000' },
+    { fraction: 0.02, extraArgs: ['--script', 'fork,sleep:30000'] },
+    (daemon) => (client = daemon),
+  );
+  const pid = engine.child.pid!;
   // The parent's uffd and, once the FORK is read, the child's.
   await until('the FORK read by the engine', () => uffdsOf(pid) === 2, 20_000);
   client!.kill('SIGTERM');
