@@ -24,7 +24,10 @@ export function warmFaultPath(tuning: Tuning): { ms: number; region: number } | 
   let uffd = -1;
   let addr = 0;
   try {
-    uffd = native.uffdCreate(native.uffdConstants.O_CLOEXEC | native.uffdConstants.O_NONBLOCK);
+    // User-mode faults only: nothing faults on the region at all, and such a uffd needs no privilege
+    // where vm.unprivileged_userfaultfd is 0 (the daemon itself only receives CRIU's uffds).
+    const { O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY } = native.uffdConstants;
+    uffd = native.uffdCreate(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
     native.uffdApi(uffd, 0n);
     addr = native.mapAnonymous(len);
     native.uffdRegister(uffd, addr, len, native.uffdConstants.UFFDIO_REGISTER_MODE_MISSING);
