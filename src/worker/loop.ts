@@ -8,8 +8,6 @@
 import { newHistogram, toPairs } from '../protocol/histogram';
 import { RingConsumer, RingWaker, type RingRecord } from '../protocol/ring';
 import { decode, type DecodedRecord } from '../protocol/ring-records';
-
-type ForkRecord = Extract<DecodedRecord, { kind: 'fork' }>;
 import { openCachedProcess, processesParsed } from '../source/local';
 import type { ProcessPages } from '../source/page-source';
 import type { MemoryMap } from '../memory';
@@ -29,6 +27,8 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { receiveMessageOnPort } from 'node:worker_threads';
 import type { FaultTrace, SessionSpec, WorkerMessage, WorkerResult, WorkerTask } from '../protocol/worker-messages';
+
+type ForkRecord = Extract<DecodedRecord, { kind: 'fork' }>;
 
 const IDLE_WAIT_MS = 1000;
 /**
@@ -413,8 +413,9 @@ export default function runShard(task: WorkerTask): WorkerResult {
         forgotten.set(child.uffd, child);
         post({ type: 'orphan', uffd: r.childUffd, parentUffd: r.uffd, poisonedPages: child.poisonRemaining() });
       }
-      // A parent never known here (its restore stopped before its PROCESS record was read): the main
-      // thread killed it before any fork of its could be read; nothing to let go.
+      // A parent never known here (its restore was stopping when its PROCESS record came, and the
+      // main thread kills it): without its map the child cannot be poisoned, so its uffd, should a
+      // FORK of it be read before the kill, stays with the main thread (DESIGN.md, the engine).
       return;
     }
     const child = p.forkChild(r.childUffd);
@@ -465,7 +466,7 @@ export default function runShard(task: WorkerTask): WorkerResult {
         return;
       }
       case 'fork': {
-        if (TEST_DEFER_FORK_NS > 0 && !deferredForks.some((d) => d.r === r)) {
+        if (TEST_DEFER_FORK_NS > 0) {
           deferredForks.push({ r, atNs: native.monotonicNs() + TEST_DEFER_FORK_NS });
           return;
         }
