@@ -99,6 +99,7 @@ async function restoreOne(d: FanoutDump, setup: FanoutRun['setup'], work: string
     wrappers.push(lazy.child);
     sampler?.track(i, lazy.pid);
     await lazy.ready;
+    sampler?.sample();
     let ended: DaemonExit | undefined;
     void lazy.exit.then((e) => (ended = e));
     const r = await criuRestoreLazy(d.images, { workDir: work, wrap: [...timedWrap(restoreTimesFile), ...bindWrap(out, d.out)], timeoutMs: 300_000 });

@@ -118,6 +118,8 @@ async function targetRestore(images: string, work: string, i: number, t0: number
       onStarted: (daemon) => {
         wrappers.push(daemon);
         sampler?.track(i, daemon.pid);
+        // it is ready (runRestore starts the target once it is): alive, and sampled at least once
+        sampler?.sample();
       },
     });
   } catch (e) {
