@@ -246,7 +246,8 @@ export function ratios(runs: FanoutRun[]): Ratio[] {
       if (ev === undefined || !Number.isFinite(ev)) continue;
       const sv = s && m.get(s, false);
       const cv = c && m.get(c, false);
-      const q = (a: number, b: number | undefined) => (b !== undefined && Number.isFinite(b) && b > 0 ? round(a / b, 3) : undefined);
+      // Three significant digits, not decimals: a warm engine's first-touch p99 can be 1/2000 of the daemons'.
+      const q = (a: number, b: number | undefined) => (b !== undefined && Number.isFinite(b) && b > 0 ? Number((a / b).toPrecision(3)) : undefined);
       out.push({
         group: group as FanoutRun['group'],
         n,

@@ -49,6 +49,9 @@ t.test('bench:fanout --quick --n 2 --json --no-criu: both set-ups, every restore
   t.equal(engine.warmup, 1, 'the engine served one warm-up restore first');
   const time = report.ratios.find((x) => x.group === 'target' && x.n === 2 && x.key === 'allRestoredMs');
   t.ok(time && time.engineToStandalone! > 0, `engine/stand-alone ratio of the time until all restored: ${time?.engineToStandalone}`);
-  for (const key of ['firstTouchP99', 'daemonCpuMs', 'daemonPeakRssMiB']) t.ok(report.ratios.some((x) => x.key === key && x.engineToStandalone! > 0), `${key} ratio`);
+  for (const key of ['firstTouchP99', 'daemonCpuMs', 'daemonPeakRssMiB']) {
+    const r = report.ratios.find((x) => x.key === key && x.n === 2);
+    t.ok(r && r.engine > 0 && r.standalone! > 0 && r.engineToStandalone! > 0, `${key} ratio: ${r?.engine} / ${r?.standalone} = ${r?.engineToStandalone}`);
+  }
   t.equal(report.targets.length, 4, "the issue's targets, each measured or said why not");
 });
