@@ -27,6 +27,12 @@ export function lockWorkDir(workDir: string): number {
   }
 }
 const RECV_BYTES = 4096;
+/**
+ * Test hook: the listener never accepts on its own, so a restorer waits in the backlog until a
+ * fail-stop takes it (handover-socket.test.ts, "a restorer still in the backlog"). Never set in
+ * normal use.
+ */
+const TEST_HOLD_ACCEPT = process.env.FAULTLINE_TEST_HOLD_ACCEPT === '1';
 /** How long a fail-stop keeps reading the restorer's connection for late hand-overs. */
 export const DRAIN_AFTER_FAILSTOP_MS = 2000;
 /** How long half of a hand-over record may wait for the rest (see watchPartial). */
@@ -87,7 +93,7 @@ export class Listener {
           if (!this.closed) this.watcher = new native.FdWatcher(this.fd, () => this.accept());
         },
       );
-    } else {
+    } else if (!TEST_HOLD_ACCEPT) {
       this.watcher = new native.FdWatcher(this.fd, () => this.accept());
     }
   }
@@ -180,6 +186,11 @@ export class Listener {
    * (RESTORE_FINISHED included) fail.
    */
   stop(): Promise<void> {
+    // A restorer still in the backlog may have sent every uffd and RESTORE_FINISHED already and
+    // released its tasks: it is taken and drained like one already connected (a fast machine
+    // fail-stopped 1 ms after start, before its accept ran, and the tree read zeros; the guardian,
+    // when there is one, holds the socket and takes it too).
+    if (!this.conn && !this.closed) this.accept();
     if (!this.conn) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(() => this.finishDrain(), DRAIN_AFTER_FAILSTOP_MS);
@@ -192,17 +203,21 @@ export class Listener {
   }
 
   private drainLate(fd: number): void {
+    if (drainAndKill(fd, this.heldFds).ended) this.finishDrain();
+  }
+
+  /**
+   * Closing the socket would reset the connections still in its backlog and drop the uffds they
+   * carry, which turns their missing pages into zeros: every process that sent a uffd on one, and
+   * the restorer that connected it, is SIGKILLed first (the uffds are held until the end of
+   * close()). A connection that carries no uffd is only closed. A restore that ended normally has none.
+   */
+  private killBacklog(): void {
     for (;;) {
-      let r;
-      try {
-        r = native.unixRecv(fd, RECV_BYTES, true);
-      } catch {
-        return this.finishDrain();
-      }
-      if (!r) return;
-      if (r.fds.length && r.pid > 0) killPid(r.pid);
-      this.heldFds.push(...r.fds);
-      if (r.data.length === 0) return this.finishDrain();
+      const c = native.unixAccept(this.fd);
+      if (!c) return;
+      if (drainAndKill(c.fd, this.heldFds).taken > 0 && c.pid > 0) killPid(c.pid);
+      native.closeFd(c.fd);
     }
   }
 
@@ -225,6 +240,7 @@ export class Listener {
     if (this.closed) return;
     this.closed = true;
     this.closeConnection();
+    this.killBacklog();
     this.watcher?.stop();
     // the guardian's copy too: in an engine, other restores' guardian lives on
     this.acceptor?.releaseSocket(this.fd);
@@ -232,6 +248,28 @@ export class Listener {
     for (const fd of this.heldFds.splice(0)) native.closeFd(fd);
     fs.rmSync(this.socketPath, { force: true });
     if (this.lockFd >= 0) native.closeFd(this.lockFd);
+  }
+}
+
+/**
+ * Reads what a connection holds now, SIGKILLs every process that sent a uffd on it
+ * (SCM_CREDENTIALS) and keeps the uffds in `held`: how many it took, and whether the connection
+ * ended (EOF or an error) rather than having nothing more yet.
+ */
+function drainAndKill(fd: number, held: number[]): { taken: number; ended: boolean } {
+  let taken = 0;
+  for (;;) {
+    let r;
+    try {
+      r = native.unixRecv(fd, RECV_BYTES, true);
+    } catch {
+      return { taken, ended: true };
+    }
+    if (!r) return { taken, ended: false };
+    if (r.fds.length && r.pid > 0) killPid(r.pid);
+    taken += r.fds.length;
+    held.push(...r.fds);
+    if (r.data.length === 0) return { taken, ended: true };
   }
 }
 

@@ -152,3 +152,22 @@ t.test('a restorer that stalls in the middle of a record is stopped, not waited 
   t.match(e.stderr, /^faultline: error: lazy-pages\.socket \(restorer pid \d+\): sent 4 bytes of a hand-over record and nothing more for 500 ms/m);
   t.ok(Date.now() - started < 5000, 'within a few seconds');
 });
+
+t.test('a restorer still in the backlog when the daemon is stopped is taken and killed, never run on zeros', async (t) => {
+  // A fast machine fail-stopped a daemon 1 ms after the restore started, before its accept ran: the
+  // restorer had sent every uffd and RESTORE_FINISHED into the backlog and released its processes,
+  // and closing the socket dropped their uffds (signals.test.ts read 37,800 zero words). The test
+  // hook keeps the daemon from accepting on its own, so the restorer waits there for certain.
+  const dir = tempDir(t, 'backlog');
+  const r = await runRestore({
+    imagesDir: makeImages(dir, small()),
+    workDir: dir,
+    // --no-guardian: the guardian holds the socket and would take the restorer itself
+    daemonArgs: ['--no-guardian'],
+    daemonEnv: { FAULTLINE_TEST_HOLD_ACCEPT: '1' },
+    target: { fraction: 0.5 },
+    onStarted: (daemon) => setTimeout(() => daemon.kill('SIGTERM'), 500),
+    retries: 0,
+  });
+  assertStopped(t, r, /received SIGTERM before the restore completed/);
+});
