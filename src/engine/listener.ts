@@ -118,7 +118,9 @@ export class Listener {
       return;
     }
     if (this.accepted || this.closed) {
-      // CRIU serves exactly one restorer; a second one must not be able to inject uffds.
+      // CRIU serves exactly one restorer; a second one must not be able to inject uffds. Any it has
+      // sent already would be dropped with the connection: their senders are killed first.
+      drainAndKill(c.fd, this.heldFds);
       native.closeFd(c.fd);
       if (guardId !== undefined) this.acceptor?.releaseSocket(guardId);
       if (!this.closed) this.events.onRefused(c.pid, 'one restorer per daemon, and one is connected');

@@ -3,7 +3,7 @@
 import t, { type Test } from "tap";
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { runRestore, startDaemon } from '../../src/target/run';
 import { MiB, assertRestored, assertStopped, denseTree, makeImages, native, tempDir } from '../helpers/restore';
 
@@ -171,3 +171,49 @@ t.test('a restorer still in the backlog when the daemon is stopped is taken and 
   });
   assertStopped(t, r, /received SIGTERM before the restore completed/);
 });
+
+t.test('a second restorer that sent a uffd before it was refused is killed, not left on a dropped uffd', async (t) => {
+  // CRIU serves one restorer per daemon, so a second connection is closed. Whatever it sent before
+  // the daemon got to it would be dropped with it, uffds included: its senders are killed first. The
+  // daemon is stopped (SIGSTOP) while the second restorer, a process of its own with a real uffd,
+  // connects and sends, so that the data is there when the daemon accepts.
+  const dir = tempDir(t, 'second-uffd');
+  const socket = path.join(dir, 'lazy-pages.socket');
+  let daemon: ChildProcess | undefined;
+  let victim: ChildProcess | undefined;
+  let victimExit: Promise<NodeJS.Signals | null> | undefined;
+  const r = await runRestore({
+    imagesDir: makeImages(dir, denseTree(2, 64 * MiB)),
+    workDir: dir,
+    daemonArgs: ['-v4', '--workers', '1'],
+    target: { fraction: 0.2 },
+    onStarted: (d) => (daemon = d),
+    onDaemonStderr: (chunk) => {
+      if (victim || !daemon || !chunk.includes('process handed over')) return;
+      daemon.kill('SIGSTOP');
+      victim = spawn(process.execPath, ['-e', SECOND_RESTORER, NATIVE, socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+      victimExit = new Promise((resolve) => victim!.once('exit', (_code, signal) => resolve(signal)));
+      victim.stdout!.once('data', () => daemon!.kill('SIGCONT'));
+      victim.once('exit', () => daemon!.kill('SIGCONT'));
+    },
+  });
+  t.ok(victim, 'a second restorer connected during the restore');
+  t.equal(await victimExit, 'SIGKILL', 'the second restorer, which had sent its uffd, was SIGKILLed');
+  t.match(r.daemon.stderr, /refused a connection on lazy-pages.socket: one restorer per daemon/);
+  assertRestored(t, r, 2);
+});
+
+/** A restorer in a process of its own: a real uffd, connect, pid 1 and the uffd in one message, then wait. */
+const SECOND_RESTORER = `
+const { native } = require(process.argv[1]);
+const c = native.uffdConstants;
+const uffd = native.uffdCreate(c.O_CLOEXEC | c.O_NONBLOCK);
+native.uffdApi(uffd, 0n);
+const fd = native.unixConnect(process.argv[2]);
+const pid = Buffer.alloc(4);
+pid.writeInt32LE(1);
+native.unixSend(fd, pid, [uffd]);
+process.stdout.write('sent\\n');
+setTimeout(() => process.exit(0), 10000);
+`;
+const NATIVE = path.resolve(__dirname, '../../src/native');
