@@ -48,8 +48,9 @@ export interface EngineOptions {
   /** A worker failed outside any restore (its loop threw): every restore must be stopped. */
   onWorkerFailed: (why: string) => void;
   /**
-   * A child forked by a process released complete has nothing lazy: its uffd (read from the FORK
-   * event, so the guardian holds a copy too) is to be closed.
+   * A forked child nobody serves, its uffd (read from the FORK event, so the guardian holds a copy
+   * too) to be closed: its parent was released complete (poisonedPages null: nothing lazy), or its
+   * restore was fail-stopped (its missing pages are poisoned).
    */
   onOrphan: (uffd: number, parentUffd: number, poisonedPages: number | null) => void;
 }

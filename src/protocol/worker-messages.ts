@@ -10,7 +10,6 @@ export type WorkerMessage =
   | { type: 'complete'; uffd: number; pid: number; counters: ProcessCounters }
   | { type: 'gone'; uffd: number; pid: number; counters: ProcessCounters; reason: string }
   | { type: 'forked'; uffd: number; parentUffd: number; pid: number }
-  /** A child forked by a process already released complete: nothing to serve, close its uffd. */
   /**
    * A forked child nobody serves: its parent was released complete (poisonedPages null), or its
    * restore was fail-stopped, and then the child's missing pages were poisoned.

@@ -740,10 +740,7 @@ function preload(task: SessionSpec, remote: boolean, sources: Map<number, PageSo
       out.set(pid, { ...pages, map: LazyProcess.mapOf(pages.lazyRanges) });
       if (!remote) {
         sources.set(pid, pages.source);
-        // The first locate maps the pages file (open, mmap, its populating thread): 0.5-2.2 ms that
-        // the first fault of a real CRIU restore, which criu restore itself waits on, used to pay.
-        const r = pages.lazyRanges[0];
-        if (r) pages.source.locate(r.start, 1);
+        mapPagesFile(pages);
       }
     } catch (e) {
       out.set(pid, e as Error);
@@ -757,23 +754,32 @@ function preload(task: SessionSpec, remote: boolean, sources: Map<number, PageSo
       try {
         const pages = openCachedProcess(task.imagesDir, pid);
         sources.set(pid, pages.source);
-        const r = pages.lazyRanges[0];
-        if (r) pages.source.locate(r.start, 1);
+        mapPagesFile(pages);
       } catch {
         // reported properly by the owner when this process is handed over
       }
     }
   }
-  if (!out.size) warmUp(task, remote);
+  if (!out.size) parseOneAhead(task, remote);
   return out;
 }
 
-function warmUp(task: SessionSpec, remote: boolean): void {
+/**
+ * The first locate in a process's images maps its pages file (open, mmap, the populating thread):
+ * 0.5-2.2 ms that the first fault of a real CRIU restore, which criu restore itself waits on, used
+ * to pay when the preload left it to the fault.
+ */
+function mapPagesFile(pages: ProcessPages): void {
+  const r = pages.lazyRanges[0];
+  if (r) pages.source.locate(r.start, 1);
+}
+
+/** A worker that owns no process of this restore reads one's images once, to compile the decoders (the fault path's first run is warm-up.ts). */
+function parseOneAhead(task: SessionSpec, remote: boolean): void {
   if (task.warmUpPid === undefined) return;
   try {
     const p = openCachedProcess(task.imagesDir, task.warmUpPid, remote);
-    const r = p.lazyRanges[0];
-    if (r && !remote) p.source.locate(r.start, 1);
+    if (!remote) mapPagesFile(p);
   } catch {
     // reported properly when this process is handed over
   }
